@@ -1,0 +1,90 @@
+"""`kling-relay`: the command line (web, worker, simulator, dev)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from service.settings import SettingsError, get_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def _web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    settings.require("redis_url", "callback_secret", "kling_relay_api_keys")
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level="info",
+        proxy_headers=True,
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.main import run_worker
+
+    run_worker(burst=args.burst)
+    return 0
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.simulator.app import create_simulator_app
+
+    uvicorn.run(create_simulator_app(api_key=args.api_key or None), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from service.dev import run_dev
+
+    return run_dev(port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kling-relay", description="Webhook-driven Kling V2.1 Master video relay")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    web = sub.add_parser("web", help="serve the HTTP API and the callback receiver (uvicorn)")
+    web.add_argument("--host", default=None, help="bind address (default: $HOST or 127.0.0.1)")
+    web.add_argument("--port", type=int, default=None, help="port (default: $PORT or 8000)")
+    web.set_defaults(run=_web)
+
+    worker = sub.add_parser("worker", help="run an RQ worker for the submit, poll and deliver queues")
+    worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+    worker.set_defaults(run=_worker)
+
+    sim = sub.add_parser("simulator", help="run the provider simulator (Apikley and Novita endpoints)")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8100)
+    sim.add_argument("--api-key", default="sandbox", help="bearer key the simulator accepts ('' accepts any)")
+    sim.set_defaults(run=_simulator)
+
+    dev = sub.add_parser("dev", help="run everything for a first try: redis, simulator, web and worker")
+    dev.add_argument("--port", type=int, default=None, help="web port (default: $PORT or 8000)")
+    dev.set_defaults(run=_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except SettingsError as exc:
+        print(f"kling-relay: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

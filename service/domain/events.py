@@ -1,0 +1,49 @@
+"""Events: one per task transition, carrying the whole task so consumers need no extra call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+
+from service.domain.status import TaskStatus
+from service.domain.tasks import Task
+
+EVENT_TYPES = (
+    "task.submitted",
+    "task.running",
+    "task.succeeded",
+    "task.failed",
+    "task.progress",
+)
+
+
+def event_type_for(status: TaskStatus) -> str:
+    return f"task.{status.value}"
+
+
+class Event(BaseModel):
+    id: str
+    type: str
+    created_at: str
+    # Per-task, strictly increasing: consumers drop any update older than one already seen.
+    sequence: int
+    data: dict[str, Any]
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> "Event":
+        return cls.model_validate(orjson.loads(raw))
+
+
+def make_event(task: Task, event_type: str, *, event_id: str, created_at: str) -> Event:
+    return Event(
+        id=event_id,
+        type=event_type,
+        created_at=created_at,
+        sequence=task.sequence,
+        data=task.model_dump(mode="json"),
+    )

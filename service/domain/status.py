@@ -1,0 +1,35 @@
+"""The task status machine: statuses only move forward and terminal ones are final."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+
+
+_RANK = {
+    TaskStatus.QUEUED: 0,
+    TaskStatus.SUBMITTED: 1,
+    TaskStatus.RUNNING: 2,
+    TaskStatus.SUCCEEDED: 3,
+    TaskStatus.FAILED: 3,
+}
+
+
+def can_move(current: TaskStatus, new: TaskStatus) -> bool:
+    """True when `new` is strictly ahead of `current` and `current` is not final.
+
+    Every path the design draws (queued→submitted→running→succeeded, and any non-terminal
+    status→failed) is a move to a higher rank, so rank order alone enforces "never backwards".
+    """
+    return not current.terminal and _RANK[new] > _RANK[current]

@@ -1,0 +1,154 @@
+"""The task as stored and shown, and the request that creates one (validated per provider)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.domain.status import TaskStatus
+
+ProviderName = Literal["apikley", "novita"]
+PROVIDERS: tuple[ProviderName, ...] = ("apikley", "novita")
+MAX_METADATA_BYTES = 2048
+
+
+@dataclass(frozen=True)
+class PromptLimits:
+    prompt: int
+    negative_prompt: int
+
+
+# From the providers' own docs (shared/seeds): Apikley 5000/500, Novita 2500/2500.
+LIMITS: dict[ProviderName, PromptLimits] = {
+    "apikley": PromptLimits(prompt=5000, negative_prompt=500),
+    "novita": PromptLimits(prompt=2500, negative_prompt=2500),
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def isoformat(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class TaskInput(BaseModel):
+    """What we send to the provider, in our own names (cfg_scale becomes Novita's guidance_scale)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str
+    negative_prompt: str | None = None
+    duration: Literal["5", "10"] = "5"
+    aspect_ratio: Literal["16:9", "9:16", "1:1"] = "16:9"
+    cfg_scale: float | None = None
+
+
+class TaskRequest(TaskInput):
+    """The body of `POST /v1/tasks`."""
+
+    provider: Literal["apikley", "novita", "auto"] = "auto"
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration_as_string(cls, value: object) -> object:
+        # Clients often send 5 rather than "5"; both providers want the string.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("cfg_scale")
+    @classmethod
+    def _cfg_step(cls, value: float | None) -> float | None:
+        if value is None:
+            return None
+        if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise ValueError("must be between 0 and 1")
+        if abs(value * 10 - round(value * 10)) > 1e-9:
+            raise ValueError("must be a multiple of 0.1")
+        return round(value, 1)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+            raise ValueError(f"must serialize to at most {MAX_METADATA_BYTES} bytes of JSON")
+        return value
+
+    def task_input(self) -> TaskInput:
+        return TaskInput(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            duration=self.duration,
+            aspect_ratio=self.aspect_ratio,
+            cfg_scale=self.cfg_scale,
+        )
+
+
+def limit_violations(task_input: TaskInput, provider: ProviderName) -> dict[str, str]:
+    """Field → message for every limit of `provider` that the input breaks."""
+    limits = LIMITS[provider]
+    problems: dict[str, str] = {}
+    if len(task_input.prompt) > limits.prompt:
+        problems["prompt"] = f"must be at most {limits.prompt} characters for {provider}"
+    if task_input.negative_prompt is not None and len(task_input.negative_prompt) > limits.negative_prompt:
+        problems["negative_prompt"] = f"must be at most {limits.negative_prompt} characters for {provider}"
+    return problems
+
+
+class TaskResult(BaseModel):
+    video_url: str
+    expires_at: str | None = None
+
+
+class TaskError(BaseModel):
+    code: str
+    message: str
+    provider_code: str | None = None
+
+
+class SubmitAttempt(BaseModel):
+    """One try at handing the task to a provider, kept so failover is visible on the task."""
+
+    provider: ProviderName
+    at: str
+    outcome: Literal["accepted", "rejected", "retrying"]
+    code: str | None = None
+    message: str | None = None
+
+
+class Task(BaseModel):
+    id: str
+    provider: ProviderName
+    provider_task_id: str | None = None
+    status: TaskStatus = TaskStatus.QUEUED
+    input: TaskInput
+    result: TaskResult | None = None
+    error: TaskError | None = None
+    progress: int | None = None
+    created_at: str
+    updated_at: str
+    metadata: dict[str, Any] | None = None
+    webhook_url: str | None = None
+    sequence: int = 0
+    attempts: list[SubmitAttempt] = Field(default_factory=list)
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> "Task":
+        return cls.model_validate(orjson.loads(raw))

@@ -1,0 +1,68 @@
+"""The one transition function: callbacks, polls and our own submit outcomes all come through here.
+
+Pure: given the stored task and a provider report, it says what the task becomes and which event
+that emits, or that nothing changes (a duplicate, stale or out-of-order report).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.domain.events import Event, event_type_for, make_event
+from service.domain.status import TaskStatus, can_move
+from service.domain.tasks import Task, TaskError, TaskResult
+
+# Progress events are throttled to steps of this many percentage points.
+PROGRESS_STEP = 10
+
+
+@dataclass(frozen=True)
+class ProviderUpdate:
+    """A provider's report about a task, already mapped onto our statuses."""
+
+    status: TaskStatus
+    provider_task_id: str | None = None
+    result: TaskResult | None = None
+    error: TaskError | None = None
+    progress: int | None = None
+    # The provider's own estimate of seconds left, if it gives one (Novita's `eta`).
+    eta_s: int | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    task: Task
+    event: Event
+    previous_status: TaskStatus
+
+
+def apply_update(task: Task, update: ProviderUpdate, *, now: str, event_id: str) -> Transition | None:
+    """The task after `update`, with its event; None when the update changes nothing."""
+    if can_move(task.status, update.status):
+        changes: dict[str, object] = {"status": update.status, "updated_at": now, "sequence": task.sequence + 1}
+        if update.provider_task_id and not task.provider_task_id:
+            changes["provider_task_id"] = update.provider_task_id
+        if update.status is TaskStatus.SUCCEEDED:
+            changes["result"] = update.result
+            changes["progress"] = 100
+        elif update.status is TaskStatus.FAILED:
+            changes["error"] = update.error or TaskError(code="provider_failed", message="the provider failed the task")
+        elif update.progress is not None:
+            changes["progress"] = max(update.progress, task.progress or 0)
+        new_task = task.model_copy(update=changes)
+        event = make_event(new_task, event_type_for(update.status), event_id=event_id, created_at=now)
+        return Transition(task=new_task, event=event, previous_status=task.status)
+
+    if _is_progress(task, update):
+        new_task = task.model_copy(update={"progress": update.progress, "updated_at": now, "sequence": task.sequence + 1})
+        event = make_event(new_task, "task.progress", event_id=event_id, created_at=now)
+        return Transition(task=new_task, event=event, previous_status=task.status)
+    return None
+
+
+def _is_progress(task: Task, update: ProviderUpdate) -> bool:
+    if update.progress is None or task.status.terminal or update.status is not task.status:
+        return False
+    if task.status is not TaskStatus.RUNNING:
+        return False
+    return update.progress >= (task.progress or 0) + PROGRESS_STEP and update.progress < 100

@@ -1,0 +1,63 @@
+"""The RQ queues and how work is put on them. Jobs are named by import path, so the web
+process never imports worker code; arguments are ids only (jobs reload state from Redis)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from redis import Redis
+from redis.client import Pipeline
+from rq import Queue, Retry
+
+SUBMIT = "submit"
+POLL = "poll"
+DELIVER = "deliver"
+QUEUES = (SUBMIT, POLL, DELIVER)
+
+# Retries here only cover a worker dying mid-job (RQ re-runs abandoned jobs that have retries
+# left); provider answers are retried by the jobs themselves with their own schedule.
+_CRASH_RETRY = Retry(max=5, interval=[1, 5, 15, 30, 60])
+
+
+class Jobs:
+    def __init__(self, redis: Redis, job_timeout_s: int = 180) -> None:
+        self._queues = {name: Queue(name, connection=redis) for name in QUEUES}
+        self._options = {"result_ttl": 0, "failure_ttl": 7 * 24 * 3600, "timeout": job_timeout_s}
+
+    def queue(self, name: str) -> Queue:
+        return self._queues[name]
+
+    def _put(
+        self,
+        queue: str,
+        func: str,
+        args: tuple[object, ...],
+        *,
+        delay_s: float,
+        pipeline: Pipeline | None,
+        job_id: str | None = None,
+    ) -> str:
+        q = self._queues[queue]
+        options = {**self._options, "retry": _CRASH_RETRY, "job_id": job_id}
+        if delay_s > 0:
+            job = q.create_job(func, args=args, **options)  # type: ignore[arg-type]
+            q.schedule_job(job, _in(delay_s), pipeline=pipeline)
+        else:
+            job = q.enqueue_call(func, args=args, pipeline=pipeline, **options)  # type: ignore[arg-type]
+        return job.id
+
+    def submit(self, task_id: str, *, delay_s: float = 0, pipeline: Pipeline | None = None) -> None:
+        self._put(SUBMIT, "workers.submit.submit_task", (task_id,), delay_s=delay_s, pipeline=pipeline)
+
+    def poll(
+        self, task_id: str, *, delay_s: float = 0, pipeline: Pipeline | None = None, job_id: str | None = None
+    ) -> str:
+        return self._put(POLL, "workers.poll.poll_task", (task_id,), delay_s=delay_s, pipeline=pipeline, job_id=job_id)
+
+    def fan_out(self, task_id: str, event_id: str, *, pipeline: Pipeline | None = None) -> None:
+        self._put(DELIVER, "workers.deliver.fan_out", (task_id, event_id), delay_s=0, pipeline=pipeline)
+
+
+
+def _in(seconds: float) -> datetime:
+    return datetime.now(timezone.utc) + timedelta(seconds=seconds)

@@ -1,0 +1,148 @@
+"""Apikley (Market jobs API): payload mapping (pure) and its client.
+
+Apikley answers errors as HTTP 200 with an error `code` in the body, so the body's code is the
+outcome; the HTTP status only matters when there is no readable body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from service.domain.status import TaskStatus
+from service.domain.tasks import Task, TaskError, TaskInput, TaskResult
+from service.domain.transition import ProviderUpdate
+from service.providers.base import ProviderError
+from service.providers.http import send
+
+MODEL = "kling/v2-1-master-text-to-video"
+CREATE_PATH = "/api/v1/jobs/createTask"
+RECORD_PATH = "/api/v1/jobs/recordInfo"
+
+
+@dataclass(frozen=True)
+class CodeMeaning:
+    code: str
+    retryable: bool
+    provider_level: bool = False
+
+
+# The documented body codes (seed's ApiResponse enum) and what we do about each.
+CODES: dict[int, CodeMeaning] = {
+    401: CodeMeaning("unauthorized", retryable=False),
+    402: CodeMeaning("insufficient_credits", retryable=False, provider_level=True),
+    404: CodeMeaning("not_found", retryable=False),
+    422: CodeMeaning("validation_error", retryable=False),
+    429: CodeMeaning("rate_limited", retryable=True),
+    455: CodeMeaning("maintenance", retryable=True, provider_level=True),
+    500: CodeMeaning("server_error", retryable=True, provider_level=True),
+    501: CodeMeaning("generation_failed", retryable=False),
+    505: CodeMeaning("feature_disabled", retryable=False, provider_level=True),
+}
+
+STATES: dict[str, TaskStatus] = {
+    "waiting": TaskStatus.SUBMITTED,
+    "queuing": TaskStatus.SUBMITTED,
+    "generating": TaskStatus.RUNNING,
+    "success": TaskStatus.SUCCEEDED,
+    "fail": TaskStatus.FAILED,
+}
+
+
+def create_body(task_input: TaskInput, callback_url: str) -> dict[str, Any]:
+    fields = task_input.model_dump(exclude_none=True)
+    return {"model": MODEL, "callBackUrl": callback_url, "input": fields}
+
+
+def error_for(code: int, message: str) -> ProviderError:
+    meaning = CODES.get(code) or CodeMeaning("provider_error", retryable=code >= 500)
+    return ProviderError(
+        meaning.code,
+        message or meaning.code,
+        retryable=meaning.retryable,
+        provider_code=str(code),
+        provider_level=meaning.provider_level,
+    )
+
+
+def unwrap(http_status: int, body: Any) -> dict[str, Any]:
+    """The `data` of a successful answer, or the ProviderError the answer means."""
+    if not isinstance(body, dict) or not isinstance(body.get("code"), int):
+        code = http_status if http_status >= 400 else 500
+        raise error_for(code, f"unreadable answer (HTTP {http_status})")
+    if body["code"] != 200:
+        raise error_for(body["code"], str(body.get("msg") or ""))
+    data = body.get("data")
+    if not isinstance(data, dict):
+        raise error_for(500, "answer has no data object")
+    return data
+
+
+def _json_field(value: Any) -> Any:
+    """`param` and `resultJson` are JSON encoded as strings; tolerate an object too."""
+    if isinstance(value, str) and value:
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+class UnknownState(ValueError):
+    """The record's `state` is not one Apikley documents."""
+
+
+def parse_record(record: dict[str, Any]) -> ProviderUpdate:
+    """Map a Get Task Details record (or a callback's `data`, the same shape) onto an update."""
+    state = record.get("state")
+    status = STATES.get(state) if isinstance(state, str) else None
+    if status is None:
+        raise UnknownState(f"unknown Apikley state {state!r}")
+    task_id = record.get("taskId")
+    provider_task_id = task_id if isinstance(task_id, str) else None
+    if status is TaskStatus.SUCCEEDED:
+        result = _json_field(record.get("resultJson")) or {}
+        urls = result.get("resultUrls") if isinstance(result, dict) else None
+        if not urls or not isinstance(urls[0], str):
+            return ProviderUpdate(
+                status=TaskStatus.FAILED,
+                provider_task_id=provider_task_id,
+                error=TaskError(code="no_result", message="provider reported success without a video URL"),
+            )
+        return ProviderUpdate(status=status, provider_task_id=provider_task_id, result=TaskResult(video_url=urls[0]))
+    if status is TaskStatus.FAILED:
+        fail_code = record.get("failCode")
+        return ProviderUpdate(
+            status=status,
+            provider_task_id=provider_task_id,
+            error=TaskError(
+                code="generation_failed",
+                message=str(record.get("failMsg") or "generation failed"),
+                provider_code=str(fail_code) if fail_code not in (None, "") else None,
+            ),
+        )
+    return ProviderUpdate(status=status, provider_task_id=provider_task_id)
+
+
+class ApikleyClient:
+    name = "apikley"
+
+    def __init__(self, client: httpx.Client) -> None:
+        self._client = client
+
+    def submit(self, task: Task, callback_url: str) -> str:
+        status, body = send(self._client, "POST", CREATE_PATH, json=create_body(task.input, callback_url))
+        task_id = unwrap(status, body).get("taskId")
+        if not isinstance(task_id, str) or not task_id:
+            raise error_for(500, "answer has no taskId")
+        return task_id
+
+    def fetch(self, provider_task_id: str) -> ProviderUpdate:
+        status, body = send(self._client, "GET", RECORD_PATH, params={"taskId": provider_task_id})
+        try:
+            return parse_record(unwrap(status, body))
+        except UnknownState as exc:
+            raise ProviderError("bad_response", str(exc), retryable=True) from exc

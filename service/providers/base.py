@@ -1,0 +1,48 @@
+"""What every provider client raises and returns, independent of the provider."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from service.domain.tasks import ProviderName, Task, TaskError
+from service.domain.transition import ProviderUpdate
+
+
+class ProviderError(Exception):
+    """A provider refused or could not take a request.
+
+    `retryable`: the same request may succeed later (rate limit, maintenance, 5xx, network).
+    `provider_level`: the provider itself is unable to serve us (credits, maintenance, feature
+    off, repeated 5xx), so `auto` tasks may fail over to the other provider.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        provider_code: str | None = None,
+        provider_level: bool = False,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.provider_code = provider_code
+        self.provider_level = provider_level
+
+    def as_task_error(self) -> TaskError:
+        return TaskError(code=self.code, message=self.message, provider_code=self.provider_code)
+
+
+class ProviderClient(Protocol):
+    name: ProviderName
+
+    def submit(self, task: Task, callback_url: str) -> str:
+        """Create the provider task; returns the provider's task id."""
+        ...
+
+    def fetch(self, provider_task_id: str) -> ProviderUpdate:
+        """The provider's current view of a task."""
+        ...

@@ -1,0 +1,34 @@
+"""The shared httpx plumbing of provider clients: one pooled client, transport errors named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from service.providers.base import ProviderError
+
+
+def make_client(base_url: str, api_key: str, timeout_s: float) -> httpx.Client:
+    return httpx.Client(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
+        timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+        follow_redirects=False,
+    )
+
+
+def send(client: httpx.Client, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    """(HTTP status, decoded JSON body or None); network trouble is a retryable ProviderError."""
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.TimeoutException as exc:
+        raise ProviderError("timeout", f"provider did not answer in time ({type(exc).__name__})", retryable=True) from exc
+    except httpx.TransportError as exc:
+        raise ProviderError("network_error", f"could not reach provider ({type(exc).__name__})", retryable=True) from exc
+    try:
+        body = orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        body = None
+    return response.status_code, body

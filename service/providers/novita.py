@@ -1,0 +1,119 @@
+"""Novita: payload mapping (pure) and its client. Errors come as non-2xx HTTP statuses."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+
+from service.domain.status import TaskStatus
+from service.domain.tasks import Task, TaskError, TaskInput, TaskResult, isoformat, utcnow
+from service.domain.transition import ProviderUpdate
+from service.providers.base import ProviderError
+from service.providers.http import send
+
+SUBMIT_PATH = "/v3/async/kling-v2.1-t2v-master"
+RESULT_PATH = "/v3/async/task-result"
+
+STATES: dict[str, TaskStatus] = {
+    "TASK_STATUS_QUEUED": TaskStatus.SUBMITTED,
+    "TASK_STATUS_PROCESSING": TaskStatus.RUNNING,
+    "TASK_STATUS_SUCCEED": TaskStatus.SUCCEEDED,
+    "TASK_STATUS_FAILED": TaskStatus.FAILED,
+}
+
+_HTTP_CODES: dict[int, str] = {
+    400: "validation_error",
+    401: "unauthorized",
+    402: "insufficient_credits",
+    403: "forbidden",
+    404: "not_found",
+    422: "validation_error",
+    429: "rate_limited",
+}
+
+
+def submit_body(task_input: TaskInput) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "prompt": task_input.prompt,
+        "duration": task_input.duration,
+        "aspect_ratio": task_input.aspect_ratio,
+    }
+    if task_input.cfg_scale is not None:
+        body["guidance_scale"] = task_input.cfg_scale
+    if task_input.negative_prompt is not None:
+        body["negative_prompt"] = task_input.negative_prompt
+    return body
+
+
+def error_for(http_status: int, body: Any) -> ProviderError:
+    message = ""
+    if isinstance(body, dict):
+        message = str(body.get("message") or body.get("reason") or "")
+    retryable = http_status == 429 or http_status >= 500
+    code = _HTTP_CODES.get(http_status, "server_error" if http_status >= 500 else "provider_error")
+    return ProviderError(
+        code,
+        message or f"HTTP {http_status}",
+        retryable=retryable,
+        provider_code=str(http_status),
+        provider_level=http_status >= 500 or http_status == 402,
+    )
+
+
+def parse_result(body: Any, *, now: datetime) -> ProviderUpdate:
+    """Map a task-result answer onto an update; `now` dates the video URL's expiry."""
+    task = body.get("task") if isinstance(body, dict) else None
+    status = STATES.get(task.get("status")) if isinstance(task, dict) else None
+    if status is None:
+        raise ProviderError("bad_response", "task-result without a known task.status", retryable=True)
+    assert isinstance(task, dict)
+    progress = task.get("progress_percent")
+    progress_value = int(progress) if isinstance(progress, (int, float)) else None
+    if status is TaskStatus.SUCCEEDED:
+        videos = body.get("videos") or []
+        video = videos[0] if videos and isinstance(videos[0], dict) else {}
+        url = video.get("video_url")
+        if not isinstance(url, str) or not url:
+            return ProviderUpdate(
+                status=TaskStatus.FAILED,
+                error=TaskError(code="no_result", message="provider reported success without a video URL"),
+            )
+        return ProviderUpdate(status=status, result=TaskResult(video_url=url, expires_at=_expiry(video, now)))
+    if status is TaskStatus.FAILED:
+        reason = str(task.get("reason") or "generation failed")
+        return ProviderUpdate(status=status, error=TaskError(code="generation_failed", message=reason))
+    eta = task.get("eta")
+    eta_value = int(eta) if isinstance(eta, (int, float)) and eta > 0 else None
+    return ProviderUpdate(status=status, progress=progress_value, eta_s=eta_value)
+
+
+def _expiry(video: dict[str, Any], now: datetime) -> str | None:
+    try:
+        ttl = int(video.get("video_url_ttl"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return isoformat(now + timedelta(seconds=ttl))
+
+
+class NovitaClient:
+    name = "novita"
+
+    def __init__(self, client: httpx.Client) -> None:
+        self._client = client
+
+    def submit(self, task: Task, callback_url: str) -> str:
+        status, body = send(self._client, "POST", SUBMIT_PATH, json=submit_body(task.input))
+        if not 200 <= status < 300:
+            raise error_for(status, body)
+        task_id = body.get("task_id") if isinstance(body, dict) else None
+        if not isinstance(task_id, str) or not task_id:
+            raise ProviderError("bad_response", "answer has no task_id", retryable=True)
+        return task_id
+
+    def fetch(self, provider_task_id: str) -> ProviderUpdate:
+        status, body = send(self._client, "GET", RESULT_PATH, params={"task_id": provider_task_id})
+        if not 200 <= status < 300:
+            raise error_for(status, body)
+        return parse_result(body, now=utcnow())

@@ -1,0 +1,70 @@
+"""The Apikley callback receiver: nothing that fails a check touches state.
+
+Checks, cheapest first: the per-task token (constant time), the body size, JSON shape, the
+task exists and is Apikley's, and the body's taskId is the one we stored. A terminal state is
+then confirmed with Get Task Details (a poll job) before it is believed, when so configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service.domain.tokens import token_matches
+from service.errors import ApiError
+from service.providers.apikley import UnknownState, parse_record
+from service.routes.bodies import read_json
+from service.routes.context import runtime
+
+log = logging.getLogger(__name__)
+
+MAX_CALLBACK_BYTES = 1024 * 1024
+
+
+def _record(body: Any) -> dict[str, Any]:
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("taskId"), str) or not data["taskId"]:
+        raise ApiError(422, "invalid_callback", "callback has no data.taskId", {"data.taskId": "required string"})
+    return data
+
+
+async def apikley_callback(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    task_id: str = request.path_params["task_id"]
+    if not token_matches(rt.settings.callback_secret or "", task_id, request.path_params["token"]):
+        raise ApiError(401, "invalid_token", "callback token does not match")
+    record = _record(await read_json(request, MAX_CALLBACK_BYTES))
+    try:
+        update = parse_record(record)
+    except UnknownState as exc:
+        raise ApiError(422, "invalid_callback", str(exc), {"data.state": "unknown state"}) from exc
+
+    def handle() -> dict[str, object]:
+        task = rt.store.get(task_id)
+        if task is None or task.provider != "apikley":
+            raise ApiError(404, "not_found", "no such Apikley task")
+        if task.provider_task_id is not None and task.provider_task_id != record["taskId"]:
+            raise ApiError(409, "task_mismatch", "callback taskId does not match this task", {"data.taskId": "does not match"})
+        if task.status.terminal:
+            return {"accepted": True, "changed": False}
+        # A token-bearing callback for a task whose submit crashed before we stored the
+        # provider id can only be about our own task: adopt the id instead of re-submitting.
+        if update.status.terminal and rt.settings.apikley_confirm_callbacks:
+            if task.provider_task_id is None:
+                rt.store.record(task_id, lambda t: t.model_copy(update={"provider_task_id": record["taskId"]}) if t.provider_task_id is None else None)
+            rt.jobs.poll(task_id)
+            return {"accepted": True, "changed": False, "confirming": True}
+        transition = rt.apply(task_id, update)
+        return {"accepted": True, "changed": transition is not None}
+
+    outcome = await run_in_threadpool(handle)
+    log.info("apikley callback task_id=%s state=%s outcome=%s", task_id, record.get("state"), outcome)
+    return JSONResponse(outcome, status_code=202 if outcome.get("confirming") else 200)
+
+
+routes = [Route("/callbacks/apikley/{task_id}/{token}", apikley_callback, methods=["POST"])]

@@ -1,0 +1,148 @@
+"""`/v1/tasks`: create (202, idempotent), read, list, and a task's events."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service.domain.ids import new_id
+from service.domain.status import TaskStatus
+from service.domain.tasks import PROVIDERS, ProviderName, Task, TaskRequest, isoformat, limit_violations, utcnow
+from service.errors import ApiError, validation_error
+from service.routes.bodies import json_object, read_json
+from service.routes.context import api_key, runtime
+from service.runtime import Runtime
+from service.store import IdempotencyClaim, IdempotencyConflict, idempotency_key
+from service.webhooks.ssrf import UnsafeWebhookURL, check_url_syntax
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+def choose_provider(rt: Runtime, requested: str) -> ProviderName:
+    settings = rt.settings
+    if requested != "auto":
+        provider: ProviderName = requested  # type: ignore[assignment]
+        if not settings.provider_configured(provider):
+            raise ApiError(422, "validation_error", f"{provider} is not configured", {"provider": f"{provider} is not configured on this server"})
+        return provider
+    preferred = settings.default_provider
+    for candidate in (preferred, *[p for p in PROVIDERS if p != preferred]):
+        if settings.provider_configured(candidate):
+            return candidate
+    raise ApiError(503, "no_provider", "no provider is configured on this server")
+
+
+async def create_task(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    key = api_key(request)
+    body = json_object(await read_json(request, rt.settings.max_body_bytes))
+    try:
+        req = TaskRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+    provider = choose_provider(rt, req.provider)
+    task_input = req.task_input()
+    problems = limit_violations(task_input, provider)
+    if req.webhook_url is not None:
+        try:
+            check_url_syntax(req.webhook_url, allow_private=rt.settings.allow_private_webhooks)
+        except UnsafeWebhookURL as exc:
+            problems["webhook_url"] = exc.reason
+    if problems:
+        raise ApiError(422, "validation_error", f"invalid request: {', '.join(problems)}", problems)
+
+    claim = None
+    idem = request.headers.get("idempotency-key")
+    if idem is not None:
+        if not idem or len(idem) > MAX_IDEMPOTENCY_KEY:
+            raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
+        fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        claim = IdempotencyClaim(key=idempotency_key(key, idem), fingerprint=fingerprint)
+
+    now = isoformat(utcnow())
+    task = Task(
+        id=new_id("task"),
+        provider=provider,
+        input=task_input,
+        created_at=now,
+        updated_at=now,
+        metadata=req.metadata,
+        webhook_url=req.webhook_url,
+    )
+
+    def store() -> tuple[Task, bool]:
+        return rt.store.create(
+            task,
+            idempotency=claim,
+            idempotency_ttl_s=rt.settings.idempotency_ttl_s,
+            watchdog_s=rt.settings.submit_lease_s,
+            after=lambda pipe, t: rt.jobs.submit(t.id, pipeline=pipe),
+        )
+
+    try:
+        stored, created = await run_in_threadpool(store)
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a different body") from exc
+    headers = {} if created else {"Idempotent-Replayed": "true"}
+    return JSONResponse(stored.model_dump(mode="json"), status_code=202, headers=headers)
+
+
+async def get_task(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    api_key(request)
+    task = await run_in_threadpool(rt.store.get, request.path_params["task_id"])
+    if task is None:
+        raise ApiError(404, "not_found", "no such task")
+    return JSONResponse(task.model_dump(mode="json"))
+
+
+async def list_tasks(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    api_key(request)
+    params = request.query_params
+    status = None
+    if "status" in params:
+        try:
+            status = TaskStatus(params["status"])
+        except ValueError as exc:
+            allowed = ", ".join(s.value for s in TaskStatus)
+            raise ApiError(400, "validation_error", "unknown status", {"status": f"must be one of {allowed}"}) from exc
+    try:
+        limit = int(params.get("limit", "20"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise ApiError(400, "validation_error", "bad limit", {"limit": "must be an integer from 1 to 100"})
+    cursor = params.get("cursor") or None
+    page = await run_in_threadpool(lambda: rt.store.list(status=status, cursor=cursor, limit=limit))
+    return JSONResponse({"data": [t.model_dump(mode="json") for t in page.tasks], "next_cursor": page.next_cursor})
+
+
+async def task_events(request: Request) -> JSONResponse:
+    rt = runtime(request)
+    api_key(request)
+    task_id = request.path_params["task_id"]
+
+    def load() -> list[dict[str, object]] | None:
+        if rt.store.get(task_id) is None:
+            return None
+        return [e.model_dump(mode="json") for e in rt.store.events(task_id)]
+
+    events = await run_in_threadpool(load)
+    if events is None:
+        raise ApiError(404, "not_found", "no such task")
+    return JSONResponse({"data": events})
+
+
+routes = [
+    Route("/v1/tasks", create_task, methods=["POST"]),
+    Route("/v1/tasks", list_tasks, methods=["GET"]),
+    Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
+    Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
+]

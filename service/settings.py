@@ -1,0 +1,111 @@
+"""The one settings object, read from the environment (and an optional `.env` file) once."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ProviderName = Literal["apikley", "novita"]
+
+
+class SettingsError(RuntimeError):
+    """The environment is missing or has a bad value for a setting; the message names it."""
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _floats(value: object) -> object:
+    if isinstance(value, str):
+        return [float(part) for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    redis_url: str | None = None
+    public_base_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    kling_relay_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    callback_secret: str | None = None
+
+    apikley_api_key: str | None = None
+    apikley_base_url: str = "https://api.apikley.ru"
+    novita_api_key: str | None = None
+    novita_base_url: str = "https://api.novita.ai"
+    default_provider: ProviderName = "apikley"
+
+    # A terminal callback is only believed after Get Task Details confirms it.
+    apikley_confirm_callbacks: bool = True
+    allow_private_webhooks: bool = False
+
+    provider_timeout_s: float = 30.0
+    # Seconds between submit attempts on a retryable provider answer; its length is the attempt cap.
+    submit_retry_delays_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [2.0, 10.0, 30.0, 60.0, 120.0, 300.0]
+    )
+    # A submit job that has not finished within this lease is presumed dead and is re-run.
+    submit_lease_s: float = 120.0
+    # How often the worker sweeps for tasks whose job was lost (crash, Redis restart).
+    sweep_interval_s: float = 30.0
+    # A worker blocks on its queues for (worker_ttl_s - 15) s at most, so this bounds how late
+    # the sweep can run; RQ also declares a silent worker dead after this long.
+    worker_ttl_s: int = 60
+
+    # With no terminal callback this long after submit, we poll Get Task Details ourselves.
+    apikley_callback_grace_s: float = 300.0
+    # Poll schedule: the first delay, growth factor and cap between polls, plus the overall deadline.
+    poll_initial_s: float = 5.0
+    poll_factor: float = 1.5
+    poll_max_s: float = 60.0
+    task_deadline_s: float = 3600.0
+
+    idempotency_ttl_s: int = 24 * 3600
+    max_body_bytes: int = 1024 * 1024
+
+    @field_validator("kling_relay_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        return _csv(value)
+
+    @field_validator("submit_retry_delays_s", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        return _floats(value)
+
+    @field_validator("public_base_url", "apikley_base_url", "novita_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    def require(self, *names: str) -> None:
+        """Fail fast, naming the variable, when a process needs a setting that is unset."""
+        missing = [name.upper() for name in names if not getattr(self, name)]
+        if missing:
+            raise SettingsError(f"missing required environment variable(s): {', '.join(missing)}")
+
+    def provider_configured(self, provider: ProviderName) -> bool:
+        return bool(self.apikley_api_key if provider == "apikley" else self.novita_api_key)
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "?"
+        raise SettingsError(f"bad value for {name}: {first['msg']}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (workers and the app factory use this)."""
+    return load_settings()

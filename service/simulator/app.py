@@ -1,0 +1,217 @@
+"""HTTP face of the provider simulator: Apikley and Novita APIs, fake videos and the control API.
+
+Serve `create_simulator_app()` with uvicorn and point the relay's provider base URLs at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.simulator.callbacks import CallbackSender
+from service.simulator.schemas import (
+    ApikleyCreateTask,
+    InvalidBody,
+    NovitaSubmit,
+    decode_object,
+    validate,
+)
+from service.simulator.state import (
+    Phase,
+    Provider,
+    SimStore,
+    SimTask,
+    apikley_record,
+    novita_result,
+    pop_first,
+    unix_ms,
+)
+
+# The smallest valid MP4 header (an `ftyp` box): enough for clients that sniff the content.
+FAKE_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
+
+
+def apikley_answer(code: int, msg: str, http_status: int = 200) -> JSONResponse:
+    """Apikley reports errors in the body's `code`, normally on an HTTP 200."""
+    return JSONResponse({"code": code, "msg": msg, "data": None}, status_code=http_status)
+
+
+def novita_error(
+    status: int, reason: str, message: str, metadata: dict[str, Any] | None = None
+) -> JSONResponse:
+    """Novita reports errors as the HTTP status, repeated in the body's `code`."""
+    body = {"code": status, "reason": reason, "message": message, "metadata": metadata or {}}
+    return JSONResponse(body, status_code=status)
+
+
+class Simulator:
+    """The route handlers, sharing one in-memory store and one callback sender."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self.api_key = api_key
+        self.store = SimStore()
+        self.sender = CallbackSender(self.store)
+
+    def authorized(self, request: Request) -> bool:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            return False
+        return self.api_key is None or key == self.api_key
+
+    async def provider_latency(self) -> None:
+        if self.store.config.latency_s > 0:
+            await asyncio.sleep(self.store.config.latency_s)
+
+    @staticmethod
+    def video_url(request: Request, task: SimTask) -> str:
+        return str(request.url_for("sim_video", task_id=task.task_id))
+
+    async def apikley_create(self, request: Request) -> Response:
+        await self.provider_latency()
+        if not self.authorized(request):
+            return apikley_answer(401, "Unauthorized: missing or invalid API key")
+        if forced := pop_first(self.store.config.apikley_create_responses):
+            return apikley_answer(forced.code, forced.msg, forced.http_status)
+        try:
+            data = decode_object(await request.body())
+            body = validate(ApikleyCreateTask, data)
+        except InvalidBody as exc:
+            return apikley_answer(422, str(exc))
+        task = self.store.add_task(
+            Provider.APIKLEY, data, body.input.prompt, time.time(), body.callBackUrl
+        )
+        if body.callBackUrl:
+            self.sender.schedule(task, body.callBackUrl, self.video_url(request, task))
+        return JSONResponse({"code": 200, "msg": "success", "data": {"taskId": task.task_id}})
+
+    async def apikley_record_info(self, request: Request) -> Response:
+        await self.provider_latency()
+        if not self.authorized(request):
+            return apikley_answer(401, "Unauthorized: missing or invalid API key")
+        if forced := pop_first(self.store.config.apikley_record_responses):
+            return apikley_answer(forced.code, forced.msg, forced.http_status)
+        task_id = request.query_params.get("taskId", "")
+        if not task_id:
+            return apikley_answer(422, "taskId: is required")
+        task = self.store.find(Provider.APIKLEY, task_id)
+        if task is None:
+            return apikley_answer(404, f"task not found: {task_id}")
+        record = apikley_record(task, time.time() - task.created_at, self.video_url(request, task))
+        return JSONResponse({"code": 200, "msg": "success", "data": record})
+
+    async def novita_submit(self, request: Request) -> Response:
+        await self.provider_latency()
+        if not self.authorized(request):
+            return novita_error(401, "INVALID_API_KEY", "missing or invalid API key")
+        if forced := pop_first(self.store.config.novita_submit_responses):
+            return novita_error(forced.http_status, forced.reason, forced.message)
+        try:
+            data = decode_object(await request.body())
+            body = validate(NovitaSubmit, data)
+        except InvalidBody as exc:
+            return novita_error(400, "INVALID_REQUEST_BODY", str(exc), {"field": exc.field})
+        task = self.store.add_task(Provider.NOVITA, data, body.prompt, time.time())
+        return JSONResponse({"task_id": task.task_id})
+
+    async def novita_task_result(self, request: Request) -> Response:
+        await self.provider_latency()
+        if not self.authorized(request):
+            return novita_error(401, "INVALID_API_KEY", "missing or invalid API key")
+        if forced := pop_first(self.store.config.novita_result_responses):
+            return novita_error(forced.http_status, forced.reason, forced.message)
+        task_id = request.query_params.get("task_id", "")
+        if not task_id:
+            return novita_error(400, "INVALID_REQUEST_PARAMS", "task_id: is required")
+        task = self.store.find(Provider.NOVITA, task_id)
+        if task is None:
+            return novita_error(404, "TASK_NOT_FOUND", f"task not found: {task_id}")
+        elapsed = time.time() - task.created_at
+        return JSONResponse(novita_result(task, elapsed, self.video_url(request, task)))
+
+    async def video(self, request: Request) -> Response:
+        """Serve a finished task's video until its URL's TTL runs out (then 403, like S3)."""
+        task = self.store.tasks.get(request.path_params["task_id"])
+        now = time.time()
+        if task is None or task.phase(now) is not Phase.SUCCESS:
+            return Response("not found", status_code=404, media_type="text/plain")
+        if now >= task.video_expires_at():
+            return Response("URL expired", status_code=403, media_type="text/plain")
+        return Response(FAKE_MP4, media_type="video/mp4")
+
+    async def get_config(self, request: Request) -> Response:
+        return JSONResponse(self.store.config.model_dump(mode="json"))
+
+    async def patch_config(self, request: Request) -> Response:
+        try:
+            patch = decode_object(await request.body())
+            self.store.config = self.store.config.merged(patch)
+        except InvalidBody as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            return JSONResponse({"error": "invalid config", "details": errors}, status_code=422)
+        return await self.get_config(request)
+
+    async def reset(self, request: Request) -> Response:
+        await self.sender.cancel_all()
+        self.store.reset()
+        return await self.get_config(request)
+
+    async def list_tasks(self, request: Request) -> Response:
+        now = time.time()
+        views = [self.task_view(request, task, now) for task in self.store.tasks.values()]
+        return JSONResponse({"tasks": views})
+
+    async def list_callbacks(self, request: Request) -> Response:
+        return JSONResponse({"callbacks": [asdict(c) for c in self.store.callbacks]})
+
+    def task_view(self, request: Request, task: SimTask, now: float) -> dict[str, Any]:
+        return {
+            "provider": task.provider.value,
+            "task_id": task.task_id,
+            "state": task.provider_state(now),
+            "created_at": unix_ms(task.created_at),
+            "request": task.request,
+            "plan": asdict(task.plan),
+            "callback_url": task.callback_url,
+            "video_url": self.video_url(request, task),
+            "callbacks": [asdict(c) for c in self.store.callbacks if c.task_id == task.task_id],
+        }
+
+
+def create_simulator_app(api_key: str | None = "sandbox") -> Starlette:
+    """Build the simulator; `api_key=None` accepts any non-empty bearer key."""
+    sim = Simulator(api_key)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await sim.sender.start()
+        try:
+            yield
+        finally:
+            await sim.sender.stop()
+
+    routes = [
+        Route("/api/v1/jobs/createTask", sim.apikley_create, methods=["POST"]),
+        Route("/api/v1/jobs/recordInfo", sim.apikley_record_info, methods=["GET"]),
+        Route("/v3/async/kling-v2.1-t2v-master", sim.novita_submit, methods=["POST"]),
+        Route("/v3/async/task-result", sim.novita_task_result, methods=["GET"]),
+        Route("/sim/videos/{task_id}.mp4", sim.video, methods=["GET"], name="sim_video"),
+        Route("/_sim/config", sim.get_config, methods=["GET"]),
+        Route("/_sim/config", sim.patch_config, methods=["PATCH"]),
+        Route("/_sim/reset", sim.reset, methods=["POST"]),
+        Route("/_sim/tasks", sim.list_tasks, methods=["GET"]),
+        Route("/_sim/callbacks", sim.list_callbacks, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

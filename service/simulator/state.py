@@ -1,0 +1,347 @@
+"""Pure model of the simulated providers: behaviour config, task timelines and what tasks report.
+
+Everything here is a function of a config snapshot, a task's creation time and "now"; the HTTP
+layer (app.py) and the callback sender (callbacks.py) only read the clock and serialise the
+results, so every documented provider case can be reproduced and unit-tested without a network.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+
+Outcome = Literal["success", "fail"]
+CallbackMode = Literal["normal", "drop", "duplicate", "out_of_order"]
+
+NOVITA_TASK_TYPE = "KLING_V2.1_T2V_MASTER"
+SLOW_FACTOR = 10
+SLOW_DIRECTIVE = "[sim:slow]"
+FAIL_DIRECTIVE = "[sim:fail]"
+CALLBACK_DIRECTIVES: dict[str, CallbackMode] = {
+    "[sim:drop-callback]": "drop",
+    "[sim:duplicate-callback]": "duplicate",
+    "[sim:out-of-order]": "out_of_order",
+}
+
+
+class ApikleyForcedResponse(BaseModel):
+    """An Apikley answer returned instead of doing the real work (the code rides in the body)."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: int
+    msg: str
+    http_status: int = Field(default=200, ge=100, le=599)
+
+
+class NovitaForcedResponse(BaseModel):
+    """A Novita error returned instead of doing the real work (the status is the HTTP status)."""
+
+    model_config = ConfigDict(extra="forbid")
+    http_status: int = Field(ge=100, le=599)
+    reason: str
+    message: str
+
+
+class SimConfig(BaseModel):
+    """Global behaviour of the simulator; changed at runtime through the control API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_s: NonNegativeFloat = 0.2
+    generate_s: NonNegativeFloat = 0.5
+    outcome: Outcome = "success"
+    fail_code: str = "501"
+    fail_msg: str = "content generation failed"
+    callback_mode: CallbackMode = "normal"
+    callback_delay_s: NonNegativeFloat = 0.0
+    progress_callbacks: bool = False
+    latency_s: NonNegativeFloat = 0.0
+    video_url_ttl: PositiveInt = 3600
+    eta_s: NonNegativeInt | None = None
+    apikley_create_responses: list[ApikleyForcedResponse] = []
+    apikley_record_responses: list[ApikleyForcedResponse] = []
+    novita_submit_responses: list[NovitaForcedResponse] = []
+    novita_result_responses: list[NovitaForcedResponse] = []
+
+    def merged(self, patch: dict[str, Any]) -> SimConfig:
+        """Return a new config with the top-level keys of `patch` replaced (lists replace whole)."""
+        return SimConfig.model_validate({**self.model_dump(), **patch})
+
+
+T = TypeVar("T")
+
+
+def pop_first(queue: list[T]) -> T | None:
+    """Consume the next forced answer of a FIFO queue, if any."""
+    return queue.pop(0) if queue else None
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """The behaviour a task was created with: config snapshot plus its prompt directives.
+
+    Snapshotting at creation keeps a running task's timeline stable when the config changes.
+    """
+
+    queue_s: float
+    generate_s: float
+    outcome: Outcome
+    fail_code: str
+    fail_msg: str
+    callback_mode: CallbackMode
+    callback_delay_s: float
+    progress_callbacks: bool
+    video_url_ttl: int
+    eta_s: int | None
+
+    @property
+    def done_after(self) -> float:
+        """Seconds from creation to the terminal state."""
+        return self.queue_s + self.generate_s
+
+
+def plan_task(config: SimConfig, prompt: str) -> TaskPlan:
+    """Combine the global config with the `[sim:...]` directives found in the prompt."""
+    factor = SLOW_FACTOR if SLOW_DIRECTIVE in prompt else 1
+    mode = next((m for d, m in CALLBACK_DIRECTIVES.items() if d in prompt), config.callback_mode)
+    return TaskPlan(
+        queue_s=config.queue_s * factor,
+        generate_s=config.generate_s * factor,
+        outcome="fail" if FAIL_DIRECTIVE in prompt else config.outcome,
+        fail_code=config.fail_code,
+        fail_msg=config.fail_msg,
+        callback_mode=mode,
+        callback_delay_s=config.callback_delay_s,
+        progress_callbacks=config.progress_callbacks,
+        video_url_ttl=config.video_url_ttl,
+        eta_s=config.eta_s,
+    )
+
+
+class Phase(StrEnum):
+    """Task lifecycle, named in Apikley's vocabulary (Novita's is mapped from it)."""
+
+    WAITING = "waiting"
+    QUEUING = "queuing"
+    GENERATING = "generating"
+    SUCCESS = "success"
+    FAIL = "fail"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCESS, Phase.FAIL)
+
+
+NOVITA_STATUS: dict[Phase, str] = {
+    Phase.WAITING: "TASK_STATUS_QUEUED",
+    Phase.QUEUING: "TASK_STATUS_QUEUED",
+    Phase.GENERATING: "TASK_STATUS_PROCESSING",
+    Phase.SUCCESS: "TASK_STATUS_SUCCEED",
+    Phase.FAIL: "TASK_STATUS_FAILED",
+}
+
+
+def phase_at(plan: TaskPlan, elapsed: float) -> Phase:
+    """Phase `elapsed` seconds after creation; the queue time is split between waiting and queuing."""
+    if elapsed < plan.queue_s / 2:
+        return Phase.WAITING
+    if elapsed < plan.queue_s:
+        return Phase.QUEUING
+    if elapsed < plan.done_after:
+        return Phase.GENERATING
+    return Phase.SUCCESS if plan.outcome == "success" else Phase.FAIL
+
+
+def phase_started(plan: TaskPlan, phase: Phase) -> float:
+    """Seconds after creation at which `phase` begins."""
+    starts = {Phase.WAITING: 0.0, Phase.QUEUING: plan.queue_s / 2, Phase.GENERATING: plan.queue_s}
+    return starts.get(phase, plan.done_after)
+
+
+class Provider(StrEnum):
+    APIKLEY = "apikley"
+    NOVITA = "novita"
+
+
+@dataclass
+class SimTask:
+    """One submitted generation task; `request` is the body exactly as the client sent it."""
+
+    provider: Provider
+    task_id: str
+    request: dict[str, Any]
+    plan: TaskPlan
+    created_at: float
+    callback_url: str | None = None
+
+    def phase(self, now: float) -> Phase:
+        return phase_at(self.plan, now - self.created_at)
+
+    def provider_state(self, now: float) -> str:
+        """The state string this task's provider would report."""
+        phase = self.phase(now)
+        return phase.value if self.provider is Provider.APIKLEY else NOVITA_STATUS[phase]
+
+    def video_expires_at(self) -> float:
+        return self.created_at + self.plan.done_after + self.plan.video_url_ttl
+
+
+def unix_ms(seconds: float) -> int:
+    return int(round(seconds * 1000))
+
+
+def compact_json(value: Any) -> str:
+    """JSON as the provider embeds it inside string fields (`param`, `resultJson`)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def apikley_record(task: SimTask, elapsed: float, video_url: str) -> dict[str, Any]:
+    """The `data` of Get Task Details (and of callbacks), `elapsed` seconds after creation."""
+    phase = phase_at(task.plan, elapsed)
+    failed = phase is Phase.FAIL
+    return {
+        "taskId": task.task_id,
+        "model": task.request.get("model"),
+        "state": phase.value,
+        "param": compact_json(task.request),
+        "resultJson": compact_json({"resultUrls": [video_url]}) if phase is Phase.SUCCESS else "",
+        "failCode": task.plan.fail_code if failed else "",
+        "failMsg": task.plan.fail_msg if failed else "",
+        "costTime": unix_ms(task.plan.done_after) if phase.terminal else None,
+        "completeTime": unix_ms(task.created_at + task.plan.done_after) if phase.terminal else None,
+        "createTime": unix_ms(task.created_at),
+        "updateTime": unix_ms(task.created_at + phase_started(task.plan, phase)),
+    }
+
+
+def apikley_callback_body(task: SimTask, elapsed: float, video_url: str) -> dict[str, Any]:
+    """A callback body: the record `elapsed` seconds after creation; code 501 means failed."""
+    record = apikley_record(task, elapsed, video_url)
+    if record["state"] == Phase.FAIL:
+        return {"code": 501, "msg": task.plan.fail_msg, "data": record}
+    msg = "success" if record["state"] == Phase.SUCCESS else record["state"]
+    return {"code": 200, "msg": msg, "data": record}
+
+
+@dataclass(frozen=True)
+class ScheduledCallback:
+    """Send `send_after` seconds after creation a body describing the task at offset `as_of`.
+
+    Offsets rather than absolute times: float rounding must not move `as_of` out of its phase.
+    """
+
+    send_after: float
+    as_of: float
+
+
+def callback_schedule(plan: TaskPlan) -> list[ScheduledCallback]:
+    """The callbacks a task sends, in order, according to its callback mode."""
+    if plan.callback_mode == "drop":
+        return []
+    delay = plan.callback_delay_s
+    # Without a generating phase there is no non-terminal state to report.
+    has_generating = plan.generate_s > 0
+    terminal = ScheduledCallback(plan.done_after + delay, plan.done_after)
+    schedule: list[ScheduledCallback] = []
+    if plan.progress_callbacks and has_generating:
+        schedule.append(ScheduledCallback(plan.queue_s + delay, plan.queue_s))
+    schedule.append(terminal)
+    if plan.callback_mode == "duplicate":
+        schedule.append(terminal)
+    if plan.callback_mode == "out_of_order" and has_generating:
+        schedule.append(ScheduledCallback(terminal.send_after, plan.queue_s))
+    return schedule
+
+
+def novita_result(task: SimTask, elapsed: float, video_url: str) -> dict[str, Any]:
+    """The Task Result API answer, `elapsed` seconds after the task's creation."""
+    plan = task.plan
+    phase = phase_at(plan, elapsed)
+    if phase.terminal:
+        progress, eta = 100, 0
+    else:
+        # Only the generating phase has a non-zero length generate_s, so the division is safe.
+        generating = phase is Phase.GENERATING
+        progress = min(99, int(100 * (elapsed - plan.queue_s) / plan.generate_s)) if generating else 0
+        eta = plan.eta_s if plan.eta_s is not None else math.ceil(plan.done_after - elapsed)
+    videos = [
+        {"video_url": video_url, "video_url_ttl": str(plan.video_url_ttl), "video_type": "mp4"}
+    ]
+    return {
+        "task": {
+            "task_id": task.task_id,
+            "task_type": NOVITA_TASK_TYPE,
+            "status": NOVITA_STATUS[phase],
+            "reason": plan.fail_msg if phase is Phase.FAIL else "",
+            "eta": eta,
+            "progress_percent": progress,
+        },
+        "videos": videos if phase is Phase.SUCCESS else [],
+        "images": [],
+        "audios": [],
+        "extra": {},
+    }
+
+
+@dataclass
+class CallbackAttempt:
+    """One callback POST as sent, with the receiver's status or the transport error."""
+
+    task_id: str
+    url: str
+    body: dict[str, Any]
+    sent_at: int
+    status_code: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class SimStore:
+    """All simulator state, in memory: config, tasks of both providers and the callback log."""
+
+    config: SimConfig = field(default_factory=SimConfig)
+    tasks: dict[str, SimTask] = field(default_factory=dict)
+    callbacks: list[CallbackAttempt] = field(default_factory=list)
+    # Survives reset so a task id is never reused, even across resets.
+    _last_apikley_id: int = 0
+
+    def add_task(
+        self,
+        provider: Provider,
+        request: dict[str, Any],
+        prompt: str,
+        now: float,
+        callback_url: str | None = None,
+    ) -> SimTask:
+        task = SimTask(
+            provider=provider,
+            task_id=self._new_id(provider, now),
+            request=request,
+            plan=plan_task(self.config, prompt),
+            created_at=now,
+            callback_url=callback_url,
+        )
+        self.tasks[task.task_id] = task
+        return task
+
+    def find(self, provider: Provider, task_id: str) -> SimTask | None:
+        task = self.tasks.get(task_id)
+        return task if task is not None and task.provider is provider else None
+
+    def reset(self) -> None:
+        self.config = SimConfig()
+        self.tasks.clear()
+        self.callbacks.clear()
+
+    def _new_id(self, provider: Provider, now: float) -> str:
+        if provider is Provider.NOVITA:
+            return str(uuid.uuid4())
+        # Millisecond-like digits as the real provider uses, bumped to stay unique.
+        self._last_apikley_id = max(self._last_apikley_id + 1, unix_ms(now))
+        return f"task_kling_{self._last_apikley_id}"

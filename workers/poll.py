@@ -1,0 +1,103 @@
+"""Poll job: ask the provider where a task stands and apply it through the one transition function.
+
+Each task has at most one *poll chain*: the job id of its next scheduled poll lives in
+`kr:pollchain:{task}`, and only that job may schedule the one after. Extra polls (a callback
+asking for confirmation, a retried job) still apply what they see, but never fork the chain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from datetime import datetime
+
+from redis.exceptions import WatchError
+from rq import get_current_job
+
+from service.domain.schedule import poll_delay
+from service.domain.status import TaskStatus
+from service.domain.tasks import Task, TaskError
+from service.domain.transition import ProviderUpdate
+from service.providers.base import ProviderError
+from service.runtime import Runtime
+from workers.context import get_runtime
+
+log = logging.getLogger(__name__)
+
+
+def chain_key(task_id: str) -> str:
+    return f"kr:pollchain:{task_id}"
+
+
+def count_key(task_id: str) -> str:
+    return f"kr:polls:{task_id}"
+
+
+def schedule_next_poll(rt: Runtime, task_id: str, *, delay_s: float, chain_owner: str | None) -> bool:
+    """Schedule the next poll if `chain_owner` holds the chain (None: only if no chain exists)."""
+    key = chain_key(task_id)
+    job_id = f"poll-{task_id}-{uuid.uuid4().hex[:12]}"
+    horizon = delay_s + rt.settings.submit_lease_s
+    with rt.redis.pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            current = pipe.get(key)
+            holder = current.decode() if isinstance(current, bytes) else current
+            if holder is not None and holder != chain_owner:
+                pipe.reset()
+                return False
+            pipe.multi()
+            pipe.set(key, job_id, ex=max(int(horizon), 1))
+            rt.jobs.poll(task_id, delay_s=delay_s, pipeline=pipe, job_id=job_id)
+            rt.store.set_watchdog(task_id, horizon, pipeline=pipe)
+            pipe.execute()
+            return True
+        except WatchError:
+            return False
+
+
+def poll_task(task_id: str) -> None:
+    rt = get_runtime()
+    job = get_current_job()
+    me = job.id if job is not None else None
+    task = rt.store.get(task_id)
+    if task is None or task.status.terminal:
+        rt.redis.delete(chain_key(task_id), count_key(task_id))
+        return
+    if task.provider_task_id is None:
+        return
+    polls = rt.redis.incr(count_key(task_id))
+    rt.redis.expire(count_key(task_id), int(rt.settings.task_deadline_s) + 3600)
+    update = _fetch(rt, task)
+    if update is not None:
+        rt.apply(task_id, update)
+    current = rt.store.get(task_id)
+    if current is not None and not current.status.terminal and _past_deadline(rt, current):
+        timeout = TaskError(code="timeout", message=f"no result within {rt.settings.task_deadline_s:.0f} s")
+        rt.apply(task_id, ProviderUpdate(status=TaskStatus.FAILED, error=timeout))
+        current = rt.store.get(task_id)
+    if current is None or current.status.terminal:
+        rt.redis.delete(chain_key(task_id), count_key(task_id))
+        return
+    s = rt.settings
+    eta = update.eta_s if update is not None else None
+    delay = poll_delay(polls, initial_s=s.poll_initial_s, factor=s.poll_factor, max_s=s.poll_max_s, eta_s=eta)
+    schedule_next_poll(rt, task_id, delay_s=delay, chain_owner=me)
+
+
+def _fetch(rt: Runtime, task: Task) -> ProviderUpdate | None:
+    assert task.provider_task_id is not None
+    try:
+        return rt.provider(task.provider).fetch(task.provider_task_id)
+    except ProviderError as err:
+        if err.code == "not_found":
+            return ProviderUpdate(status=TaskStatus.FAILED, error=err.as_task_error())
+        # Anything else (rate limit, outage, even a revoked key) may pass; the deadline bounds it.
+        log.warning("poll failed task_id=%s code=%s retryable=%s", task.id, err.code, err.retryable)
+        return None
+
+
+def _past_deadline(rt: Runtime, task: Task) -> bool:
+    created = datetime.fromisoformat(task.created_at.replace("Z", "+00:00")).timestamp()
+    return time.time() - created > rt.settings.task_deadline_s
