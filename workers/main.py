@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 
 
 class RelayWorker(SimpleWorker):
+    stopping = False
+
+    def request_stop(self, signum: int, frame: object) -> None:
+        # Remember that the stop was asked for, so the restart loop below lets us go.
+        self.stopping = True
+        super().request_stop(signum, frame)  # type: ignore[arg-type]
+
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
         try:
@@ -47,7 +54,7 @@ def run_worker(*, burst: bool = False) -> None:
             log.warning("redis unavailable (%s); retrying in 1 s", type(exc).__name__)
             time.sleep(1)
             continue
-        if burst or worker._stop_requested:
+        if burst or worker.stopping:
             return
         log.warning("worker loop ended unexpectedly; restarting in 1 s")
         time.sleep(1)
