@@ -33,6 +33,8 @@ def _wait_http(url: str, timeout_s: float = 20.0) -> None:
 
 
 def run_dev(port: int | None = None) -> int:
+    # SIGTERM (e.g. from a supervisor) must tear the children down just like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     settings = get_settings()
     env = dict(os.environ)
     children: list[subprocess.Popen[bytes]] = []

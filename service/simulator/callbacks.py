@@ -1,4 +1,4 @@
-"""Apikley callback delivery from background asyncio tasks, so request handling never waits on it."""
+"""Apikley callback delivery from background asyncio tasks: request handling never waits on it."""
 
 from __future__ import annotations
 

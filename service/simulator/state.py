@@ -1,8 +1,9 @@
 """Pure model of the simulated providers: behaviour config, task timelines and what tasks report.
 
-Everything here is a function of a config snapshot, a task's creation time and "now"; the HTTP
-layer (app.py) and the callback sender (callbacks.py) only read the clock and serialise the
-results, so every documented provider case can be reproduced and unit-tested without a network.
+What a task reports is a function of its plan (config snapshot plus prompt directives) and the
+seconds elapsed since creation; the HTTP layer (app.py) and the callback sender (callbacks.py)
+only read the clock and serialise the results, so every documented provider case can be
+reproduced and unit-tested without a network. `SimStore` is the plain in-memory container.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ NOVITA_STATUS: dict[Phase, str] = {
 
 
 def phase_at(plan: TaskPlan, elapsed: float) -> Phase:
-    """Phase `elapsed` seconds after creation; the queue time is split between waiting and queuing."""
+    """Phase `elapsed` seconds after creation; queue time is split between waiting and queuing."""
     if elapsed < plan.queue_s / 2:
         return Phase.WAITING
     if elapsed < plan.queue_s:
@@ -266,9 +267,9 @@ def novita_result(task: SimTask, elapsed: float, video_url: str) -> dict[str, An
     if phase.terminal:
         progress, eta = 100, 0
     else:
-        # Only the generating phase has a non-zero length generate_s, so the division is safe.
-        generating = phase is Phase.GENERATING
-        progress = min(99, int(100 * (elapsed - plan.queue_s) / plan.generate_s)) if generating else 0
+        progress = 0
+        if phase is Phase.GENERATING:  # so generate_s > 0
+            progress = min(99, int(100 * (elapsed - plan.queue_s) / plan.generate_s))
         eta = plan.eta_s if plan.eta_s is not None else math.ceil(plan.done_after - elapsed)
     videos = [
         {"video_url": video_url, "video_url_ttl": str(plan.video_url_ttl), "video_type": "mp4"}
