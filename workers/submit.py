@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 
+from service.domain.failover import failover_target
 from service.domain.status import TaskStatus
-from service.domain.tasks import SubmitAttempt, Task, isoformat, utcnow
+from service.domain.tasks import PROVIDERS, SubmitAttempt, Task, isoformat, utcnow
 from service.domain.transition import ProviderUpdate
 from service.providers.base import ProviderError
 from service.runtime import Runtime
@@ -54,11 +55,25 @@ def _on_error(rt: Runtime, task: Task, err: ProviderError) -> None:
     retries_so_far = sum(1 for a in task.attempts if a.provider == task.provider and a.outcome == "retrying")
     delays = rt.settings.submit_retry_delays_s
     now = isoformat(utcnow())
+    # Credits, feature off, maintenance: the provider itself is out; a 5xx counts once repeated.
+    if err.provider_level and (not err.retryable or err.code == "maintenance" or retries_so_far >= 1):
+        configured = [p for p in PROVIDERS if rt.settings.provider_configured(p)]
+        target = failover_target(task, configured=configured)
+        if target is not None:
+            attempt = SubmitAttempt(provider=task.provider, at=now, outcome="rejected", code=err.code, message=err.message)
+            _note_attempt(rt, task.id, attempt)
+            rt.store.record(task.id, lambda t: t.model_copy(update={"provider": target}))
+            rt.store.set_watchdog(task.id, rt.settings.submit_lease_s)
+            rt.redis.delete(lease_key(task.id))  # the next job must find the lease free
+            rt.jobs.submit(task.id)
+            log.warning("submit failover task_id=%s from=%s to=%s code=%s", task.id, task.provider, target, err.code)
+            return
     if err.retryable and retries_so_far < len(delays):
         delay = delays[retries_so_far]
         attempt = SubmitAttempt(provider=task.provider, at=now, outcome="retrying", code=err.code, message=err.message)
         _note_attempt(rt, task.id, attempt)
         rt.store.set_watchdog(task.id, delay + rt.settings.submit_lease_s)
+        rt.redis.delete(lease_key(task.id))
         rt.jobs.submit(task.id, delay_s=delay)
         log.warning("submit retry task_id=%s code=%s in %.1fs", task.id, err.code, delay)
         return

@@ -133,6 +133,8 @@ class SubmitAttempt(BaseModel):
 class Task(BaseModel):
     id: str
     provider: ProviderName
+    # What the client asked for: only `auto` tasks may fail over to the other provider.
+    requested_provider: Literal["apikley", "novita", "auto"] = "auto"
     provider_task_id: str | None = None
     status: TaskStatus = TaskStatus.QUEUED
     input: TaskInput

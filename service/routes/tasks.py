@@ -69,6 +69,7 @@ async def create_task(request: Request) -> JSONResponse:
     task = Task(
         id=new_id("task"),
         provider=provider,
+        requested_provider=req.provider,
         input=task_input,
         created_at=now,
         updated_at=now,
