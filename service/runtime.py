@@ -31,7 +31,7 @@ class Runtime:
     _providers: dict[str, ProviderClient] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Runtime":
+    def from_settings(cls, settings: Settings) -> Runtime:
         settings.require("redis_url")
         redis = Redis.from_url(settings.redis_url or "", health_check_interval=30, socket_keepalive=True)
         return cls(settings=settings, redis=redis, store=TaskStore(redis), jobs=Jobs(redis))

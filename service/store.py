@@ -113,7 +113,7 @@ class TaskStore:
         raw = self.redis.get(task_key(task_id))
         return Task.loads(raw) if raw is not None else None
 
-    def list(self, *, status: TaskStatus | None, cursor: str | None, limit: int) -> Page:
+    def page(self, *, status: TaskStatus | None, cursor: str | None, limit: int) -> Page:
         """Newest first. Ids sort by creation time, so the index is a lexicographic sorted set."""
         upper = f"({cursor}" if cursor else "+"
         ids = self.redis.zrevrangebylex(index_key(status), upper, "-", start=0, num=limit + 1)

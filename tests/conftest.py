@@ -52,7 +52,7 @@ class ServedApp:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "ServedApp":
+    def __enter__(self) -> ServedApp:
         self.thread.start()
         wait_for(lambda: self.server.started, timeout_s=10, what="uvicorn to start")
         return self
@@ -69,7 +69,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="session")
-def simulator() -> Iterator["Simulator"]:
+def simulator() -> Iterator[Simulator]:
     with ServedApp(create_simulator_app(api_key="sandbox")) as served:
         yield Simulator(served.url)
 

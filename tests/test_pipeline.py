@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import Simulator, Stack, wait_for, wait_for_status
+from tests.conftest import Simulator, wait_for_status
 
 
 def test_apikley_task_succeeds_through_a_real_callback(api: httpx.Client, sim: Simulator) -> None:

@@ -35,7 +35,7 @@ class Event(BaseModel):
         return orjson.dumps(self.model_dump(mode="json"))
 
     @classmethod
-    def loads(cls, raw: bytes | str) -> "Event":
+    def loads(cls, raw: bytes | str) -> Event:
         return cls.model_validate(orjson.loads(raw))
 
 

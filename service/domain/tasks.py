@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -31,11 +31,11 @@ LIMITS: dict[ProviderName, PromptLimits] = {
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def isoformat(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TaskInput(BaseModel):
@@ -152,5 +152,5 @@ class Task(BaseModel):
         return orjson.dumps(self.model_dump(mode="json"))
 
     @classmethod
-    def loads(cls, raw: bytes | str) -> "Task":
+    def loads(cls, raw: bytes | str) -> Task:
         return cls.model_validate(orjson.loads(raw))

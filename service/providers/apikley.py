@@ -13,7 +13,7 @@ import httpx
 import orjson
 
 from service.domain.status import TaskStatus
-from service.domain.tasks import Task, TaskError, TaskInput, TaskResult
+from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult
 from service.domain.transition import ProviderUpdate
 from service.providers.base import ProviderError
 from service.providers.http import send
@@ -128,7 +128,7 @@ def parse_record(record: dict[str, Any]) -> ProviderUpdate:
 
 
 class ApikleyClient:
-    name = "apikley"
+    name: ProviderName = "apikley"
 
     def __init__(self, client: httpx.Client) -> None:
         self._client = client

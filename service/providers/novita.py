@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from service.domain.status import TaskStatus
-from service.domain.tasks import Task, TaskError, TaskInput, TaskResult, isoformat, utcnow
+from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult, isoformat, utcnow
 from service.domain.transition import ProviderUpdate
 from service.providers.base import ProviderError
 from service.providers.http import send
@@ -65,10 +65,9 @@ def error_for(http_status: int, body: Any) -> ProviderError:
 def parse_result(body: Any, *, now: datetime) -> ProviderUpdate:
     """Map a task-result answer onto an update; `now` dates the video URL's expiry."""
     task = body.get("task") if isinstance(body, dict) else None
-    status = STATES.get(task.get("status")) if isinstance(task, dict) else None
-    if status is None:
+    if not isinstance(task, dict) or task.get("status") not in STATES:
         raise ProviderError("bad_response", "task-result without a known task.status", retryable=True)
-    assert isinstance(task, dict)
+    status = STATES[task["status"]]
     progress = task.get("progress_percent")
     progress_value = int(progress) if isinstance(progress, (int, float)) else None
     if status is TaskStatus.SUCCEEDED:
@@ -98,7 +97,7 @@ def _expiry(video: dict[str, Any], now: datetime) -> str | None:
 
 
 class NovitaClient:
-    name = "novita"
+    name: ProviderName = "novita"
 
     def __init__(self, client: httpx.Client) -> None:
         self._client = client

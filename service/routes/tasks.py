@@ -121,7 +121,7 @@ async def list_tasks(request: Request) -> JSONResponse:
     if not 1 <= limit <= 100:
         raise ApiError(400, "validation_error", "bad limit", {"limit": "must be an integer from 1 to 100"})
     cursor = params.get("cursor") or None
-    page = await run_in_threadpool(lambda: rt.store.list(status=status, cursor=cursor, limit=limit))
+    page = await run_in_threadpool(lambda: rt.store.page(status=status, cursor=cursor, limit=limit))
     return JSONResponse({"data": [t.model_dump(mode="json") for t in page.tasks], "next_cursor": page.next_cursor})
 
 
