@@ -1,0 +1,70 @@
+"""Shared pieces of the benchmarks: processes on free ports, wrk runs, result lines."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.redis_server import free_port  # noqa: E402
+
+
+def require_wrk() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        sys.exit("wrk is needed for this benchmark: apt-get install wrk")
+    return path
+
+
+@contextmanager
+def uvicorn_process(target: str, env: dict[str, str], *, factory: bool = False) -> Iterator[str]:
+    """Serve `target` with one uvicorn process (uvloop + httptools), as production would."""
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    if factory:
+        args.append("--factory")
+    proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{url}/", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{target} did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def run_wrk(
+    url: str, script: Path, *, seconds: int, extra: list[str] | None = None, connections: int = 64, threads: int = 2
+) -> float:
+    """Requests/s that wrk measured; fails loudly if any response was not 2xx."""
+    out = subprocess.run(
+        [require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url, "--", *(extra or [])],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non_2xx:
+        raise RuntimeError(f"{non_2xx.group(1)} non-2xx responses:\n{out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    return float(match.group(1))

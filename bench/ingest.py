@@ -1,0 +1,84 @@
+"""Verified Apikley callbacks per second into the real receiver, against a bare Starlette endpoint.
+
+Each callback is for a different task, carries a valid per-task token and a matching taskId, and
+moves its task `submitted → succeeded` (one transition, one event, its fan-out job enqueued).
+Both servers run as one uvicorn process (uvloop + httptools) and are loaded by wrk on loopback.
+
+    python bench/ingest.py [--seconds 8] [--tasks 60000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import orjson
+from common import ROOT, run_wrk, uvicorn_process
+from redis import Redis
+
+from service.domain.status import TaskStatus
+from service.domain.tasks import Task, TaskInput
+from service.domain.tokens import callback_token
+from service.redis_server import RedisServer
+from service.store import index_key, task_key
+
+TARGET_RATIO = 0.35
+SECRET = "bench-secret"
+NOW = "2026-01-01T00:00:00.000Z"
+
+
+def seed(redis: Redis, count: int, lines: Path) -> None:
+    """Tasks already submitted to Apikley, and for each the callback that will finish it."""
+    pipe = redis.pipeline(transaction=False)
+    with lines.open("w") as out:
+        for i in range(count):
+            task_id = f"task_bench{i:08d}"
+            provider_id = f"task_kling_{i}"
+            task = Task(id=task_id, provider="apikley", provider_task_id=provider_id, status=TaskStatus.SUBMITTED,
+                        input=TaskInput(prompt="bench"), created_at=NOW, updated_at=NOW, sequence=1)
+            pipe.set(task_key(task_id), task.dumps())
+            pipe.zadd(index_key(TaskStatus.SUBMITTED), {task_id: 0})
+            body = {"code": 200, "msg": "success", "data": {
+                "taskId": provider_id, "state": "success", "model": "kling/v2-1-master-text-to-video",
+                "resultJson": orjson.dumps({"resultUrls": [f"https://cdn.example/{i}.mp4"]}).decode(),
+                "failCode": "", "failMsg": "", "costTime": 1000, "completeTime": 1, "createTime": 0, "updateTime": 1}}
+            out.write(f"/callbacks/apikley/{task_id}/{callback_token(SECRET, task_id)}\t{orjson.dumps(body).decode()}\n")
+            if i % 5000 == 4999:
+                pipe.execute()
+    pipe.execute()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--tasks", type=int, default=60000)
+    args = parser.parse_args()
+    script = ROOT / "bench" / "callbacks.lua"
+    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as server:
+        redis = Redis(port=server.port)
+        lines = Path(tmp) / "callbacks.tsv"
+        seed(redis, args.tasks, lines)
+        wrk_args = [str(lines), "2"]
+
+        with uvicorn_process("baseline_app:app", {"PYTHONPATH": str(ROOT / "bench")}) as url:
+            baseline = run_wrk(url, script, seconds=args.seconds, extra=wrk_args)
+
+        env = {"REDIS_URL": server.url, "CALLBACK_SECRET": SECRET, "KLING_RELAY_API_KEYS": "bench",
+               "APIKLEY_API_KEY": "bench", "APIKLEY_CONFIRM_CALLBACKS": "false"}
+        with uvicorn_process("service.app:create_app", env, factory=True) as url:
+            ours = run_wrk(url, script, seconds=args.seconds, extra=wrk_args)
+        succeeded = redis.zcard(index_key(TaskStatus.SUCCEEDED))
+
+    ratio = ours / baseline
+    print(f"bare Starlette endpoint: {baseline:,.0f} req/s")
+    print(f"kling-relay receiver:    {ours:,.0f} callbacks/s ({succeeded:,} tasks moved to succeeded)")
+    print(f"ratio {ratio:.2f} (target >= {TARGET_RATIO}) {'MET' if ratio >= TARGET_RATIO else 'NOT MET'}")
+    if succeeded >= args.tasks:
+        print("warning: every seeded task finished; later callbacks were duplicates (raise --tasks)", file=sys.stderr)
+    print(f"RESULT callbacks_per_s={ours:.0f} baseline_per_s={baseline:.0f} ratio={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
