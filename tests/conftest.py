@@ -105,7 +105,7 @@ _databases = itertools.count(1)
 # Timings scaled down so the whole pipeline runs in seconds.
 FAST_ENV = {
     "SUBMIT_RETRY_DELAYS_S": "0.2,0.3,0.4",
-    "SUBMIT_LEASE_S": "3",
+    "SUBMIT_LEASE_S": "6",
     "SWEEP_INTERVAL_S": "1",
     "WORKER_TTL_S": "17",
     "POLL_INITIAL_S": "0.3",
@@ -113,7 +113,7 @@ FAST_ENV = {
     "POLL_MAX_S": "1",
     "APIKLEY_CALLBACK_GRACE_S": "30",
     "TASK_DEADLINE_S": "120",
-    "PROVIDER_TIMEOUT_S": "5",
+    "PROVIDER_TIMEOUT_S": "4",
 }
 
 

@@ -88,14 +88,14 @@ def test_novita_success_records_when_the_video_url_expires() -> None:
         "task": {"task_id": "n", "status": "TASK_STATUS_SUCCEED", "progress_percent": 100},
         "videos": [{"video_url": "https://v/n.mp4", "video_url_ttl": "3600", "video_type": "mp4"}],
     }
-    update = novita.parse_result(body, now=now)
+    update = novita.parse_result(body, unfinished_at=now)
     assert update.result is not None
     assert update.result.expires_at == "2026-01-01T01:00:00.000Z"
 
 
 def test_novita_processing_reports_progress_and_eta() -> None:
     body = {"task": {"status": "TASK_STATUS_PROCESSING", "progress_percent": 40, "eta": 12}}
-    update = novita.parse_result(body, now=datetime.now(UTC))
+    update = novita.parse_result(body, unfinished_at=datetime.now(UTC))
     assert (update.status, update.progress, update.eta_s) == (TaskStatus.RUNNING, 40, 12)
 
 
@@ -106,5 +106,5 @@ def test_novita_http_errors_split_into_retryable_and_terminal(status: int, retry
 
 def test_novita_answer_without_status_is_a_retryable_bad_response() -> None:
     with pytest.raises(ProviderError) as caught:
-        novita.parse_result({"videos": []}, now=datetime.now(UTC))
+        novita.parse_result({"videos": []}, unfinished_at=datetime.now(UTC))
     assert caught.value.retryable

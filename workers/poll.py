@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from redis.exceptions import WatchError
 from rq import get_current_job
@@ -31,6 +31,7 @@ def chain_key(task_id: str) -> str:
 
 
 def count_key(task_id: str) -> str:
+    """Hash of the task's poll bookkeeping: `n` polls so far, `seen` last time seen unfinished."""
     return f"kr:polls:{task_id}"
 
 
@@ -67,9 +68,14 @@ def poll_task(task_id: str) -> None:
         return
     if task.provider_task_id is None:
         return
-    polls = rt.redis.incr(count_key(task_id))
-    rt.redis.expire(count_key(task_id), int(rt.settings.task_deadline_s) + 3600)
-    update = _fetch(rt, task)
+    key = count_key(task_id)
+    with rt.redis.pipeline() as pipe:
+        pipe.hincrby(key, "n", 1).hget(key, "seen").expire(key, int(rt.settings.task_deadline_s) + 3600)
+        polls, seen, _ = pipe.execute()
+    asked_at = time.time()
+    update = _fetch(rt, task, unfinished_at=_unfinished_at(task, seen))
+    if update is not None and not update.status.terminal:
+        rt.redis.hset(key, "seen", asked_at)
     if update is not None:
         rt.apply(task_id, update)
     current = rt.store.get(task_id)
@@ -86,10 +92,18 @@ def poll_task(task_id: str) -> None:
     schedule_next_poll(rt, task_id, delay_s=delay, chain_owner=me)
 
 
-def _fetch(rt: Runtime, task: Task) -> ProviderUpdate | None:
+def _unfinished_at(task: Task, seen: bytes | None) -> datetime:
+    """The latest moment the task is known to have been unfinished."""
+    updated = datetime.fromisoformat(task.updated_at.replace("Z", "+00:00"))
+    if seen is None:
+        return updated
+    return max(updated, datetime.fromtimestamp(float(seen), tz=UTC))
+
+
+def _fetch(rt: Runtime, task: Task, *, unfinished_at: datetime) -> ProviderUpdate | None:
     assert task.provider_task_id is not None
     try:
-        return rt.provider(task.provider).fetch(task.provider_task_id)
+        return rt.provider(task.provider).fetch(task.provider_task_id, unfinished_at=unfinished_at)
     except ProviderError as err:
         if err.code == "not_found":
             return ProviderUpdate(status=TaskStatus.FAILED, error=err.as_task_error())

@@ -27,12 +27,14 @@ def lease_key(task_id: str) -> str:
 
 def submit_task(task_id: str) -> None:
     rt = get_runtime()
-    task = rt.store.get(task_id)
-    if task is None or task.status is not TaskStatus.QUEUED or task.provider_task_id:
-        return
+    # Lease first, then read: a duplicate job reading before the lease could see "queued"
+    # just as the first job finishes and releases it, and submit a second (paid) task.
     if not rt.redis.set(lease_key(task_id), "1", nx=True, ex=int(rt.settings.submit_lease_s)):
         return
     try:
+        task = rt.store.get(task_id)
+        if task is None or task.status is not TaskStatus.QUEUED or task.provider_task_id:
+            return
         _submit(rt, task)
     finally:
         rt.redis.delete(lease_key(task_id))

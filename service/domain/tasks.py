@@ -70,6 +70,14 @@ class TaskRequest(TaskInput):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("cfg_scale", mode="before")
+    @classmethod
+    def _cfg_is_number(cls, value: object) -> object:
+        # JSON true/false would otherwise be coerced to 1.0/0.0.
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        return value
+
     @field_validator("cfg_scale")
     @classmethod
     def _cfg_step(cls, value: float | None) -> float | None:

@@ -7,6 +7,7 @@ outcome; the HTTP status only matters when there is no readable body.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -140,7 +141,7 @@ class ApikleyClient:
             raise error_for(500, "answer has no taskId")
         return task_id
 
-    def fetch(self, provider_task_id: str) -> ProviderUpdate:
+    def fetch(self, provider_task_id: str, *, unfinished_at: datetime) -> ProviderUpdate:
         status, body = send(self._client, "GET", RECORD_PATH, params={"taskId": provider_task_id})
         try:
             return parse_record(unwrap(status, body))

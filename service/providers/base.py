@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 from service.domain.tasks import ProviderName, Task, TaskError
@@ -43,6 +44,11 @@ class ProviderClient(Protocol):
         """Create the provider task; returns the provider's task id."""
         ...
 
-    def fetch(self, provider_task_id: str) -> ProviderUpdate:
-        """The provider's current view of a task."""
+    def fetch(self, provider_task_id: str, *, unfinished_at: datetime) -> ProviderUpdate:
+        """The provider's current view of a task.
+
+        `unfinished_at` is the last moment the task was known to be unfinished: a provider that
+        gives a video URL a lifetime without saying when it finished has its expiry dated from
+        there, so `expires_at` is never later than the real expiry.
+        """
         ...

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from service.domain.status import TaskStatus
-from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult, isoformat, utcnow
+from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult, isoformat
 from service.domain.transition import ProviderUpdate
 from service.providers.base import ProviderError
 from service.providers.http import send
@@ -62,8 +62,12 @@ def error_for(http_status: int, body: Any) -> ProviderError:
     )
 
 
-def parse_result(body: Any, *, now: datetime) -> ProviderUpdate:
-    """Map a task-result answer onto an update; `now` dates the video URL's expiry."""
+def parse_result(body: Any, *, unfinished_at: datetime) -> ProviderUpdate:
+    """Map a task-result answer onto an update.
+
+    Novita gives the video URL a lifetime (`video_url_ttl`) but not the moment it finished, so
+    the expiry is dated from the last time we saw the task unfinished: never later than the truth.
+    """
     task = body.get("task") if isinstance(body, dict) else None
     if not isinstance(task, dict) or task.get("status") not in STATES:
         raise ProviderError("bad_response", "task-result without a known task.status", retryable=True)
@@ -79,7 +83,7 @@ def parse_result(body: Any, *, now: datetime) -> ProviderUpdate:
                 status=TaskStatus.FAILED,
                 error=TaskError(code="no_result", message="provider reported success without a video URL"),
             )
-        return ProviderUpdate(status=status, result=TaskResult(video_url=url, expires_at=_expiry(video, now)))
+        return ProviderUpdate(status=status, result=TaskResult(video_url=url, expires_at=_expiry(video, unfinished_at)))
     if status is TaskStatus.FAILED:
         reason = str(task.get("reason") or "generation failed")
         return ProviderUpdate(status=status, error=TaskError(code="generation_failed", message=reason))
@@ -111,8 +115,8 @@ class NovitaClient:
             raise ProviderError("bad_response", "answer has no task_id", retryable=True)
         return task_id
 
-    def fetch(self, provider_task_id: str) -> ProviderUpdate:
+    def fetch(self, provider_task_id: str, *, unfinished_at: datetime) -> ProviderUpdate:
         status, body = send(self._client, "GET", RESULT_PATH, params={"task_id": provider_task_id})
         if not 200 <= status < 300:
             raise error_for(status, body)
-        return parse_result(body, now=utcnow())
+        return parse_result(body, unfinished_at=unfinished_at)
