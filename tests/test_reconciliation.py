@@ -6,6 +6,7 @@ import time
 
 import httpx
 
+from service.jobs import Jobs
 from tests.conftest import Simulator, Stack, wait_for, wait_for_status
 
 # Apikley's callback counts as late after 1 s here, so dropped callbacks are reconciled quickly.
@@ -95,3 +96,32 @@ def test_explicit_provider_never_fails_over(api: httpx.Client, sim: Simulator) -
     assert done["status"] == "failed"
     assert done["error"]["code"] == "insufficient_credits"
     assert done["provider"] == "apikley"
+
+
+
+def test_duplicate_polls_yield_one_event_per_transition(stack: Stack, api: httpx.Client, sim: Simulator) -> None:
+    sim.configure(generate_s=2)
+    task = api.post("/v1/tasks", json={"prompt": "a heron taking off", "provider": "novita"}).json()
+    wait_for_status(api, task["id"], {"submitted", "running"})
+    jobs = Jobs(stack.redis())
+    for _ in range(10):  # as if retries, restarts and a second worker all scheduled a poll
+        jobs.poll(task["id"])
+    done = wait_for_status(api, task["id"], {"succeeded", "failed"})
+    assert done["status"] == "succeeded"
+    types = _types(api, task["id"])
+    for kind in ("task.submitted", "task.running", "task.succeeded"):
+        assert types.count(kind) <= 1, types
+    assert types.count("task.succeeded") == 1
+    events = api.get(f"/v1/tasks/{task['id']}/events").json()["data"]
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_novita_progress_becomes_throttled_progress_events(api: httpx.Client, sim: Simulator) -> None:
+    sim.configure(generate_s=4)
+    task = api.post("/v1/tasks", json={"prompt": "a slow sunrise", "provider": "novita"}).json()
+    assert wait_for_status(api, task["id"], {"succeeded", "failed"})["status"] == "succeeded"
+    events = api.get(f"/v1/tasks/{task['id']}/events").json()["data"]
+    progress = [e["data"]["progress"] for e in events if e["type"] == "task.progress"]
+    assert progress, [e["type"] for e in events]
+    assert all(b - a >= 10 for a, b in zip(progress, progress[1:]))
+    assert events[-1]["type"] == "task.succeeded"
