@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.client import Pipeline
 
 from service.domain.tasks import ProviderName, Task
 from service.domain.tokens import callback_token
@@ -33,8 +35,11 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         settings.require("redis_url")
-        redis = Redis.from_url(settings.redis_url or "", health_check_interval=30, socket_keepalive=True)
-        return cls(settings=settings, redis=redis, store=TaskStore(redis), jobs=Jobs(redis))
+        url = settings.redis_url or ""
+        redis = Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+        # The async client connects lazily, on the web process's event loop; workers never use it.
+        aredis = AsyncRedis.from_url(url, health_check_interval=30, socket_keepalive=True)
+        return cls(settings=settings, redis=redis, store=TaskStore(redis, aredis), jobs=Jobs(redis))
 
     def provider(self, name: ProviderName) -> ProviderClient:
         if name not in self._providers:
@@ -59,10 +64,10 @@ class Runtime:
             return self.settings.apikley_callback_grace_s
         return self.settings.poll_initial_s
 
+    def fan_out_after(self, pipe: Pipeline, transition: Transition) -> None:
+        """Queue the event's fan-out in the same atomic write as the transition itself."""
+        self.jobs.fan_out(transition.task.id, transition.event.id, pipeline=pipe)
+
     def apply(self, task_id: str, update: ProviderUpdate) -> Transition | None:
-        """Apply a provider report; its event's fan-out job commits in the same transaction."""
-
-        def after(pipe, transition: Transition) -> None:  # type: ignore[no-untyped-def]
-            self.jobs.fan_out(transition.task.id, transition.event.id, pipeline=pipe)
-
-        return self.store.apply(task_id, update, after=after)
+        """Apply a provider report (polls, submit outcomes); no-op if it changes nothing."""
+        return self.store.apply(task_id, update, after=self.fan_out_after)

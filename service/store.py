@@ -1,7 +1,10 @@
 """The Redis store for tasks and their events: the only module that knows the key layout.
 
-Writes that must happen together (a task, its indexes, its event and the job that acts on it)
-go in one MULTI/EXEC under WATCH of the task key, so a crash can never leave half of them.
+Every write is a compare-and-set: we read a key, decide in Python (the pure domain), and send
+all the resulting commands (the task, its indexes, its event, the job that acts on it) to one
+Lua script that runs them only if the key still holds what we read. So a crash never leaves half
+a write, two racing writers cannot both win, and a transition costs two round trips (read, CAS)
+from sync workers and the async callback receiver alike.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import orjson
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
+from redis.asyncio import Redis as AsyncRedis
 
 from service.domain.events import Event
 from service.domain.ids import new_id
@@ -28,6 +31,27 @@ WATCHDOG = f"{PREFIX}:watchdog"
 # Called inside the MULTI of a write, so whatever it queues commits (or not) with the write.
 AfterWrite = Callable[[Pipeline, Task], None]
 AfterTransition = Callable[[Pipeline, Transition], None]
+
+
+# KEYS[1]: the guarded key; ARGV[1]: the value it must still hold ('' = must not exist);
+# then commands as <argc> <arg>... . Returns 1 if it ran them, 0 if the key had changed.
+CAS_SCRIPT = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+local i = 2
+while i <= #ARGV do
+  local argc = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + argc))
+  i = i + argc + 1
+end
+return 1
+"""
+
+# Sees the stored task before an update is decided; raises to refuse it.
+Check = Callable[[Task], None]
+
+
+class TaskNotFound(Exception):
+    """No task with that id (never created, or expired)."""
 
 
 class IdempotencyConflict(Exception):
@@ -65,8 +89,23 @@ def idempotency_key(api_key: str, key: str) -> str:
 
 
 class TaskStore:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, aredis: AsyncRedis | None = None) -> None:
         self.redis = redis
+        self.aredis = aredis
+        self._cas = redis.register_script(CAS_SCRIPT)
+        self._acas = aredis.register_script(CAS_SCRIPT) if aredis is not None else None
+
+    def _commands(self, build: Callable[[Pipeline], None]) -> list[object]:
+        """Record what `build` would send on a pipeline, flattened for CAS_SCRIPT."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.multi()  # so RQ, handed this pipeline, does not try to open a transaction of its own
+        build(pipe)
+        flat: list[object] = []
+        for args, _options in pipe.command_stack:
+            flat.append(len(args))
+            flat.extend(args)
+        pipe.reset()
+        return flat
 
     def create(
         self,
@@ -78,36 +117,34 @@ class TaskStore:
         after: AfterWrite,
     ) -> tuple[Task, bool]:
         """Store a new task; (task, created). A repeated Idempotency-Key returns the first task."""
-        idem_key = idempotency.key if idempotency else None
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    if idem_key and idempotency:
-                        pipe.watch(idem_key)
-                        existing = pipe.get(idem_key)
-                        if existing is not None:
-                            claim = orjson.loads(existing)
-                            if claim["fingerprint"] != idempotency.fingerprint:
-                                raise IdempotencyConflict(idempotency.key)
-                            pipe.reset()
-                            found = self.get(claim["task_id"])
-                            if found is not None:
-                                return found, False
-                            # The claimed task expired: treat the key as fresh.
-                            pipe.watch(idem_key)
-                    pipe.multi()
-                    if idem_key and idempotency:
-                        claim_body = orjson.dumps({"task_id": task.id, "fingerprint": idempotency.fingerprint})
-                        pipe.set(idem_key, claim_body, ex=idempotency_ttl_s)
-                    pipe.set(task_key(task.id), task.dumps())
-                    pipe.zadd(index_key(None), {task.id: 0})
-                    pipe.zadd(index_key(task.status), {task.id: 0})
-                    pipe.zadd(WATCHDOG, {task.id: time.time() + watchdog_s})
-                    after(pipe, task)
-                    pipe.execute()
-                    return task, True
-                except WatchError:
-                    continue
+
+        def build(pipe: Pipeline) -> None:
+            if idempotency:
+                claim = orjson.dumps({"task_id": task.id, "fingerprint": idempotency.fingerprint})
+                pipe.set(idempotency.key, claim, ex=idempotency_ttl_s)
+            pipe.set(task_key(task.id), task.dumps())
+            pipe.zadd(index_key(None), {task.id: 0})
+            pipe.zadd(index_key(task.status), {task.id: 0})
+            pipe.zadd(WATCHDOG, {task.id: time.time() + watchdog_s})
+            after(pipe, task)
+
+        commands = self._commands(build)
+        guard = idempotency.key if idempotency else task_key(task.id)
+        while True:
+            if self._cas(keys=[guard], args=["", *commands]):
+                return task, True
+            if idempotency is None:
+                raise RuntimeError(f"task id collision: {task.id}")
+            existing = self.redis.get(idempotency.key)
+            if existing is None:
+                continue  # the claim expired between our CAS and this read: try again
+            claim = orjson.loads(existing)
+            if claim["fingerprint"] != idempotency.fingerprint:
+                raise IdempotencyConflict(idempotency.key)
+            found = self.get(claim["task_id"])
+            if found is not None:
+                return found, False
+            self.redis.delete(idempotency.key)  # its task expired: the key is fresh again
 
     def get(self, task_id: str) -> Task | None:
         raw = self.redis.get(task_key(task_id))
@@ -133,40 +170,56 @@ class TaskStore:
                 return event
         return None
 
-    def apply(self, task_id: str, update: ProviderUpdate, *, after: AfterTransition) -> Transition | None:
+    def apply(
+        self, task_id: str, update: ProviderUpdate, *, after: AfterTransition, check: Check | None = None
+    ) -> Transition | None:
         """Apply a provider report atomically; exactly one event per real transition.
 
-        Optimistic concurrency: if anyone else writes the task between our read and our
-        EXEC, Redis aborts the EXEC and we re-read and re-decide, so two racing reports
-        (a callback and a poll, two workers) can never both move the task.
+        Read, decide, compare-and-set; if someone else wrote in between, re-read and re-decide.
+        `check` sees the stored task first and may raise to refuse the update.
         """
-        return self._mutate(task_id, lambda task, now: apply_update(task, update, now=now, event_id=new_id("evt")), after)
-
-    def _mutate(
-        self,
-        task_id: str,
-        decide: Callable[[Task, str], Transition | None],
-        after: AfterTransition,
-    ) -> Transition | None:
         key = task_key(task_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        return None
-                    transition = decide(Task.loads(raw), isoformat(utcnow()))
-                    if transition is None:
-                        pipe.reset()
-                        return None
-                    pipe.multi()
-                    self._write_transition(pipe, transition)
-                    after(pipe, transition)
-                    pipe.execute()
-                    return transition
-                except WatchError:
-                    continue
+        while True:
+            raw = self.redis.get(key)
+            planned = self._plan(task_id, raw, update, after, check)
+            if planned is None:
+                return None
+            transition, commands = planned
+            if self._cas(keys=[key], args=[raw, *commands]):
+                return transition
+
+    async def aapply(
+        self, task_id: str, update: ProviderUpdate, *, after: AfterTransition, check: Check | None = None
+    ) -> Transition | None:
+        """`apply` for the async web process (the callback receiver's hot path)."""
+        assert self.aredis is not None and self._acas is not None
+        key = task_key(task_id)
+        while True:
+            raw = await self.aredis.get(key)
+            planned = self._plan(task_id, raw, update, after, check)
+            if planned is None:
+                return None
+            transition, commands = planned
+            if await self._acas(keys=[key], args=[raw, *commands]):
+                return transition
+
+    def _plan(
+        self, task_id: str, raw: bytes | None, update: ProviderUpdate, after: AfterTransition, check: Check | None
+    ) -> tuple[Transition, list[object]] | None:
+        if raw is None:
+            raise TaskNotFound(task_id)
+        task = Task.loads(raw)
+        if check is not None:
+            check(task)
+        transition = apply_update(task, update, now=isoformat(utcnow()), event_id=new_id("evt"))
+        if transition is None:
+            return None
+
+        def build(pipe: Pipeline) -> None:
+            self._write_transition(pipe, transition)
+            after(pipe, transition)
+
+        return transition, self._commands(build)
 
     @staticmethod
     def _write_transition(pipe: Pipeline, transition: Transition) -> None:
@@ -182,23 +235,15 @@ class TaskStore:
     def record(self, task_id: str, change: Callable[[Task], Task | None]) -> Task | None:
         """Save a bookkeeping change (no status move, no event), e.g. a submit attempt."""
         key = task_key(task_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        return None
-                    changed = change(Task.loads(raw))
-                    if changed is None:
-                        pipe.reset()
-                        return None
-                    pipe.multi()
-                    pipe.set(key, changed.dumps())
-                    pipe.execute()
-                    return changed
-                except WatchError:
-                    continue
+        while True:
+            raw = self.redis.get(key)
+            if raw is None:
+                return None
+            changed = change(Task.loads(raw))
+            if changed is None:
+                return None
+            if self._cas(keys=[key], args=[raw, 3, "SET", key, changed.dumps()]):
+                return changed
 
     def set_watchdog(self, task_id: str, due_in_s: float, pipeline: Pipeline | None = None) -> None:
         """When the sweep should look at this task again if nothing else has moved it on."""
@@ -207,3 +252,4 @@ class TaskStore:
     def due_tasks(self, limit: int = 500) -> list[str]:
         ids = self.redis.zrangebyscore(WATCHDOG, "-inf", time.time(), start=0, num=limit)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
+

@@ -3,6 +3,7 @@
 Checks, cheapest first: the per-task token (constant time), the body size, JSON shape, the
 task exists and is Apikley's, and the body's taskId is the one we stored. A terminal state is
 then confirmed with Get Task Details (a poll job) before it is believed, when so configured.
+This is the hot path: async Redis, one read and one compare-and-set per callback.
 """
 
 from __future__ import annotations
@@ -15,15 +16,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.domain.tasks import Task
 from service.domain.tokens import token_matches
 from service.errors import ApiError
 from service.providers.apikley import UnknownState, parse_record
 from service.routes.bodies import read_json
 from service.routes.context import runtime
+from service.runtime import Runtime
+from service.store import TaskNotFound
 
 log = logging.getLogger(__name__)
 
 MAX_CALLBACK_BYTES = 1024 * 1024
+
+
+class ConfirmFirst(Exception):
+    """A terminal report that must be confirmed with the provider before it is believed."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(task.id)
+        self.task = task
 
 
 def _record(body: Any) -> dict[str, Any]:
@@ -31,6 +43,17 @@ def _record(body: Any) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("taskId"), str) or not data["taskId"]:
         raise ApiError(422, "invalid_callback", "callback has no data.taskId", {"data.taskId": "required string"})
     return data
+
+
+def _confirm(rt: Runtime, task: Task, provider_task_id: str) -> None:
+    # A token-bearing callback for a task whose submit crashed before we stored the provider
+    # id can only be about our own task: adopt the id rather than submit (and pay) again.
+    if task.provider_task_id is None:
+        rt.store.record(
+            task.id,
+            lambda t: t.model_copy(update={"provider_task_id": provider_task_id}) if t.provider_task_id is None else None,
+        )
+    rt.jobs.poll(task.id)
 
 
 async def apikley_callback(request: Request) -> JSONResponse:
@@ -43,28 +66,26 @@ async def apikley_callback(request: Request) -> JSONResponse:
         update = parse_record(record)
     except UnknownState as exc:
         raise ApiError(422, "invalid_callback", str(exc), {"data.state": "unknown state"}) from exc
+    confirm = update.status.terminal and rt.settings.apikley_confirm_callbacks
 
-    def handle() -> dict[str, object]:
-        task = rt.store.get(task_id)
-        if task is None or task.provider != "apikley":
+    def check(task: Task) -> None:
+        if task.provider != "apikley":
             raise ApiError(404, "not_found", "no such Apikley task")
         if task.provider_task_id is not None and task.provider_task_id != record["taskId"]:
             raise ApiError(409, "task_mismatch", "callback taskId does not match this task", {"data.taskId": "does not match"})
-        if task.status.terminal:
-            return {"accepted": True, "changed": False}
-        # A token-bearing callback for a task whose submit crashed before we stored the
-        # provider id can only be about our own task: adopt the id instead of re-submitting.
-        if update.status.terminal and rt.settings.apikley_confirm_callbacks:
-            if task.provider_task_id is None:
-                rt.store.record(task_id, lambda t: t.model_copy(update={"provider_task_id": record["taskId"]}) if t.provider_task_id is None else None)
-            rt.jobs.poll(task_id)
-            return {"accepted": True, "changed": False, "confirming": True}
-        transition = rt.apply(task_id, update)
-        return {"accepted": True, "changed": transition is not None}
+        if confirm and not task.status.terminal:
+            raise ConfirmFirst(task)
 
-    outcome = await run_in_threadpool(handle)
-    log.info("apikley callback task_id=%s state=%s outcome=%s", task_id, record.get("state"), outcome)
-    return JSONResponse(outcome, status_code=202 if outcome.get("confirming") else 200)
+    try:
+        transition = await rt.store.aapply(task_id, update, after=rt.fan_out_after, check=check)
+    except TaskNotFound as exc:
+        raise ApiError(404, "not_found", "no such Apikley task") from exc
+    except ConfirmFirst as pending:
+        await run_in_threadpool(_confirm, rt, pending.task, record["taskId"])
+        log.info("apikley callback task_id=%s state=%s confirming", task_id, record.get("state"))
+        return JSONResponse({"accepted": True, "changed": False, "confirming": True}, status_code=202)
+    log.info("apikley callback task_id=%s state=%s changed=%s", task_id, record.get("state"), transition is not None)
+    return JSONResponse({"accepted": True, "changed": transition is not None})
 
 
 routes = [Route("/callbacks/apikley/{task_id}/{token}", apikley_callback, methods=["POST"])]
