@@ -57,6 +57,17 @@ class Jobs:
     def fan_out(self, task_id: str, event_id: str, *, pipeline: Pipeline | None = None) -> None:
         self._put(DELIVER, "workers.deliver.fan_out", (task_id, event_id), delay_s=0, pipeline=pipeline)
 
+    def deliver(
+        self,
+        delivery_ids: list[str],
+        *,
+        delay_s: float = 0,
+        pipeline: Pipeline | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        """Attempt these webhook deliveries now, or after `delay_s` via the RQ scheduler (a retry)."""
+        return self._put(DELIVER, "workers.deliver.send", (delivery_ids,), delay_s=delay_s, pipeline=pipeline, job_id=job_id)
+
 
 
 def _in(seconds: float) -> datetime:

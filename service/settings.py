@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ProviderName = Literal["apikley", "novita"]
@@ -71,15 +71,48 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = 24 * 3600
     max_body_bytes: int = 1024 * 1024
 
+    # Subscriber webhooks. One attempt (connect, send, first 1 KB of the answer) must end within this.
+    webhook_timeout_s: float = 15.0
+    # Wait before each attempt of one delivery round; its length is the attempt count (Svix's schedule).
+    webhook_retry_schedule_s: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    # A subscription with no successful delivery for this long is disabled (Svix: 5 days).
+    webhook_disable_after_s: float = 5 * 24 * 3600
+    # After a secret rotation the old secret keeps signing (alongside the new) for this long.
+    webhook_secret_grace_s: float = 24 * 3600
+    # Deliveries and their attempt logs expire this long after their last change; replay reaches back as far.
+    webhook_log_ttl_s: int = 30 * 24 * 3600
+    # Simultaneous requests per worker process (one pooled client shared by all deliveries).
+    webhook_concurrency: int = 256
+    # An attempt not recorded this long after it started is presumed lost (worker killed) and is re-sent.
+    webhook_lease_s: float = 60.0
+
     @field_validator("kling_relay_api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         return _csv(value)
 
-    @field_validator("submit_retry_delays_s", mode="before")
+    @field_validator("submit_retry_delays_s", "webhook_retry_schedule_s", mode="before")
     @classmethod
     def _split_delays(cls, value: object) -> object:
         return _floats(value)
+
+    @field_validator("webhook_retry_schedule_s")
+    @classmethod
+    def _schedule_usable(cls, value: list[float]) -> list[float]:
+        if not value or any(delay < 0 for delay in value):
+            raise ValueError("must list at least one delay (the first attempt's), none negative")
+        return value
+
+    @field_validator("webhook_lease_s")
+    @classmethod
+    def _lease_outlasts_an_attempt(cls, value: float, info: ValidationInfo) -> float:
+        # Otherwise the sweep would re-send deliveries whose attempt is still in flight.
+        timeout = info.data.get("webhook_timeout_s")
+        if timeout is not None and value <= timeout:
+            raise ValueError(f"must be longer than WEBHOOK_TIMEOUT_S ({timeout:g} s)")
+        return value
 
     @field_validator("public_base_url", "apikley_base_url", "novita_base_url")
     @classmethod

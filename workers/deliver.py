@@ -1,18 +1,226 @@
-"""Deliver job: fan one task event out to its subscribers (the delivery engine lands with the
-subscriptions work; until then an event's only subscriber is the task's own `webhook_url`)."""
+"""Deliver jobs: fan an event out to its subscribers, attempt deliveries, and the sweep that
+re-sends deliveries whose worker died mid-attempt.
+
+At-least-once: deliveries are written (idempotently, by derived id) before anything is sent, each
+attempt holds a lease, and every pending delivery carries a deadline in `kr:dlvdue`. A killed
+worker's deliveries pass their deadline and the sweep sends them again; the same `webhook-id`
+(the event id) lets receivers drop the rare duplicate.
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import math
+import time
+from dataclasses import dataclass
+from functools import lru_cache
 
+import orjson
+from redis.client import Pipeline
+
+from service.domain.events import Event
+from service.runtime import Runtime
+from service.webhooks.deliveries import DeliveryStore, Finished, IndexedEvent, Target
+from service.webhooks.models import TASK_WEBHOOK, Attempt, Delivery, Subscription, unix_to_iso
+from service.webhooks.policy import DeliveryStatus, DisableReason, Outcome, classify, decide, matches, truncate_body
+from service.webhooks.sender import WebhookSender
+from service.webhooks.store import SubscriptionStore, failing_key
 from workers.context import get_runtime
+from workers.delivery_engine import DeliveryEngine, Landed, Outgoing
 
 log = logging.getLogger(__name__)
 
+SWEEP_LOCK = "kr:lock:dlvsweep"
+# RQ's scheduler keeps times in whole seconds, so a scheduled retry may start up to 1 s early.
+SCHEDULER_SLACK_S = 1.0
+SWEEP_BATCH = 200
+
+
+@dataclass(frozen=True)
+class DeliveryContext:
+    rt: Runtime
+    subscriptions: SubscriptionStore
+    deliveries: DeliveryStore
+    engine: DeliveryEngine
+
+
+def build_context(rt: Runtime) -> DeliveryContext:
+    s = rt.settings
+    sender = WebhookSender(
+        timeout_s=s.webhook_timeout_s, concurrency=s.webhook_concurrency, allow_private=s.allow_private_webhooks
+    )
+    return DeliveryContext(
+        rt=rt,
+        subscriptions=SubscriptionStore(rt.redis, event_ttl_s=s.webhook_log_ttl_s),
+        deliveries=DeliveryStore(rt.redis, ttl_s=s.webhook_log_ttl_s, lease_s=s.webhook_lease_s),
+        engine=DeliveryEngine(sender),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_context() -> DeliveryContext:
+    """The worker process's stores and its one pooled delivery engine (closed at exit)."""
+    ctx = build_context(get_runtime())
+    atexit.register(ctx.engine.close)
+    return ctx
+
 
 def fan_out(task_id: str, event_id: str) -> None:
-    rt = get_runtime()
-    event = rt.store.event(task_id, event_id)
-    if event is None:
+    """Create one delivery per matching subscription (and the task's own `webhook_url`), then
+    send them all concurrently. `task_id` is the event's subject: a task, or a subscription for
+    `subscription.disabled`. Safe to re-run: deliveries are found, not duplicated."""
+    ctx = get_context()
+    body = ctx.deliveries.event_body(task_id, event_id)
+    if body is None:
+        log.warning("fan-out of a missing event subject=%s event_id=%s", task_id, event_id)
         return
-    log.info("event task_id=%s event_id=%s type=%s", task_id, event_id, event.type)
+    event = orjson.loads(body)
+    subs = {s.id: s for s in ctx.subscriptions.enabled() if matches(s.event_types, event["type"])}
+    targets = [Target(sub_id, subscription_id=sub_id) for sub_id in subs]
+    webhook_url = event["data"].get("webhook_url") if event["type"].startswith("task.") else None
+    if webhook_url:
+        targets.append(Target(TASK_WEBHOOK, webhook_url=webhook_url))
+    now = time.time()
+    lease = lease_for(ctx, len(targets))
+    indexed = IndexedEvent(event_id, task_id, event["type"])
+    deliveries, created = ctx.deliveries.create_many(indexed, targets, now=now, created_at=event["created_at"], lease_s=lease)
+    sent = attempt(ctx, deliveries, bodies={event_id: body}, subs=subs, claimed=created)
+    log.info("fan-out event_id=%s type=%s targets=%d sent=%d", event_id, event["type"], len(targets), sent)
+
+
+def send(delivery_ids: list[str]) -> None:
+    """Attempt these deliveries if they are still due (a retry, manual retry, replay or sweep)."""
+    ctx = get_context()
+    attempt(ctx, ctx.deliveries.get_many(delivery_ids))
+
+
+def lease_for(ctx: DeliveryContext, count: int) -> float:
+    """How long `count` attempts started together may take: a batch larger than the pool waits
+    for free slots, so the lease covers that wait too."""
+    s = ctx.rt.settings
+    return s.webhook_lease_s + s.webhook_timeout_s * (math.ceil(count / max(s.webhook_concurrency, 1)) - 1)
+
+
+def attempt(
+    ctx: DeliveryContext,
+    deliveries: list[Delivery],
+    bodies: dict[str, bytes] | None = None,
+    subs: dict[str, Subscription] | None = None,
+    claimed: set[str] | None = None,
+) -> int:
+    """Claim the due deliveries (those in `claimed` are already ours), send them concurrently and
+    record every outcome; returns how many were sent."""
+    now = time.time()
+    claimed = claimed or set()
+    mine = [d for d in deliveries if d.id in claimed]
+    due = [d for d in deliveries if d.id not in claimed and d.due(now, slack_s=SCHEDULER_SLACK_S)]
+    mine += ctx.deliveries.claim(due, now=now, lease_s=lease_for(ctx, len(due)))
+    subs = dict(subs or {})
+    unknown = sorted({d.subscription_id for d in mine if d.subscription_id and d.subscription_id not in subs})
+    subs.update(ctx.subscriptions.get_many(unknown))
+    outgoing, abandoned = _prepare(ctx, mine, dict(bodies or {}), subs, now)
+    if abandoned:
+        ctx.deliveries.save_finished(abandoned)
+    ctx.engine.run(outgoing, lambda landed: record(ctx, landed))
+    return len(outgoing)
+
+
+def _prepare(
+    ctx: DeliveryContext, claimed: list[Delivery], bodies: dict[str, bytes], subs: dict[str, Subscription], now: float
+) -> tuple[list[Outgoing], list[Delivery]]:
+    default_secret = ctx.subscriptions.default_secret() if any(d.subscription_id is None for d in claimed) else ""
+    outgoing: list[Outgoing] = []
+    abandoned: list[Delivery] = []
+    for d in claimed:
+        if d.event_id not in bodies:
+            body = ctx.deliveries.event_body(d.subject_id, d.event_id)
+            if body is None:
+                abandoned.append(d.abandoned("event_expired: the event is no longer stored", now))
+                continue
+            bodies[d.event_id] = body
+        if d.subscription_id is None:
+            outgoing.append(Outgoing(d, d.webhook_url or "", bodies[d.event_id], [default_secret]))
+            continue
+        sub = subs.get(d.subscription_id)
+        if sub is None:
+            abandoned.append(d.abandoned("subscription_deleted", now))
+        elif not sub.enabled:
+            abandoned.append(d.abandoned(f"subscription_disabled: {sub.disabled_reason or 'by request'}", now))
+        else:
+            outgoing.append(Outgoing(d, sub.url, bodies[d.event_id], sub.signing_secrets(now)))
+    return outgoing, abandoned
+
+
+def record(ctx: DeliveryContext, landed: list[Landed]) -> None:
+    """Save a batch of landed attempts: logs, new statuses, retries, and subscriptions to disable."""
+    s = ctx.rt.settings
+    now = time.time()
+    outcomes = [classify(item.result.status_code) for item in landed]
+    sub_ids = [item.outgoing.delivery.subscription_id for item in landed]
+    succeeded = {sub for sub, o in zip(sub_ids, outcomes) if sub and o is Outcome.DELIVERED}
+    # Any success in the batch ends the subscription's failure run.
+    failing = ctx.subscriptions.failing_for({sub for sub in sub_ids if sub} - succeeded, now)
+    finished: list[Finished] = []
+    to_disable: dict[str, DisableReason] = {}
+    for item, outcome, sub_id in zip(landed, outcomes, sub_ids):
+        d, result = item.outgoing.delivery, item.result
+        decision = decide(
+            outcome,
+            round_attempts=d.round_attempts + 1,
+            schedule_s=s.webhook_retry_schedule_s,
+            failing_for_s=failing.get(sub_id, 0.0) if sub_id else None,
+            disable_after_s=s.webhook_disable_after_s,
+        )
+        error = result.error or (None if outcome is Outcome.DELIVERED else f"http_status: {result.status_code}")
+        log_entry = Attempt(
+            number=d.attempt_count + 1,
+            at=unix_to_iso(item.started_at) or "",
+            url=item.outgoing.url,
+            status_code=result.status_code,
+            latency_ms=result.latency_ms,
+            error=error,
+            response_body=truncate_body(result.body) if result.status_code is not None else None,
+        )
+        finished.append(Finished(d.after_attempt(log_entry, decision, now), decision.retry_in_s))
+        if decision.disable and sub_id:
+            to_disable[sub_id] = decision.disable
+    ctx.deliveries.save_attempted(
+        finished,
+        now=now,
+        schedule_retry=lambda pipe, d, delay: _schedule(ctx, pipe, d, delay),
+        clear=[failing_key(sub) for sub in succeeded],
+    )
+    for sub_id, reason in to_disable.items():
+        def announce(pipe: Pipeline, event: Event, sub_id: str = sub_id) -> None:
+            ctx.rt.jobs.fan_out(sub_id, event.id, pipeline=pipe)
+
+        if ctx.subscriptions.disable(sub_id, reason, after=announce) is not None:
+            log.warning("subscription disabled subscription_id=%s reason=%s", sub_id, reason.value)
+
+
+def _schedule(ctx: DeliveryContext, pipe: Pipeline, d: Delivery, delay_s: float) -> None:
+    # One job id per attempt number: scheduling the same retry twice keeps one job.
+    ctx.rt.jobs.deliver([d.id], delay_s=delay_s, pipeline=pipe, job_id=f"dlv-{d.id}-{d.attempt_count}")
+
+
+def sweep_deliveries(rt: Runtime) -> int:
+    """Re-send deliveries past their deadline (their worker died, or their retry job was lost);
+    returns how many. Also trims the delivery indexes to the log TTL."""
+    if not rt.redis.set(SWEEP_LOCK, "1", nx=True, ex=max(int(rt.settings.sweep_interval_s), 1)):
+        return 0
+    ctx = get_context()
+    now = time.time()
+    overdue = ctx.deliveries.overdue(now)
+    found = {d.id: d for d in ctx.deliveries.get_many(overdue)}
+    ctx.deliveries.forget_due([i for i in overdue if i not in found or found[i].status is not DeliveryStatus.PENDING])
+    pending = [d for d in found.values() if d.status is DeliveryStatus.PENDING]
+    resend = [d.id for d in pending if d.due(now, slack_s=SCHEDULER_SLACK_S)]
+    # Waiting for its deadline again means the next sweep only looks if this re-send is lost too.
+    ctx.deliveries.set_due({d.id: max(d.next_attempt_at or now, now) + rt.settings.webhook_lease_s for d in pending})
+    for start in range(0, len(resend), SWEEP_BATCH):
+        rt.jobs.deliver(resend[start : start + SWEEP_BATCH])
+    if resend:
+        log.warning("delivery sweep re-sent %d overdue deliveries", len(resend))
+    ctx.deliveries.trim(now, ctx.subscriptions.ids())
+    return len(resend)

@@ -7,14 +7,17 @@ A non-forking worker: every job here is short and I/O-bound, so forking a work-h
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker
+from rq.scheduler import RQScheduler
 
 from service.jobs import QUEUES
 from workers.context import get_runtime
+from workers.deliver import sweep_deliveries
 from workers.sweep import sweep
 
 log = logging.getLogger(__name__)
@@ -32,14 +35,53 @@ class RelayWorker(SimpleWorker):
         super().run_maintenance_tasks()
         try:
             sweep(get_runtime())
+            sweep_deliveries(get_runtime())
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("sweep skipped, redis unavailable: %s", type(exc).__name__)
+
+
+# Take the scheduling lock, or keep it if it is already ours (compare-and-refresh).
+_HOLD_LOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('expire', KEYS[1], ARGV[2])
+end
+return redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) and 1 or 0
+"""
+
+
+class ThreadScheduler(RQScheduler):
+    """Moves due scheduled jobs onto their queues, from a daemon thread of the worker.
+
+    RQ's own scheduler runs in a forked child that outlives a SIGKILLed worker, and its lock
+    lives 61 s and is re-tried only every 120 s, so after a crash delayed jobs (retries, polls)
+    would stall for minutes. Here the scheduler dies with its worker, and a short lock that the
+    holder refreshes every second lets another worker take over within `LOCK_TTL_S`.
+    """
+
+    LOCK = "kr:lock:scheduler"
+    LOCK_TTL_S = 5
+
+    def tick(self) -> None:
+        if self.connection.eval(_HOLD_LOCK, 1, self.LOCK, self.name, self.LOCK_TTL_S):
+            self._acquired_locks = set(self._queue_names)
+            self.enqueue_scheduled_jobs()
+
+    def run_forever(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("scheduler paused, redis unavailable: %s", type(exc).__name__)
+            except Exception:  # the thread must outlive any one bad tick
+                log.exception("scheduler tick failed")
+            time.sleep(self.interval)
 
 
 def run_worker(*, burst: bool = False) -> None:
     rt = get_runtime()
     settings = rt.settings
     settings.require("redis_url", "callback_secret")
+    scheduler: ThreadScheduler | None = None
     while True:
         try:
             worker = RelayWorker(
@@ -48,7 +90,13 @@ def run_worker(*, burst: bool = False) -> None:
                 worker_ttl=settings.worker_ttl_s,
                 maintenance_interval=int(settings.sweep_interval_s),
             )
-            worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+            if scheduler is None:
+                scheduler = ThreadScheduler(worker.queues, connection=rt.redis)
+                if burst:
+                    scheduler.tick()
+                else:
+                    threading.Thread(target=scheduler.run_forever, name="scheduler", daemon=True).start()
+            worker.work(burst=burst, logging_level="INFO")
         except (RedisConnectionError, RedisTimeoutError) as exc:
             # Redis restarts must not kill the worker: wait, then pick up where the queues are.
             log.warning("redis unavailable (%s); retrying in 1 s", type(exc).__name__)

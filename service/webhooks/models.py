@@ -1,0 +1,199 @@
+"""Subscriptions and deliveries as stored and shown, and the request bodies that change them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.domain.tasks import MAX_METADATA_BYTES
+from service.webhooks.policy import (
+    WILDCARD,
+    Decision,
+    DeliveryStatus,
+    SigningSecret,
+    filter_problem,
+    normalise_filter,
+    secrets_in_force,
+)
+
+# One round of the default schedule makes 8 attempts; keep several rounds of manual retries.
+MAX_ATTEMPTS_KEPT = 50
+# The subscriber key of a task's own `webhook_url` in delivery ids.
+TASK_WEBHOOK = "task-webhook"
+
+
+def unix_to_iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_to_unix(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"must serialize to at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+def _valid_filter(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    problem = filter_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return normalise_filter(value)
+
+
+class SubscriptionCreate(BaseModel):
+    """The body of `POST /v1/subscriptions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(max_length=2048)
+    event_types: list[str] = Field(default_factory=lambda: [WILDCARD])
+    description: str | None = Field(default=None, max_length=500)
+    metadata: dict[str, Any] | None = None
+    enabled: bool = True
+
+    check_filter = field_validator("event_types")(_valid_filter)
+    check_metadata = field_validator("metadata")(_small_metadata)
+
+
+class SubscriptionUpdate(BaseModel):
+    """The body of `PATCH /v1/subscriptions/{id}`: only the fields sent change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, max_length=2048)
+    event_types: list[str] | None = None
+    description: str | None = Field(default=None, max_length=500)
+    metadata: dict[str, Any] | None = None
+    enabled: bool | None = None
+
+    check_filter = field_validator("event_types")(_valid_filter)
+    check_metadata = field_validator("metadata")(_small_metadata)
+
+
+class ReplayRequest(BaseModel):
+    """The body of `POST /v1/subscriptions/{id}/replay`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime
+    until: datetime | None = None
+    # True: only deliveries that ended `failed` (Svix's "recover"); False: every matching event.
+    failed_only: bool = False
+
+    @field_validator("since", "until")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Subscription(BaseModel):
+    id: str
+    url: str
+    event_types: list[str]
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+    enabled: bool = True
+    disabled_reason: str | None = None
+    disabled_at: str | None = None
+    created_at: str
+    updated_at: str
+    # Newest first; never shown after creation or rotation.
+    secrets: list[SigningSecret] = Field(default_factory=list)
+
+    def signing_secrets(self, now: float) -> list[str]:
+        return [s.secret for s in secrets_in_force(self.secrets, now)]
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"secrets"})
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> "Subscription":
+        return cls.model_validate(orjson.loads(raw))
+
+
+class Attempt(BaseModel):
+    """One HTTP try, as kept in the delivery log."""
+
+    number: int
+    at: str
+    url: str
+    status_code: int | None = None
+    latency_ms: int
+    error: str | None = None
+    response_body: str | None = None
+
+
+class Delivery(BaseModel):
+    """One event on its way to one subscriber: its status and every attempt made."""
+
+    id: str
+    event_id: str
+    event_type: str
+    # What the event is about: a task id, or a subscription id for `subscription.disabled`.
+    subject_id: str
+    subscription_id: str | None = None
+    # Only for a task's one-off webhook; a subscription's deliveries follow its current URL.
+    webhook_url: str | None = None
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    attempt_count: int = 0
+    # Attempts in the current round: a manual retry or replay starts the schedule again.
+    round_attempts: int = 0
+    # Unix seconds when the next attempt is due (pending only).
+    next_attempt_at: float | None = None
+    created_at: str
+    updated_at: str
+    last_error: str | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+
+    def due(self, now: float, *, slack_s: float = 0.0) -> bool:
+        return self.status is DeliveryStatus.PENDING and (self.next_attempt_at or 0) <= now + slack_s
+
+    def after_attempt(self, attempt: Attempt, decision: Decision, now: float) -> "Delivery":
+        """This delivery once `attempt` is made and `decision` taken on it (pure)."""
+        retrying = decision.status is DeliveryStatus.PENDING and decision.retry_in_s is not None
+        return self.model_copy(
+            update={
+                "status": decision.status,
+                "attempt_count": self.attempt_count + 1,
+                "round_attempts": self.round_attempts + 1,
+                "next_attempt_at": now + (decision.retry_in_s or 0.0) if retrying else None,
+                "updated_at": unix_to_iso(now),
+                "last_error": None if decision.status is DeliveryStatus.DELIVERED else attempt.error,
+                "attempts": [*self.attempts, attempt][-MAX_ATTEMPTS_KEPT:],
+            }
+        )
+
+    def abandoned(self, reason: str, now: float) -> "Delivery":
+        """Failed without an attempt: its subscription was deleted or disabled, or the event expired."""
+        return self.model_copy(
+            update={"status": DeliveryStatus.FAILED, "next_attempt_at": None, "updated_at": unix_to_iso(now), "last_error": reason}
+        )
+
+    def public(self) -> dict[str, Any]:
+        body = self.model_dump(mode="json", exclude={"round_attempts"})
+        body["next_attempt_at"] = unix_to_iso(self.next_attempt_at)
+        body["attempts"] = body["attempts"][::-1]  # newest first, as logs are read
+        return body
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> "Delivery":
+        return cls.model_validate(orjson.loads(raw))

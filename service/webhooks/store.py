@@ -1,0 +1,195 @@
+"""The Redis store for subscriptions: the only module that knows their key layout.
+
+Keys (prefix `kr:`):
+  kr:sub:{id}          the subscription (JSON, secrets included)
+  kr:subs              every subscription id (lexicographic sorted set: ids sort by creation)
+  kr:subfail:{id}      when the subscription's current unbroken run of failed attempts began
+  kr:events:{id}       its operational events (`subscription.disabled`), laid out like a
+                       task's events so the one fan-out job delivers both
+  kr:whsec:default     the secret that signs deliveries to tasks' one-off `webhook_url`s
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
+from service.domain.events import Event
+from service.domain.ids import new_id
+from service.domain.tasks import isoformat, utcnow
+from service.store import PREFIX, events_key
+from service.webhooks.models import Subscription
+from service.webhooks.policy import SUBSCRIPTION_DISABLED, DisableReason
+from service.webhooks.signing import generate_secret
+
+SUBSCRIPTIONS = f"{PREFIX}:subs"
+# Replaced in the same transaction as every change to any subscription, so a process can keep
+# the enabled set in memory and reload it only when it changed (a fan-out reads it per event).
+# Random rather than a counter: a Redis that lost its last writes cannot repeat an old value.
+VERSION = f"{PREFIX}:subs:version"
+DEFAULT_SECRET = f"{PREFIX}:whsec:default"
+
+# Called inside the MULTI that disables a subscription, so the event's fan-out job commits with it.
+AfterDisable = Callable[[Pipeline, Event], None]
+
+
+def subscription_key(sub_id: str) -> str:
+    return f"{PREFIX}:sub:{sub_id}"
+
+
+def failing_key(sub_id: str) -> str:
+    return f"{PREFIX}:subfail:{sub_id}"
+
+
+def deliveries_index_key(sub_id: str) -> str:
+    return f"{PREFIX}:sub:{sub_id}:dlvs"
+
+
+@dataclass(frozen=True)
+class SubscriptionPage:
+    subscriptions: list[Subscription]
+    next_cursor: str | None
+
+
+def _new_version() -> str:
+    return secrets.token_hex(8)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class SubscriptionStore:
+    def __init__(self, redis: Redis, *, event_ttl_s: int) -> None:
+        self.redis = redis
+        self.event_ttl_s = event_ttl_s
+        self._enabled: tuple[object, list[Subscription]] | None = None
+
+    def create(self, sub: Subscription) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.set(subscription_key(sub.id), sub.dumps())
+            pipe.zadd(SUBSCRIPTIONS, {sub.id: 0})
+            pipe.set(VERSION, _new_version())
+            pipe.execute()
+
+    def get(self, sub_id: str) -> Subscription | None:
+        raw = self.redis.get(subscription_key(sub_id))
+        return Subscription.loads(raw) if raw is not None else None
+
+    def get_many(self, sub_ids: list[str]) -> dict[str, Subscription]:
+        if not sub_ids:
+            return {}
+        raws = self.redis.mget([subscription_key(i) for i in sub_ids])
+        subs = [Subscription.loads(raw) for raw in raws if raw is not None]
+        return {s.id: s for s in subs}
+
+    def enabled(self) -> list[Subscription]:
+        """Every enabled subscription; one GET when nothing changed since the last call."""
+        version = self.redis.get(VERSION)
+        if self._enabled is not None and self._enabled[0] == version:
+            return self._enabled[1]
+        # Read after the version: a change racing this load bumps it, so the next call reloads.
+        found = [s for s in self.get_many(self.ids()).values() if s.enabled]
+        self._enabled = (version, found)
+        return found
+
+    def ids(self) -> list[str]:
+        return [_text(i) for i in self.redis.zrange(SUBSCRIPTIONS, 0, -1)]
+
+    def list(self, *, cursor: str | None, limit: int) -> SubscriptionPage:
+        """Newest first, with the same cursor scheme as tasks."""
+        upper = f"({cursor}" if cursor else "+"
+        ids = [_text(i) for i in self.redis.zrevrangebylex(SUBSCRIPTIONS, upper, "-", start=0, num=limit + 1)]
+        more = len(ids) > limit
+        ids = ids[:limit]
+        found = self.get_many(ids)
+        subs = [found[i] for i in ids if i in found]
+        return SubscriptionPage(subs, ids[-1] if more and ids else None)
+
+    def update(self, sub_id: str, change: Callable[[Subscription], Subscription]) -> Subscription | None:
+        """Apply `change` under WATCH, so a concurrent rotation or disable is never overwritten.
+        Re-enabling a subscription also forgets its failure run, so it gets a fresh 5 days."""
+        key = subscription_key(sub_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        pipe.reset()
+                        return None
+                    before = Subscription.loads(raw)
+                    after = change(before)
+                    pipe.multi()
+                    pipe.set(key, after.dumps())
+                    pipe.set(VERSION, _new_version())
+                    if after.enabled and not before.enabled:
+                        pipe.delete(failing_key(sub_id))
+                    pipe.execute()
+                    return after
+                except WatchError:
+                    continue
+
+    def delete(self, sub_id: str) -> bool:
+        """Remove a subscription; its deliveries stay readable by id until their log TTL."""
+        with self.redis.pipeline() as pipe:
+            pipe.delete(subscription_key(sub_id))
+            pipe.zrem(SUBSCRIPTIONS, sub_id)
+            pipe.set(VERSION, _new_version())
+            pipe.delete(failing_key(sub_id), deliveries_index_key(sub_id))
+            deleted, *_ = pipe.execute()
+        return bool(deleted)
+
+    def disable(self, sub_id: str, reason: DisableReason, *, after: AfterDisable) -> Event | None:
+        """Disable an enabled subscription and record a `subscription.disabled` event in the same
+        transaction (with whatever `after` queues: its fan-out job). None if already disabled."""
+        key = subscription_key(sub_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None or not (sub := Subscription.loads(raw)).enabled:
+                        pipe.reset()
+                        return None
+                    now = isoformat(utcnow())
+                    disabled = sub.model_copy(
+                        update={"enabled": False, "disabled_reason": reason.value, "disabled_at": now, "updated_at": now}
+                    )
+                    sequence = int(pipe.llen(events_key(sub_id))) + 1
+                    event = Event(id=new_id("evt"), type=SUBSCRIPTION_DISABLED, created_at=now, sequence=sequence, data=disabled.public())
+                    pipe.multi()
+                    pipe.set(key, disabled.dumps())
+                    pipe.set(VERSION, _new_version())
+                    pipe.rpush(events_key(sub_id), event.dumps())
+                    pipe.expire(events_key(sub_id), self.event_ttl_s)
+                    pipe.delete(failing_key(sub_id))
+                    after(pipe, event)
+                    pipe.execute()
+                    return event
+                except WatchError:
+                    continue
+
+    def failing_for(self, sub_ids: set[str], now: float) -> dict[str, float]:
+        """How long each of these subscriptions has failed without a success, starting the run
+        now for any that was not failing. (A success ends a run: callers delete `failing_key`.)"""
+        ordered = sorted(sub_ids)
+        if not ordered:
+            return {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for sub_id in ordered:
+                pipe.set(failing_key(sub_id), repr(now), nx=True)
+                pipe.get(failing_key(sub_id))
+            started = pipe.execute()[1::2]
+        return {sub_id: max(now - float(since or now), 0.0) for sub_id, since in zip(ordered, started)}
+
+    def default_secret(self) -> str:
+        """The secret for tasks' own `webhook_url`s, made on first use and then stable."""
+        self.redis.set(DEFAULT_SECRET, generate_secret(), nx=True)
+        return _text(self.redis.get(DEFAULT_SECRET) or b"")
+
