@@ -30,6 +30,7 @@ from redis import Redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from service import outbox  # noqa: E402
 from service.domain.events import make_event  # noqa: E402
 from service.domain.status import TaskStatus  # noqa: E402
 from service.domain.ids import new_id  # noqa: E402
@@ -105,7 +106,9 @@ def run_engine(redis: Redis, jobs: Jobs, sub_ids: list[str], rounds: int) -> lis
         started = time.perf_counter()
         job_id = f"bench-{event_id}"
         with redis.pipeline() as pipe:
-            jobs.queue("deliver").enqueue_call("workers.deliver.fan_out", args=(task_id, event_id), job_id=job_id, result_ttl=0, pipeline=pipe)
+            jobs.queue("deliver").enqueue_call(
+                "workers.deliver.fan_out", args=([outbox.entry(task_id, event_id)],), job_id=job_id, result_ttl=0, pipeline=pipe
+            )
             pipe.execute()
         # The job records every delivery before it returns; with result_ttl=0 its key then goes.
         while redis.exists(f"rq:job:{job_id}"):

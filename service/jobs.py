@@ -54,8 +54,9 @@ class Jobs:
     ) -> str:
         return self._put(POLL, "workers.poll.poll_task", (task_id,), delay_s=delay_s, pipeline=pipeline, job_id=job_id)
 
-    def fan_out(self, task_id: str, event_id: str, *, pipeline: Pipeline | None = None) -> None:
-        self._put(DELIVER, "workers.deliver.fan_out", (task_id, event_id), delay_s=0, pipeline=pipeline)
+    def fan_out(self, entries: list[str], *, pipeline: Pipeline | None = None) -> None:
+        """Fan these outbox entries ("subject_id event_id") out to their subscribers."""
+        self._put(DELIVER, "workers.deliver.fan_out", (entries,), delay_s=0, pipeline=pipeline)
 
     def deliver(
         self,

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.client import Pipeline
 
 from service.domain.tasks import ProviderName, Task
 from service.domain.tokens import callback_token
@@ -64,10 +63,6 @@ class Runtime:
             return self.settings.apikley_callback_grace_s
         return self.settings.poll_initial_s
 
-    def fan_out_after(self, pipe: Pipeline, transition: Transition) -> None:
-        """Queue the event's fan-out in the same atomic write as the transition itself."""
-        self.jobs.fan_out(transition.task.id, transition.event.id, pipeline=pipe)
-
     def apply(self, task_id: str, update: ProviderUpdate) -> Transition | None:
         """Apply a provider report (polls, submit outcomes); no-op if it changes nothing."""
-        return self.store.apply(task_id, update, after=self.fan_out_after)
+        return self.store.apply(task_id, update)

@@ -19,6 +19,7 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.asyncio import Redis as AsyncRedis
 
+from service import outbox
 from service.domain.events import Event
 from service.domain.ids import new_id
 from service.domain.status import TaskStatus
@@ -28,9 +29,8 @@ from service.domain.transition import ProviderUpdate, Transition, apply_update
 PREFIX = "kr"
 WATCHDOG = f"{PREFIX}:watchdog"
 
-# Called inside the MULTI of a write, so whatever it queues commits (or not) with the write.
+# Called while a write is built, so whatever it queues commits (or not) with the write.
 AfterWrite = Callable[[Pipeline, Task], None]
-AfterTransition = Callable[[Pipeline, Transition], None]
 
 
 # KEYS[1]: the guarded key; ARGV[1]: the value it must still hold ('' = must not exist);
@@ -170,9 +170,7 @@ class TaskStore:
                 return event
         return None
 
-    def apply(
-        self, task_id: str, update: ProviderUpdate, *, after: AfterTransition, check: Check | None = None
-    ) -> Transition | None:
+    def apply(self, task_id: str, update: ProviderUpdate, *, check: Check | None = None) -> Transition | None:
         """Apply a provider report atomically; exactly one event per real transition.
 
         Read, decide, compare-and-set; if someone else wrote in between, re-read and re-decide.
@@ -181,22 +179,20 @@ class TaskStore:
         key = task_key(task_id)
         while True:
             raw = self.redis.get(key)
-            planned = self._plan(task_id, raw, update, after, check)
+            planned = self._plan(task_id, raw, update, check)
             if planned is None:
                 return None
             transition, commands = planned
             if self._cas(keys=[key], args=[raw, *commands]):
                 return transition
 
-    async def aapply(
-        self, task_id: str, update: ProviderUpdate, *, after: AfterTransition, check: Check | None = None
-    ) -> Transition | None:
+    async def aapply(self, task_id: str, update: ProviderUpdate, *, check: Check | None = None) -> Transition | None:
         """`apply` for the async web process (the callback receiver's hot path)."""
         assert self.aredis is not None and self._acas is not None
         key = task_key(task_id)
         while True:
             raw = await self.aredis.get(key)
-            planned = self._plan(task_id, raw, update, after, check)
+            planned = self._plan(task_id, raw, update, check)
             if planned is None:
                 return None
             transition, commands = planned
@@ -204,7 +200,7 @@ class TaskStore:
                 return transition
 
     def _plan(
-        self, task_id: str, raw: bytes | None, update: ProviderUpdate, after: AfterTransition, check: Check | None
+        self, task_id: str, raw: bytes | None, update: ProviderUpdate, check: Check | None
     ) -> tuple[Transition, list[object]] | None:
         if raw is None:
             raise TaskNotFound(task_id)
@@ -215,11 +211,7 @@ class TaskStore:
         if transition is None:
             return None
 
-        def build(pipe: Pipeline) -> None:
-            self._write_transition(pipe, transition)
-            after(pipe, transition)
-
-        return transition, self._commands(build)
+        return transition, self._commands(lambda pipe: self._write_transition(pipe, transition))
 
     @staticmethod
     def _write_transition(pipe: Pipeline, transition: Transition) -> None:
@@ -231,6 +223,7 @@ class TaskStore:
             pipe.zadd(index_key(task.status), {task.id: 0})
         if task.status.terminal:
             pipe.zrem(WATCHDOG, task.id)
+        outbox.push(pipe, task.id, transition.event.id)
 
     def record(self, task_id: str, change: Callable[[Task], Task | None]) -> Task | None:
         """Save a bookkeeping change (no status move, no event), e.g. a submit attempt."""

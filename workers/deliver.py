@@ -19,6 +19,7 @@ from functools import lru_cache
 import orjson
 from redis.client import Pipeline
 
+from service import outbox
 from service.domain.events import Event
 from service.runtime import Runtime
 from service.webhooks.deliveries import DeliveryStore, Finished, IndexedEvent, Target
@@ -66,27 +67,40 @@ def get_context() -> DeliveryContext:
     return ctx
 
 
-def fan_out(task_id: str, event_id: str) -> None:
-    """Create one delivery per matching subscription (and the task's own `webhook_url`), then
-    send them all concurrently. `task_id` is the event's subject: a task, or a subscription for
-    `subscription.disabled`. Safe to re-run: deliveries are found, not duplicated."""
+def fan_out(entries: list[str]) -> None:
+    """Create one delivery per matching subscription (and the task's own `webhook_url`) for
+    each outbox entry ("subject_id event_id"; the subject is a task, or a subscription for
+    `subscription.disabled`), then send them all concurrently. Safe to re-run: deliveries are
+    found, not duplicated."""
     ctx = get_context()
-    body = ctx.deliveries.event_body(task_id, event_id)
-    if body is None:
-        log.warning("fan-out of a missing event subject=%s event_id=%s", task_id, event_id)
-        return
-    event = orjson.loads(body)
-    subs = {s.id: s for s in ctx.subscriptions.enabled() if matches(s.event_types, event["type"])}
-    targets = [Target(sub_id, subscription_id=sub_id) for sub_id in subs]
-    webhook_url = event["data"].get("webhook_url") if event["type"].startswith("task.") else None
-    if webhook_url:
-        targets.append(Target(TASK_WEBHOOK, webhook_url=webhook_url))
-    now = time.time()
-    lease = lease_for(ctx, len(targets))
-    indexed = IndexedEvent(event_id, task_id, event["type"])
-    deliveries, created = ctx.deliveries.create_many(indexed, targets, now=now, created_at=event["created_at"], lease_s=lease)
-    sent = attempt(ctx, deliveries, bodies={event_id: body}, subs=subs, claimed=created)
-    log.info("fan-out event_id=%s type=%s targets=%d sent=%d", event_id, event["type"], len(targets), sent)
+    enabled = ctx.subscriptions.enabled()
+    bodies: dict[str, bytes] = {}
+    subs: dict[str, Subscription] = {}
+    planned: list[tuple[IndexedEvent, str, list[Target]]] = []
+    for subject_id, event_id in map(outbox.parse, entries):
+        body = ctx.deliveries.event_body(subject_id, event_id)
+        if body is None:
+            log.warning("fan-out of a missing event subject=%s event_id=%s", subject_id, event_id)
+            continue
+        event = orjson.loads(body)
+        matching = {s.id: s for s in enabled if matches(s.event_types, event["type"])}
+        targets = [Target(sub_id, subscription_id=sub_id) for sub_id in matching]
+        webhook_url = event["data"].get("webhook_url") if event["type"].startswith("task.") else None
+        if webhook_url:
+            targets.append(Target(TASK_WEBHOOK, webhook_url=webhook_url))
+        planned.append((IndexedEvent(event_id, subject_id, event["type"]), event["created_at"], targets))
+        bodies[event_id] = body
+        subs.update(matching)
+    # All of the batch is sent together, so each lease covers the whole batch's sending.
+    lease = lease_for(ctx, sum(len(targets) for _, _, targets in planned))
+    deliveries: list[Delivery] = []
+    created: set[str] = set()
+    for indexed, created_at, targets in planned:
+        made, fresh = ctx.deliveries.create_many(indexed, targets, now=time.time(), created_at=created_at, lease_s=lease)
+        deliveries += made
+        created |= fresh
+    sent = attempt(ctx, deliveries, bodies=bodies, subs=subs, claimed=created)
+    log.info("fan-out events=%d deliveries=%d sent=%d", len(bodies), len(deliveries), sent)
 
 
 def send(delivery_ids: list[str]) -> None:
@@ -193,7 +207,7 @@ def record(ctx: DeliveryContext, landed: list[Landed]) -> None:
     )
     for sub_id, reason in to_disable.items():
         def announce(pipe: Pipeline, event: Event, sub_id: str = sub_id) -> None:
-            ctx.rt.jobs.fan_out(sub_id, event.id, pipeline=pipe)
+            outbox.push(pipe, sub_id, event.id)
 
         if ctx.subscriptions.disable(sub_id, reason, after=announce) is not None:
             log.warning("subscription disabled subscription_id=%s reason=%s", sub_id, reason.value)

@@ -18,6 +18,7 @@ from rq.scheduler import RQScheduler
 from service.jobs import QUEUES
 from workers.context import get_runtime
 from workers.deliver import sweep_deliveries
+from workers.dispatch import Dispatcher, requeue_orphans
 from workers.sweep import sweep
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class RelayWorker(SimpleWorker):
         super().run_maintenance_tasks()
         try:
             sweep(get_runtime())
+            requeue_orphans(get_runtime().redis)
             sweep_deliveries(get_runtime())
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("sweep skipped, redis unavailable: %s", type(exc).__name__)
@@ -92,10 +94,14 @@ def run_worker(*, burst: bool = False) -> None:
             )
             if scheduler is None:
                 scheduler = ThreadScheduler(worker.queues, connection=rt.redis)
+                dispatcher = Dispatcher(rt.redis, rt.jobs)
                 if burst:
                     scheduler.tick()
+                    while dispatcher.step(block_s=0.01):
+                        pass
                 else:
                     threading.Thread(target=scheduler.run_forever, name="scheduler", daemon=True).start()
+                    threading.Thread(target=dispatcher.run_forever, name="dispatcher", daemon=True).start()
             worker.work(burst=burst, logging_level="INFO")
         except (RedisConnectionError, RedisTimeoutError) as exc:
             # Redis restarts must not kill the worker: wait, then pick up where the queues are.

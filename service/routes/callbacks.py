@@ -77,7 +77,7 @@ async def apikley_callback(request: Request) -> JSONResponse:
             raise ConfirmFirst(task)
 
     try:
-        transition = await rt.store.aapply(task_id, update, after=rt.fan_out_after, check=check)
+        transition = await rt.store.aapply(task_id, update, check=check)
     except TaskNotFound as exc:
         raise ApiError(404, "not_found", "no such Apikley task") from exc
     except ConfirmFirst as pending:

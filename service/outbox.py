@@ -1,0 +1,46 @@
+"""The event outbox: events waiting to be fanned out to subscribers.
+
+A transition pushes its event here inside its own atomic write (a tiny RPUSH, instead of building
+an RQ job on the callback hot path). Each worker's dispatcher thread moves entries into RQ
+fan-out jobs in batches; an entry sits in the dispatcher's in-flight list until its job is
+enqueued, so a dispatcher killed halfway loses nothing (the sweep puts its list back).
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+from redis.client import Pipeline
+
+OUTBOX = "kr:outbox"
+INFLIGHT_PREFIX = "kr:outbox:inflight:"
+HEARTBEAT_PREFIX = "kr:outbox:dispatcher:"
+
+
+def entry(subject_id: str, event_id: str) -> str:
+    return f"{subject_id} {event_id}"
+
+
+def parse(raw: bytes | str) -> tuple[str, str]:
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    subject_id, _, event_id = text.partition(" ")
+    return subject_id, event_id
+
+
+def push(pipe: Pipeline | Redis, subject_id: str, event_id: str) -> None:
+    pipe.rpush(OUTBOX, entry(subject_id, event_id))
+
+
+# Move up to ARGV[1] more entries from the outbox to the in-flight list; returns the whole list.
+TAKE_MORE = """
+for _ = 1, tonumber(ARGV[1]) do
+  if not redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') then break end
+end
+return redis.call('LRANGE', KEYS[2], 0, -1)
+"""
+
+# Put a dead dispatcher's in-flight entries back at the head of the outbox, in order.
+RETURN_INFLIGHT = """
+local n = 0
+while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') do n = n + 1 end
+return n
+"""
