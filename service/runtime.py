@@ -38,7 +38,7 @@ class Runtime:
         redis = Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
         # The async client connects lazily, on the web process's event loop; workers never use it.
         aredis = AsyncRedis.from_url(url, health_check_interval=30, socket_keepalive=True)
-        return cls(settings=settings, redis=redis, store=TaskStore(redis, aredis), jobs=Jobs(redis))
+        return cls(settings=settings, redis=redis, store=TaskStore(redis, aredis, retention_s=settings.task_retention_s), jobs=Jobs(redis))
 
     def provider(self, name: ProviderName) -> ProviderClient:
         if name not in self._providers:

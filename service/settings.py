@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     task_deadline_s: float = 3600.0
 
     idempotency_ttl_s: int = 24 * 3600
+    # A finished task, its events and its index entries are kept this long, then expire.
+    task_retention_s: int = 7 * 24 * 3600
     max_body_bytes: int = 1024 * 1024
 
     # Subscriber webhooks. One attempt (connect, send, first 1 KB of the answer) must end within this.

@@ -21,7 +21,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from service import outbox
 from service.domain.events import Event
-from service.domain.ids import new_id
+from service.domain.ids import id_floor, new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, isoformat, utcnow
 from service.domain.transition import ProviderUpdate, Transition, apply_update
@@ -89,9 +89,10 @@ def idempotency_key(api_key: str, key: str) -> str:
 
 
 class TaskStore:
-    def __init__(self, redis: Redis, aredis: AsyncRedis | None = None) -> None:
+    def __init__(self, redis: Redis, aredis: AsyncRedis | None = None, *, retention_s: int = 7 * 24 * 3600) -> None:
         self.redis = redis
         self.aredis = aredis
+        self.retention_s = retention_s
         self._cas = redis.register_script(CAS_SCRIPT)
         self._acas = aredis.register_script(CAS_SCRIPT) if aredis is not None else None
 
@@ -213,8 +214,7 @@ class TaskStore:
 
         return transition, self._commands(lambda pipe: self._write_transition(pipe, transition))
 
-    @staticmethod
-    def _write_transition(pipe: Pipeline, transition: Transition) -> None:
+    def _write_transition(self, pipe: Pipeline, transition: Transition) -> None:
         task = transition.task
         pipe.set(task_key(task.id), task.dumps())
         pipe.rpush(events_key(task.id), transition.event.dumps())
@@ -223,6 +223,9 @@ class TaskStore:
             pipe.zadd(index_key(task.status), {task.id: 0})
         if task.status.terminal:
             pipe.zrem(WATCHDOG, task.id)
+            # A finished task and its events live on for the retention period, then go.
+            pipe.expire(task_key(task.id), self.retention_s)
+            pipe.expire(events_key(task.id), self.retention_s)
         outbox.push(pipe, task.id, transition.event.id)
 
     def record(self, task_id: str, change: Callable[[Task], Task | None]) -> Task | None:
@@ -237,6 +240,17 @@ class TaskStore:
                 return None
             if self._cas(keys=[key], args=[raw, 3, "SET", key, changed.dumps()]):
                 return changed
+
+    def trim_indexes(self, now: float) -> None:
+        """Drop index entries of tasks older than the retention period (their keys have expired).
+
+        Ids sort by creation time, so everything below the id floor of `now - retention` goes.
+        """
+        floor = id_floor("task", now - self.retention_s)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for status in (None, *TaskStatus):
+                pipe.zremrangebylex(index_key(status), "-", f"({floor}")
+            pipe.execute()
 
     def set_watchdog(self, task_id: str, due_in_s: float, pipeline: Pipeline | None = None) -> None:
         """When the sweep should look at this task again if nothing else has moved it on."""

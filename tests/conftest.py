@@ -203,7 +203,7 @@ class Stack:
 
 def start_stack(redis_server: RedisServer, simulator: Simulator, log_dir: Path, env: dict[str, str] | None = None) -> Stack:
     db = next(_databases)
-    assert db < 16, "more stacks than Redis databases"
+    assert db < 64, "more stacks than Redis databases"
     url = f"redis://127.0.0.1:{redis_server.port}/{db}"
     Redis.from_url(url).flushdb()
     stack = Stack(redis_url=url, simulator=simulator, env_overrides=env or {}, log_dir=log_dir)

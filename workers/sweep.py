@@ -8,6 +8,7 @@ without the job): a queued task gets its submit again, a submitted one gets a ne
 from __future__ import annotations
 
 import logging
+import time
 
 from service.domain.status import TaskStatus
 from service.runtime import Runtime
@@ -24,6 +25,7 @@ def sweep(rt: Runtime) -> int:
     lease = rt.settings.submit_lease_s
     if not rt.redis.set(LOCK, "1", nx=True, ex=max(int(rt.settings.sweep_interval_s), 1)):
         return 0
+    rt.store.trim_indexes(time.time())
     rescheduled = 0
     for task_id in rt.store.due_tasks():
         task = rt.store.get(task_id)
