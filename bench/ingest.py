@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -29,12 +30,12 @@ SECRET = "bench-secret"
 NOW = "2026-01-01T00:00:00.000Z"
 
 
-def seed(redis: Redis, count: int, lines: Path) -> None:
+def seed(redis: Redis, count: int, lines: Path, id_of: Callable[[int], str] = lambda i: f"task_bench{i:08d}") -> None:
     """Tasks already submitted to Apikley, and for each the callback that will finish it."""
     pipe = redis.pipeline(transaction=False)
     with lines.open("w") as out:
         for i in range(count):
-            task_id = f"task_bench{i:08d}"
+            task_id = id_of(i)
             provider_id = f"task_kling_{i}"
             task = Task(id=task_id, provider="apikley", provider_task_id=provider_id, status=TaskStatus.SUBMITTED,
                         input=TaskInput(prompt="bench"), created_at=NOW, updated_at=NOW, sequence=1)

@@ -214,14 +214,14 @@ class DeliveryStore:
             due = "" if item.retry_in_s is None else now + item.retry_in_s + self.lease_s
             args += [d.id, d.dumps(), due]
         keys += clear or []
-        retrying = [item for item in finished if item.retry_in_s is not None]
-        if not retrying:
-            self._save(keys=keys, args=args)
-            return
         with self.redis.pipeline() as pipe:
             self._save(keys=keys, args=args, client=pipe)
-            for item in retrying:
-                schedule_retry(pipe, item.delivery, item.retry_in_s or 0.0)
+            # The attempts are over, so their leases go now rather than linger until they expire.
+            if finished:
+                pipe.delete(*(lease_key(item.delivery.id, item.delivery.attempt_count - 1) for item in finished))
+            for item in finished:
+                if item.retry_in_s is not None:
+                    schedule_retry(pipe, item.delivery, item.retry_in_s)
             pipe.execute()
 
     def save_finished(self, deliveries: list[Delivery]) -> None:
