@@ -20,12 +20,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import outbox
-from service.jobs import Jobs
+from service.jobs import DELIVER, Jobs
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
 HEARTBEAT_TTL_S = 15
+BACKLOG_WAIT_S = 0.003
 
 
 class Dispatcher:
@@ -36,6 +37,7 @@ class Dispatcher:
         self.inflight = f"{outbox.INFLIGHT_PREFIX}{self.id}"
         self.heartbeat = f"{outbox.HEARTBEAT_PREFIX}{self.id}"
         self._take_more = redis.register_script(outbox.TAKE_MORE)
+        self.deliver_queue = jobs.queue(DELIVER).key
 
     def run_forever(self) -> None:
         while True:
@@ -51,6 +53,11 @@ class Dispatcher:
     def step(self, block_s: float) -> int:
         """Dispatch one batch; returns how many entries it enqueued."""
         self.redis.set(self.heartbeat, "1", ex=HEARTBEAT_TTL_S)
+        # While fan-out jobs are still waiting, let events gather: the next job takes them all
+        # at once, so a busy worker catches up in batches instead of falling behind job by job.
+        if self.redis.llen(self.deliver_queue):
+            time.sleep(BACKLOG_WAIT_S)
+            return 0
         # Entries already in flight (a previous step failed mid-way) go first.
         if not self.redis.llen(self.inflight):
             if self.redis.blmove(outbox.OUTBOX, self.inflight, block_s, "LEFT", "RIGHT") is None:
