@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
+from service.bodylimit import BodyLimitMiddleware
 from service.errors import EXCEPTION_HANDLERS
-from service.routes import callbacks, deliveries, health, subscriptions, tasks
+from service.metrics import counted_callback_routes
+from service.routes import callbacks, dashboard, deliveries, docs, health, metrics, openapi, subscriptions, tasks
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
 
@@ -14,8 +17,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     settings.require("redis_url", "callback_secret", "kling_relay_api_keys")
     app = Starlette(
-        routes=[*health.routes, *tasks.routes, *callbacks.routes, *subscriptions.routes, *deliveries.routes],
+        routes=[
+            *health.routes,
+            *tasks.routes,
+            # Wrapped to count every callback by outcome and reason for /metrics.
+            *counted_callback_routes(callbacks.routes),
+            *subscriptions.routes,
+            *deliveries.routes,
+            *openapi.routes,
+            *docs.routes,
+            *metrics.routes,
+            *dashboard.routes,
+        ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        # The outer bound for every route; routes that read a body also cap it at their own limit.
+        middleware=[Middleware(BodyLimitMiddleware, max_bytes=max(settings.max_body_bytes, callbacks.MAX_CALLBACK_BYTES))],
     )
     app.state.runtime = Runtime.from_settings(settings)
     return app

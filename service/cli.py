@@ -1,4 +1,5 @@
-"""`kling-relay`: the command line (web, worker, simulator, dev)."""
+"""`kling-relay`: the command line (web, worker, simulator, dev, and the API client commands
+from `service.cli_client`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import argparse
 import logging
 import sys
 
+from service import cli_client
+from service.logs import configure_logging
 from service.settings import SettingsError, get_settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def _web(args: argparse.Namespace) -> int:
@@ -22,14 +23,20 @@ def _web(args: argparse.Namespace) -> int:
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level="info",
+        # Leave logging to ours (configure_logging): uvicorn's lines become JSON lines too.
+        log_config=None,
         proxy_headers=True,
+        # Dashboard streams never end by themselves; don't let them hold a shutdown up for long.
+        timeout_graceful_shutdown=5,
     )
     return 0
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from service.metrics import serve_worker_metrics
     from workers.main import run_worker
 
+    serve_worker_metrics(get_settings())
     run_worker(burst=args.burst)
     return 0
 
@@ -50,7 +57,12 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kling-relay", description="Webhook-driven Kling V2.1 Master video relay")
+    parser = argparse.ArgumentParser(
+        prog="kling-relay",
+        description="Webhook-driven Kling V2.1 Master video relay",
+        epilog=cli_client.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     web = sub.add_parser("web", help="serve the HTTP API and the callback receiver (uvicorn)")
@@ -70,13 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run everything for a first try: redis, simulator, web and worker")
     dev.add_argument("--port", type=int, default=None, help="web port (default: $PORT or 8000)")
-    dev.set_defaults(run=_dev)
+    dev.set_defaults(run=_dev, log_level="WARNING")
+
+    cli_client.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     args = build_parser().parse_args(argv)
+    # Client commands keep stderr for people (httpx would log every request at INFO).
+    configure_logging(getattr(logging, getattr(args, "log_level", "INFO")))
     try:
         return int(args.run(args) or 0)
     except SettingsError as exc:

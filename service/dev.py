@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,18 @@ def _wait_http(url: str, timeout_s: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def _cli_name() -> str:
+    """How the user can call this CLI from their shell: by name if it is on PATH, else by path."""
+    script = Path(sys.executable).parent / "kling-relay"
+    on_path = shutil.which("kling-relay")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "kling-relay"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def run_dev(port: int | None = None) -> int:
     # SIGTERM (e.g. from a supervisor) must tear the children down just like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -42,7 +55,7 @@ def run_dev(port: int | None = None) -> int:
     exe = [sys.executable, "-m", "service.cli"]
     web_port = port or settings.port
     try:
-        if not settings.redis_url:
+        if not settings.redis_url and not settings.redis_sentinels:
             redis = RedisServer(Path("var/redis").resolve(), appendonly=True).start()
             env["REDIS_URL"] = redis.url
         if not settings.apikley_api_key and not settings.novita_api_key:
@@ -58,6 +71,7 @@ def run_dev(port: int | None = None) -> int:
         env.setdefault("ALLOW_PRIVATE_WEBHOOKS", "true")
         env["PORT"] = str(web_port)
         env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{web_port}")
+        env.setdefault("WORKER_METRICS_PORT", str(free_port()))
         children.append(subprocess.Popen([*exe, "web"], env=env))
         children.append(subprocess.Popen([*exe, "worker"], env=env))
         base = f"http://127.0.0.1:{web_port}"
@@ -65,8 +79,15 @@ def run_dev(port: int | None = None) -> int:
         print(
             f"\nkling-relay is running at {base}\n"
             f"API key: {api_key}\n\n"
+            "Make a video from another terminal (live status, then the video URL):\n\n"
+            f"  export KLING_RELAY_URL={base} KLING_RELAY_API_KEY={api_key}\n"
+            f"  {_cli_name()} submit \"a red fox running through snow\" --wait\n\n"
+            "or with curl:\n\n"
             f"  curl -s -X POST {base}/v1/tasks -H 'Authorization: Bearer {api_key}' \\\n"
             f"       -H 'Content-Type: application/json' -d '{{\"prompt\": \"a red fox running through snow\"}}'\n\n"
+            f"Dashboard: {base}/dashboard?key={api_key}\n"
+            f"API docs:  {base}/docs\n"
+            f"Metrics:   {base}/metrics (web) and http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics (worker)\n\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )

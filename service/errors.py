@@ -15,12 +15,14 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, fields: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, fields: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.fields = fields
+        # Sent with the error, e.g. `Retry-After` on a 429.
+        self.headers = headers or {}
 
 
 def validation_error(exc: ValidationError) -> ApiError:
@@ -44,7 +46,9 @@ def render(status: int, code: str, message: str, fields: dict[str, str] | None =
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return render(exc.status, exc.code, exc.message, exc.fields)
+    response = render(exc.status, exc.code, exc.message, exc.fields)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -5,16 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 
 from service.domain.tasks import ProviderName, Task
 from service.domain.tokens import callback_token
 from service.domain.transition import ProviderUpdate, Transition
 from service.jobs import Jobs
+from service.metrics import observe_transition
 from service.providers.apikley import ApikleyClient
 from service.providers.base import ProviderClient
 from service.providers.http import make_client
 from service.providers.novita import NovitaClient
+from service.redis_client import connect_redis
 from service.settings import Settings
 from service.store import TaskStore
 
@@ -33,11 +34,7 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        settings.require("redis_url")
-        url = settings.redis_url or ""
-        redis = Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
-        # The async client connects lazily, on the web process's event loop; workers never use it.
-        aredis = AsyncRedis.from_url(url, health_check_interval=30, socket_keepalive=True)
+        redis, aredis = connect_redis(settings)
         return cls(settings=settings, redis=redis, store=TaskStore(redis, aredis, retention_s=settings.task_retention_s), jobs=Jobs(redis))
 
     def provider(self, name: ProviderName) -> ProviderClient:
@@ -65,4 +62,4 @@ class Runtime:
 
     def apply(self, task_id: str, update: ProviderUpdate) -> Transition | None:
         """Apply a provider report (polls, submit outcomes); no-op if it changes nothing."""
-        return self.store.apply(task_id, update)
+        return observe_transition(self.store.apply(task_id, update))

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
     redis_url: str | None = None
+    # Redis behind Sentinel: "host:port,host:port" of the sentinels and the master's name. With
+    # these set, the master is discovered (and re-discovered on failover) through the sentinels;
+    # REDIS_URL, if also set, supplies only the database, credentials and TLS for the master.
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = "mymaster"
     public_base_url: str = "http://127.0.0.1:8000"
     host: str = "127.0.0.1"
     port: int = 8000
@@ -72,6 +77,8 @@ class Settings(BaseSettings):
     # A finished task, its events and its index entries are kept this long, then expire.
     task_retention_s: int = 7 * 24 * 3600
     max_body_bytes: int = 1024 * 1024
+    # Task creations one API key may make in any 60 s (a sliding window); 0 turns the limit off.
+    task_create_rate_per_min: int = Field(default=600, ge=0)
 
     # Subscriber webhooks. One attempt (connect, send, first 1 KB of the answer) must end within this.
     webhook_timeout_s: float = 15.0
@@ -90,10 +97,23 @@ class Settings(BaseSettings):
     # An attempt not recorded this long after it started is presumed lost (worker killed) and is re-sent.
     webhook_lease_s: float = 60.0
 
-    @field_validator("kling_relay_api_keys", mode="before")
+    # `kling-relay worker` serves its own Prometheus /metrics here (unset: it serves none).
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"
+
+    @field_validator("kling_relay_api_keys", "redis_sentinels", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         return _csv(value)
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{address!r} is not host:port")
+        return value
 
     @field_validator("submit_retry_delays_s", "webhook_retry_schedule_s", mode="before")
     @classmethod
@@ -124,6 +144,8 @@ class Settings(BaseSettings):
     def require(self, *names: str) -> None:
         """Fail fast, naming the variable, when a process needs a setting that is unset."""
         missing = [name.upper() for name in names if not getattr(self, name)]
+        if "REDIS_URL" in missing and self.redis_sentinels:
+            missing.remove("REDIS_URL")  # Sentinel tells us where Redis is
         if missing:
             raise SettingsError(f"missing required environment variable(s): {', '.join(missing)}")
 

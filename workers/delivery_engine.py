@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.metrics import observe_attempt
 from service.webhooks.models import Delivery
 from service.webhooks.sender import AttemptResult, WebhookSender
 from service.webhooks.signing import webhook_headers
@@ -94,6 +95,7 @@ class DeliveryEngine:
                 # reject skew over 5 minutes), while `webhook-id` stays the event id throughout.
                 headers = webhook_headers(item.secrets, item.delivery.event_id, int(started), item.body)
                 result = await self.sender.post(item.url, headers, item.body)
+                observe_attempt(item.delivery, result)
                 landed.put(Landed(item, result, started))
             except BaseException as exc:  # hand any bug to the job thread rather than hang it
                 landed.put(exc)

@@ -19,6 +19,7 @@ from service.domain.schedule import poll_delay
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskError
 from service.domain.transition import ProviderUpdate
+from service.metrics import observe_poll
 from service.providers.base import ProviderError
 from service.runtime import Runtime
 from workers.context import get_runtime
@@ -74,6 +75,7 @@ def poll_task(task_id: str) -> None:
         polls, seen, _ = pipe.execute()
     asked_at = time.time()
     update = _fetch(rt, task, unfinished_at=_unfinished_at(task, seen))
+    observe_poll(task.provider, update)
     if update is not None and not update.status.terminal:
         rt.redis.hset(key, "seen", asked_at)
     if update is not None:

@@ -6,7 +6,7 @@ that emits, or that nothing changes (a duplicate, stale or out-of-order report).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service.domain.events import Event, event_type_for, make_event
 from service.domain.status import TaskStatus, can_move
@@ -38,6 +38,10 @@ class Transition:
 
 def apply_update(task: Task, update: ProviderUpdate, *, now: str, event_id: str) -> Transition | None:
     """The task after `update`, with its event; None when the update changes nothing."""
+    if update.progress is not None and not 0 <= update.progress <= 100:
+        # Providers' percentages are unconfirmed: one outside 0-100 would be published, then
+        # move backwards when success sets 100.
+        update = replace(update, progress=min(max(update.progress, 0), 100))
     if can_move(task.status, update.status):
         changes: dict[str, object] = {"status": update.status, "updated_at": now, "sequence": task.sequence + 1}
         if update.provider_task_id and not task.provider_task_id:

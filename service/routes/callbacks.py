@@ -19,6 +19,7 @@ from starlette.routing import Route
 from service.domain.tasks import Task
 from service.domain.tokens import token_matches
 from service.errors import ApiError
+from service.metrics import observe_transition
 from service.providers.apikley import UnknownState, parse_record
 from service.routes.bodies import read_json
 from service.routes.context import runtime
@@ -84,6 +85,7 @@ async def apikley_callback(request: Request) -> JSONResponse:
         await run_in_threadpool(_confirm, rt, pending.task, record["taskId"])
         log.info("apikley callback task_id=%s state=%s confirming", task_id, record.get("state"))
         return JSONResponse({"accepted": True, "changed": False, "confirming": True}, status_code=202)
+    observe_transition(transition)
     log.info("apikley callback task_id=%s state=%s changed=%s", task_id, record.get("state"), transition is not None)
     return JSONResponse({"accepted": True, "changed": transition is not None})
 

@@ -15,6 +15,8 @@ from service.domain.ids import new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import PROVIDERS, ProviderName, Task, TaskRequest, isoformat, limit_violations, utcnow
 from service.errors import ApiError, validation_error
+from service.metrics import TASKS_CREATED
+from service.ratelimit import enforce_task_create_rate
 from service.routes.bodies import json_object, read_json
 from service.routes.context import api_key, runtime
 from service.runtime import Runtime
@@ -41,6 +43,7 @@ def choose_provider(rt: Runtime, requested: str) -> ProviderName:
 async def create_task(request: Request) -> JSONResponse:
     rt = runtime(request)
     key = api_key(request)
+    await enforce_task_create_rate(rt, key)
     body = json_object(await read_json(request, rt.settings.max_body_bytes))
     try:
         req = TaskRequest.model_validate(body)
@@ -90,6 +93,8 @@ async def create_task(request: Request) -> JSONResponse:
         stored, created = await run_in_threadpool(store)
     except IdempotencyConflict as exc:
         raise ApiError(409, "idempotency_conflict", "this Idempotency-Key was used with a different body") from exc
+    if created:
+        TASKS_CREATED.labels(stored.provider).inc()
     headers = {} if created else {"Idempotent-Replayed": "true"}
     return JSONResponse(stored.model_dump(mode="json"), status_code=202, headers=headers)
 

@@ -1,0 +1,183 @@
+"""The dashboard's HTML, rendered on the server from plain data (pure: no I/O).
+
+Everything a user typed (prompts, URLs, metadata, provider messages) is escaped. Rows are whole
+`<tr>` elements with stable ids, so the live stream can send a row and the page can swap it in.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from html import escape
+from urllib.parse import quote
+
+from service.domain.events import Event
+from service.domain.tasks import Task
+from service.webhooks.models import Delivery
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A task with what the dashboard shows beside it."""
+
+    task: Task
+    events: list[Event] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+
+
+STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
+header { display: flex; gap: 1.5em; align-items: baseline; padding: .8em 1.5em; background: #1d2330; color: #fff; }
+header a { color: #9cc3ff; } header h1 { font-size: 1.1em; margin: 0; }
+main { padding: 1em 1.5em; }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+th, td { text-align: left; padding: .4em .6em; border-bottom: 1px solid #e3e6eb; vertical-align: top; }
+th { font-weight: 600; background: #eef0f4; }
+code { font-size: 12px; }
+.status { display: inline-block; padding: .05em .55em; border-radius: 1em; font-weight: 600; font-size: 12px; }
+.s-queued { background: #e3e6eb; } .s-submitted { background: #dbe8ff; } .s-running { background: #fff1c2; }
+.s-succeeded, .s-delivered { background: #d5f5dd; } .s-failed { background: #ffd9d6; } .s-pending { background: #fff1c2; }
+.live { font-size: 12px; } .live.on { color: #7ee08f; } .live.off { color: #ffb3ad; }
+.muted { color: #6b7280; } .filters a { margin-right: .8em; }
+dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; background: #fff; padding: 1em; }
+dt { font-weight: 600; } dd { margin: 0; word-break: break-all; }
+form { background: #fff; padding: 1.5em; max-width: 28em; } input[type=password] { width: 100%; padding: .4em; margin: .5em 0; }
+"""
+
+STREAM_SCRIPT = """
+const tbody = document.querySelector("#tasks tbody");
+const live = document.getElementById("live");
+const source = new EventSource("/dashboard/stream" + window.location.search);
+source.onopen = () => { live.textContent = "\\u25cf live"; live.className = "live on"; };
+source.onerror = () => { live.textContent = "\\u25cb reconnecting"; live.className = "live off"; };
+source.addEventListener("task", (message) => {
+  const update = JSON.parse(message.data);
+  const row = document.getElementById("task-" + update.id);
+  if (row) { row.outerHTML = update.html; } else { tbody.insertAdjacentHTML("afterbegin", update.html); }
+  const empty = document.getElementById("empty");
+  if (empty) { empty.remove(); }
+});
+"""
+
+STATUSES = ("queued", "submitted", "running", "succeeded", "failed")
+
+
+def _page(title: str, body: str, *, head: str = "", live: bool = False) -> str:
+    indicator = "<span id=live class='live off'>&#9675; connecting</span>" if live else ""
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{escape(title)}</title>"
+        f"<style>{STYLE}</style>{head}</head><body>"
+        "<header><h1>kling-relay</h1><a href='/dashboard'>tasks</a><a href='/docs'>API docs</a>"
+        f"<a href='/metrics'>metrics</a>{indicator}</header>"
+        f"<main>{body}</main></body></html>"
+    )
+
+
+def status_badge(status: str, progress: int | None = None) -> str:
+    suffix = f" {progress}%" if progress is not None and status == "running" else ""
+    return f"<span class='status s-{escape(status)}'>{escape(status)}{suffix}</span>"
+
+
+def excerpt(text: str, length: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= length else text[: length - 1] + "\u2026"
+
+
+def events_summary(events: list[Event]) -> str:
+    steps = [e.type.removeprefix("task.") for e in events if e.type != "task.progress"]
+    progress = sum(1 for e in events if e.type == "task.progress")
+    text = " \u2192 ".join(steps) or "\u2014"
+    return escape(text) + (f" <span class=muted>(+{progress} progress)</span>" if progress else "")
+
+
+def deliveries_summary(deliveries: list[Delivery]) -> str:
+    if not deliveries:
+        return "<span class=muted>\u2014</span>"
+    counts = Counter(d.status.value for d in deliveries)
+    return " \u00b7 ".join(f"{counts[s]} {s}" for s in ("delivered", "pending", "failed") if counts[s])
+
+
+def task_row(view: TaskView) -> str:
+    t = view.task
+    return (
+        f"<tr id='task-{escape(t.id)}' data-status='{escape(t.status.value)}'>"
+        f"<td><a href='/dashboard/tasks/{quote(t.id)}'><code>{escape(t.id)}</code></a></td>"
+        f"<td class=status-cell>{status_badge(t.status.value, t.progress)}</td>"
+        f"<td>{escape(t.provider)}</td>"
+        f"<td title='{escape(t.input.prompt)}'>{escape(excerpt(t.input.prompt))}</td>"
+        f"<td class=events-cell>{events_summary(view.events)}</td>"
+        f"<td class=deliveries-cell>{deliveries_summary(view.deliveries)}</td>"
+        f"<td class=muted>{escape(t.updated_at)}</td></tr>"
+    )
+
+
+def tasks_page(views: list[TaskView], *, status: str | None) -> str:
+    filters = "".join(
+        f"<a href='/dashboard?status={s}'>{'<b>' + s + '</b>' if s == status else s}</a>" for s in STATUSES
+    )
+    rows = "".join(task_row(v) for v in views) or "<tr id=empty><td colspan=7 class=muted>No tasks yet: kling-relay submit \"a red fox\" --wait</td></tr>"
+    body = (
+        f"<p class=filters><a href='/dashboard'>{'<b>all</b>' if status is None else 'all'}</a>{filters}</p>"
+        "<table id=tasks><thead><tr><th>Task</th><th>Status</th><th>Provider</th><th>Prompt</th>"
+        f"<th>Events</th><th>Deliveries</th><th>Updated</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"<script>{STREAM_SCRIPT}</script>"
+    )
+    return _page("kling-relay dashboard", body, live=True)
+
+
+def task_page(view: TaskView, subscription_urls: dict[str, str]) -> str:
+    t = view.task
+    facts = [
+        ("status", status_badge(t.status.value, t.progress)),
+        ("provider", escape(t.provider) + (f" <code>{escape(t.provider_task_id)}</code>" if t.provider_task_id else "")),
+        ("prompt", escape(t.input.prompt)),
+        ("created", escape(t.created_at)),
+        ("updated", escape(t.updated_at)),
+    ]
+    if t.result:
+        url = escape(t.result.video_url)
+        facts.append(("video", f"<a href='{url}'>{url}</a>"))
+    if t.error:
+        facts.append(("error", escape(f"{t.error.code}: {t.error.message}")))
+    if t.webhook_url:
+        facts.append(("webhook_url", escape(t.webhook_url)))
+    dl = "".join(f"<dt>{name}</dt><dd>{value}</dd>" for name, value in facts)
+    events = "".join(
+        f"<tr><td>{e.sequence}</td><td class=muted>{escape(e.created_at)}</td><td>{escape(e.type)}</td><td><code>{escape(e.id)}</code></td></tr>"
+        for e in view.events
+    ) or "<tr><td colspan=4 class=muted>none yet</td></tr>"
+    deliveries = "".join(_delivery_row(d, subscription_urls) for d in view.deliveries) or (
+        "<tr><td colspan=6 class=muted>none (no subscription matched, or none yet)</td></tr>"
+    )
+    body = (
+        f"<h2><code>{escape(t.id)}</code></h2><dl>{dl}</dl>"
+        "<h3>Events</h3><table><thead><tr><th>#</th><th>At</th><th>Type</th><th>Id</th></tr></thead>"
+        f"<tbody>{events}</tbody></table>"
+        "<h3>Deliveries</h3><table><thead><tr><th>Delivery</th><th>Event</th><th>To</th><th>Status</th>"
+        f"<th>Attempts</th><th>Last answer</th></tr></thead><tbody>{deliveries}</tbody></table>"
+    )
+    unsettled = not t.status.terminal or any(d.status.value == "pending" for d in view.deliveries)
+    head = "<meta http-equiv=refresh content=2>" if unsettled else ""
+    return _page(f"{t.id} \u2014 kling-relay", body, head=head)
+
+
+def _delivery_row(d: Delivery, subscription_urls: dict[str, str]) -> str:
+    to = subscription_urls.get(d.subscription_id or "", d.subscription_id or "") if d.subscription_id else d.webhook_url or ""
+    last = d.attempts[-1] if d.attempts else None
+    answer = "\u2014" if last is None else str(last.status_code or last.error or "")
+    return (
+        f"<tr id='delivery-{escape(d.id)}'><td><code>{escape(d.id)}</code></td><td>{escape(d.event_type)}</td>"
+        f"<td>{escape(to)}</td><td>{status_badge(d.status.value)}</td><td>{d.attempt_count}</td>"
+        f"<td>{escape(answer)}</td></tr>"
+    )
+
+
+def login_page(message: str = "") -> str:
+    note = f"<p style='color:#b42318'>{escape(message)}</p>" if message else ""
+    body = (
+        "<form method=post action='/dashboard/login'><h2>Dashboard sign-in</h2>"
+        "<label>API key (one of KLING_RELAY_API_KEYS)<input type=password name=key autofocus></label>"
+        f"{note}<button type=submit>Open the dashboard</button></form>"
+    )
+    return _page("kling-relay dashboard: sign in", body)

@@ -1,0 +1,67 @@
+"""Connecting to Redis: a plain URL, or the current master as told by Redis Sentinel.
+
+`connect_redis(settings)` is the one place the service's Redis clients are made, so the web
+processes, the workers and RQ all follow a Sentinel failover the same way: redis-py's
+`SentinelConnectionPool` asks the sentinels for the master whenever it (re)connects, and a
+connection to a demoted master fails over to the new one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.sentinel import Sentinel
+
+from service.settings import Settings
+
+# Keep idle connections honest across NATs and load balancers; find dead ones before using them.
+CLIENT_OPTIONS: dict[str, Any] = {"health_check_interval": 30, "socket_keepalive": True}
+
+
+def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
+    addresses = []
+    for address in settings.redis_sentinels:
+        host, _, port = address.rpartition(":")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
+
+
+def master_options(redis_url: str | None) -> dict[str, Any]:
+    """Database, credentials and TLS for the master, from REDIS_URL (its host is ignored)."""
+    if not redis_url:
+        return {}
+    parts = urlsplit(redis_url)
+    options: dict[str, Any] = {}
+    path = parts.path.lstrip("/")
+    if path.isdigit():
+        options["db"] = int(path)
+    if parts.username:
+        options["username"] = unquote(parts.username)
+    if parts.password:
+        options["password"] = unquote(parts.password)
+    if parts.scheme == "rediss":
+        options["ssl"] = True
+    return options
+
+
+def connect_redis(settings: Settings) -> tuple[Redis, AsyncRedis]:
+    """The sync client (workers, RQ, stores) and the async one (the web's hot paths; it connects
+    lazily, on the web process's event loop). Needs REDIS_URL or REDIS_SENTINELS."""
+    if settings.redis_sentinels:
+        options = {**CLIENT_OPTIONS, **master_options(settings.redis_url)}
+        # Sentinels themselves take no database, and usually no password of the master's.
+        sentinel_options = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+        addresses = sentinel_addresses(settings)
+        name = settings.redis_sentinel_master
+        sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+        asentinel = AsyncSentinel(addresses, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+        redis: Redis = sentinel.master_for(name, redis_class=Redis, **options)  # type: ignore[no-untyped-call]
+        aredis: AsyncRedis = asentinel.master_for(name, redis_class=AsyncRedis, **options)
+        return redis, aredis
+    settings.require("redis_url")
+    url = settings.redis_url or ""
+    return Redis.from_url(url, **CLIENT_OPTIONS), AsyncRedis.from_url(url, **CLIENT_OPTIONS)

@@ -1,0 +1,300 @@
+"""`GET /openapi.json`: the API described in OpenAPI 3.1, generated from the models that validate
+requests and shape responses, so the document cannot drift from what the service accepts.
+
+Bodies and resources come from pydantic (`TaskRequest`, `Task`, `Event`, the webhook models);
+this module only adds what pydantic cannot know: the operations, their parameters and status
+codes, and the public views that differ from the stored models (no secrets, ISO times).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service.domain.events import Event
+from service.domain.status import TaskStatus
+from service.domain.tasks import Task, TaskRequest
+from service.webhooks.models import Delivery, ReplayRequest, Subscription, SubscriptionCreate, SubscriptionUpdate
+from service.webhooks.policy import DeliveryStatus
+
+REF = "#/components/schemas/{model}"
+Schema = dict[str, Any]
+
+ERROR: Schema = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "fields": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        }
+    },
+}
+
+ERROR_MEANING = {
+    400: "Malformed request (invalid JSON, bad query parameter or header)",
+    401: "Missing or unknown API key (or, for the receiver, a wrong callback token)",
+    404: "No such resource",
+    409: "Conflict with the resource's current state",
+    413: "Request body too large",
+    415: "Body is not application/json",
+    422: "The body is valid JSON but not a valid request; `fields` names what is wrong",
+    429: "Too many requests for this API key; retry after `Retry-After` seconds",
+    503: "Storage temporarily unavailable; retry after `Retry-After` seconds",
+}
+# Statuses whose answers always carry Retry-After.
+RETRY_AFTER = {429, 503}
+
+NULLABLE_STRING: Schema = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+LIMIT = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}
+CURSOR = {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}}
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "The same key with the same body returns the same task; with another body, 409",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": REF.format(model=name)}
+
+
+def _page(item: str) -> Schema:
+    return {
+        "type": "object",
+        "required": ["data", "next_cursor"],
+        "properties": {"data": {"type": "array", "items": _ref(item)}, "next_cursor": NULLABLE_STRING},
+    }
+
+
+def _path(name: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _status_filter(values: list[str]) -> Schema:
+    return {"name": "status", "in": "query", "required": False, "schema": {"type": "string", "enum": values}}
+
+
+def _json(schema: Schema) -> Schema:
+    return {"application/json": {"schema": schema}}
+
+
+def _operation(
+    summary: str,
+    ok: dict[int, Schema | None],
+    errors: list[int],
+    *,
+    body: str | None = None,
+    parameters: list[Schema] | None = None,
+    secured: bool = True,
+) -> Schema:
+    responses: dict[str, Schema] = {}
+    for status, schema in ok.items():
+        responses[str(status)] = {"description": "Success"} | ({"content": _json(schema)} if schema is not None else {})
+    for status in sorted({*errors, 503} | ({401} if secured else set()) - set(ok)):
+        response: Schema = {"description": ERROR_MEANING[status], "content": _json(_ref("Error"))}
+        if status in RETRY_AFTER:
+            response["headers"] = {"Retry-After": {"required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+        responses[str(status)] = response
+    operation: Schema = {"summary": summary, "responses": responses}
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": _json(_ref(body))}
+    operation["security"] = [{"bearer": []}] if secured else []
+    return operation
+
+
+def _components() -> dict[str, Schema]:
+    _, top = models_json_schema(
+        [
+            (TaskRequest, "validation"),
+            (SubscriptionCreate, "validation"),
+            (SubscriptionUpdate, "validation"),
+            (ReplayRequest, "validation"),
+            (Task, "serialization"),
+            (Event, "serialization"),
+            (Subscription, "serialization"),
+            (Delivery, "serialization"),
+        ],
+        ref_template=REF,
+    )
+    schemas: dict[str, Schema] = top["$defs"]
+    # Clients may send the duration as a number; it is stored as the string providers want.
+    duration = schemas["TaskRequest"]["properties"]["duration"]
+    schemas["TaskRequest"]["properties"]["duration"] = {
+        "anyOf": [{"type": "string", "enum": ["5", "10"]}, {"type": "integer", "enum": [5, 10]}],
+        "default": duration.get("default", "5"),
+    }
+    # What the API shows: a subscription without its secrets, a delivery without bookkeeping.
+    subscription = copy.deepcopy(schemas.pop("Subscription"))
+    subscription["properties"].pop("secrets")
+    schemas.pop("SigningSecret", None)
+    schemas["Subscription"] = subscription
+    created = copy.deepcopy(subscription)
+    created["properties"]["secret"] = {"type": "string", "pattern": "^whsec_", "description": "Shown once, at creation"}
+    created["required"] = [*created["required"], "secret"]
+    created["title"] = "CreatedSubscription"
+    schemas["CreatedSubscription"] = created
+    delivery = schemas["Delivery"]
+    delivery["properties"].pop("round_attempts")
+    delivery["properties"]["next_attempt_at"] = {**NULLABLE_STRING, "description": "When the next attempt is due (pending only)"}
+    schemas["Error"] = ERROR
+    return schemas
+
+
+def build_spec() -> Schema:
+    task_statuses = [s.value for s in TaskStatus]
+    delivery_statuses = [s.value for s in DeliveryStatus]
+    task, sub, dlv = _path("task_id"), _path("sub_id"), _path("delivery_id")
+    status_only: Schema = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}}
+    callback_answer: Schema = {
+        "type": "object",
+        "required": ["accepted", "changed"],
+        "properties": {"accepted": {"type": "boolean"}, "changed": {"type": "boolean"}, "confirming": {"type": "boolean"}},
+    }
+    paths: dict[str, dict[str, Schema]] = {
+        "/healthz": {"get": _operation("Process is up", {200: status_only}, [], secured=False)},
+        "/readyz": {"get": _operation("Redis is reachable", {200: status_only, 503: status_only}, [], secured=False)},
+        "/openapi.json": {"get": _operation("This document", {200: {"type": "object"}}, [], secured=False)},
+        "/v1/tasks": {
+            "post": _operation(
+                "Create a task", {202: _ref("Task")}, [400, 409, 413, 415, 422, 429], body="TaskRequest", parameters=[IDEMPOTENCY_KEY]
+            ),
+            "get": _operation("List tasks, newest first", {200: _page("Task")}, [400], parameters=[_status_filter(task_statuses), LIMIT, CURSOR]),
+        },
+        "/v1/tasks/{task_id}": {"get": _operation("Get a task", {200: _ref("Task")}, [404], parameters=[task])},
+        "/v1/tasks/{task_id}/events": {
+            "get": _operation(
+                "A task's events, oldest first",
+                {200: {"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": _ref("Event")}}}},
+                [404],
+                parameters=[task],
+            )
+        },
+        "/v1/subscriptions": {
+            "post": _operation("Create a subscription", {201: _ref("CreatedSubscription")}, [400, 413, 415, 422], body="SubscriptionCreate"),
+            "get": _operation("List subscriptions, newest first", {200: _page("Subscription")}, [400], parameters=[LIMIT, CURSOR]),
+        },
+        "/v1/subscriptions/{sub_id}": {
+            "get": _operation("Get a subscription", {200: _ref("Subscription")}, [404], parameters=[sub]),
+            "patch": _operation(
+                "Change a subscription", {200: _ref("Subscription")}, [400, 404, 413, 415, 422], body="SubscriptionUpdate", parameters=[sub]
+            ),
+            "delete": _operation("Delete a subscription", {204: None}, [404], parameters=[sub]),
+        },
+        "/v1/subscriptions/{sub_id}/rotate-secret": {
+            "post": _operation(
+                "Rotate the signing secret",
+                {
+                    200: {
+                        "type": "object",
+                        "required": ["secret", "previous_secret_expires_at"],
+                        "properties": {"secret": {"type": "string", "pattern": "^whsec_"}, "previous_secret_expires_at": NULLABLE_STRING},
+                    }
+                },
+                [404],
+                parameters=[sub],
+            )
+        },
+        "/v1/subscriptions/{sub_id}/deliveries": {
+            "get": _operation(
+                "A subscription's deliveries, newest first",
+                {200: _page("Delivery")},
+                [400, 404],
+                parameters=[sub, _status_filter(delivery_statuses), LIMIT, CURSOR],
+            )
+        },
+        "/v1/subscriptions/{sub_id}/replay": {
+            "post": _operation(
+                "Send events since a time again",
+                {
+                    202: {
+                        "type": "object",
+                        "required": ["replayed", "truncated"],
+                        "properties": {"replayed": {"type": "integer"}, "truncated": {"type": "boolean"}},
+                    }
+                },
+                [400, 404, 409, 413, 415, 422],
+                body="ReplayRequest",
+                parameters=[sub],
+            )
+        },
+        "/v1/deliveries/{delivery_id}": {"get": _operation("Get a delivery", {200: _ref("Delivery")}, [404], parameters=[dlv])},
+        "/v1/deliveries/{delivery_id}/retry": {
+            "post": _operation("Send a delivery again now", {202: _ref("Delivery")}, [404, 409], parameters=[dlv])
+        },
+        "/v1/webhooks/default/secret": {
+            "get": _operation(
+                "The secret signing deliveries to tasks' own webhook_url",
+                {200: {"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string", "pattern": "^whsec_"}}}},
+                [],
+            )
+        },
+        "/callbacks/apikley/{task_id}/{token}": {
+            "post": _operation(
+                "Apikley's callback receiver (the per-task token is the credential)",
+                {200: callback_answer, 202: callback_answer},
+                [400, 401, 404, 409, 413, 415, 422],
+                body="ApikleyCallback",
+                parameters=[task, _path("token")],
+                secured=False,
+            )
+        },
+    }
+    components = _components()
+    components["ApikleyCallback"] = {
+        "type": "object",
+        "description": "Apikley's callback: the shape of Get Task Details",
+        "required": ["data"],
+        "properties": {
+            "code": {"type": "integer"},
+            "msg": {"type": "string"},
+            "data": {
+                "type": "object",
+                "required": ["taskId", "state"],
+                "properties": {
+                    "taskId": {"type": "string"},
+                    "state": {"type": "string", "enum": ["waiting", "queuing", "generating", "success", "fail"]},
+                },
+            },
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "kling-relay",
+            "version": "1",
+            "description": "Webhook-driven relay for Kling V2.1 Master text-to-video (Apikley, Novita).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A key from KLING_RELAY_API_KEYS"}},
+        },
+    }
+
+
+@lru_cache(maxsize=1)
+def spec() -> Schema:
+    return build_spec()
+
+
+async def openapi_json(request: Request) -> JSONResponse:
+    return JSONResponse(spec())
+
+
+routes = [Route("/openapi.json", openapi_json, methods=["GET"])]
