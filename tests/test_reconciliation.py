@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from service.jobs import Jobs
 from tests.conftest import Simulator, Stack, wait_for, wait_for_status
@@ -80,8 +81,11 @@ def test_worker_killed_during_polling_recovers(stack: Stack, api: httpx.Client, 
     assert _types(api, task["id"]).count("task.succeeded") == 1
 
 
-def test_auto_task_fails_over_when_provider_has_no_credits(api: httpx.Client, sim: Simulator) -> None:
-    sim.configure(apikley_create_responses=[{"code": 402, "msg": "insufficient credits"}])
+@pytest.mark.parametrize(("code", "msg"), [(402, "insufficient credits"), (455, "maintenance"), (505, "feature disabled")])
+def test_auto_task_fails_over_when_provider_refuses_for_a_provider_level_reason(
+    api: httpx.Client, sim: Simulator, code: int, msg: str
+) -> None:
+    sim.configure(apikley_create_responses=[{"code": code, "msg": msg}])
     task = api.post("/v1/tasks", json={"prompt": "a train in the alps"}).json()
     done = wait_for_status(api, task["id"], {"succeeded", "failed"})
     assert done["status"] == "succeeded"
