@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--subscribers", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     count = int(args.rate * args.seconds)
 
@@ -138,8 +139,11 @@ def main() -> None:
             **os.environ, "REDIS_URL": server.url, "CALLBACK_SECRET": SECRET, "KLING_RELAY_API_KEYS": "bench",
             "APIKLEY_API_KEY": "bench", "APIKLEY_CONFIRM_CALLBACKS": "false", "ALLOW_PRIVATE_WEBHOOKS": "true",
         }
-        worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env, cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        workers = [
+            subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(args.workers)
+        ]
         try:
             with uvicorn_process("service.app:create_app", env, factory=True) as url:
                 auth = {"Authorization": "Bearer bench"}
@@ -157,14 +161,16 @@ def main() -> None:
                 while len(got := receipts(hooks)) < expected and time.monotonic() < deadline:
                     time.sleep(0.2)
         finally:
-            worker.terminate()
-            worker.wait(timeout=10)
+            for worker in workers:
+                worker.terminate()
+                worker.wait(timeout=10)
             receiver.terminate()
 
     ours = [(t - sent[k]) * 1000 for k, t in got if k in sent]
     b50, b99 = percentiles(base)
     p50, p99 = percentiles(ours)
-    print(f"{count} callbacks at {args.rate:.0f}/s, {args.subscribers} subscribers: {len(ours)} deliveries received")
+    print(f"{count} callbacks at {args.rate:.0f}/s, {args.subscribers} subscribers, {args.workers} worker(s): "
+          f"{len(ours)} deliveries received")
     print(f"baseline (direct POST to the subscribers): p50 {b50:.1f} ms  p99 {b99:.1f} ms")
     print(f"callback → subscriber:                    p50 {p50:.1f} ms (target <= {TARGET_P50_MS})  "
           f"p99 {p99:.1f} ms (target <= {TARGET_P99_MS})  "
