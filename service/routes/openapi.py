@@ -20,7 +20,13 @@ from starlette.routing import Route
 from service.domain.events import Event
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskRequest
-from service.webhooks.models import Delivery, ReplayRequest, Subscription, SubscriptionCreate, SubscriptionUpdate
+from service.webhooks.models import (
+    Delivery,
+    ReplayRequest,
+    Subscription,
+    SubscriptionCreate,
+    SubscriptionUpdate,
+)
 from service.webhooks.policy import DeliveryStatus
 
 REF = "#/components/schemas/{model}"

@@ -17,9 +17,16 @@ from service.domain.tasks import isoformat, utcnow
 from service.errors import ApiError, validation_error
 from service.routes.bodies import json_object, read_json
 from service.routes.context import api_key, runtime
+from service.routes.params import enum_param, limit_param
 from service.runtime import Runtime
 from service.webhooks.deliveries import DeliveryStore, Target
-from service.webhooks.models import ReplayRequest, Subscription, SubscriptionCreate, SubscriptionUpdate, unix_to_iso
+from service.webhooks.models import (
+    ReplayRequest,
+    Subscription,
+    SubscriptionCreate,
+    SubscriptionUpdate,
+    unix_to_iso,
+)
 from service.webhooks.policy import DeliveryStatus, SigningSecret, matches, rotate
 from service.webhooks.signing import generate_secret
 from service.webhooks.ssrf import UnsafeWebhookURL, check_url_syntax
@@ -66,16 +73,6 @@ def _check_url(rt: Runtime, url: str) -> None:
         raise ApiError(422, "validation_error", "invalid request: url", {"url": exc.reason}) from exc
 
 
-def _limit(request: Request) -> int:
-    try:
-        limit = int(request.query_params.get("limit", "20"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise ApiError(400, "validation_error", "bad limit", {"limit": "must be an integer from 1 to 100"})
-    return limit
-
-
 async def _existing(request: Request) -> Subscription:
     sub = await run_in_threadpool(stores(request).subscriptions.get, request.path_params["sub_id"])
     if sub is None:
@@ -110,7 +107,7 @@ async def create_subscription(request: Request) -> JSONResponse:
 
 async def list_subscriptions(request: Request) -> JSONResponse:
     api_key(request)
-    limit = _limit(request)
+    limit = limit_param(request)
     cursor = request.query_params.get("cursor") or None
     page = await run_in_threadpool(lambda: stores(request).subscriptions.list(cursor=cursor, limit=limit))
     return JSONResponse({"data": [s.public() for s in page.subscriptions], "next_cursor": page.next_cursor})
@@ -183,14 +180,8 @@ async def list_deliveries(request: Request) -> JSONResponse:
     api_key(request)
     sub = await _existing(request)
     params = request.query_params
-    status = None
-    if "status" in params:
-        try:
-            status = DeliveryStatus(params["status"])
-        except ValueError as exc:
-            allowed = ", ".join(s.value for s in DeliveryStatus)
-            raise ApiError(400, "validation_error", "unknown status", {"status": f"must be one of {allowed}"}) from exc
-    limit = _limit(request)
+    status = enum_param(request, "status", DeliveryStatus)
+    limit = limit_param(request)
     cursor = params.get("cursor") or None
     found, next_cursor = await run_in_threadpool(
         lambda: stores(request).deliveries.for_subscription(sub.id, status=status, cursor=cursor, limit=limit)

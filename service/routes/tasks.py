@@ -13,12 +13,21 @@ from starlette.routing import Route
 
 from service.domain.ids import new_id
 from service.domain.status import TaskStatus
-from service.domain.tasks import PROVIDERS, ProviderName, Task, TaskRequest, isoformat, limit_violations, utcnow
+from service.domain.tasks import (
+    PROVIDERS,
+    ProviderName,
+    Task,
+    TaskRequest,
+    isoformat,
+    limit_violations,
+    utcnow,
+)
 from service.errors import ApiError, validation_error
 from service.metrics import TASKS_CREATED
 from service.ratelimit import enforce_task_create_rate
 from service.routes.bodies import json_object, read_json
 from service.routes.context import api_key, runtime
+from service.routes.params import enum_param, limit_param
 from service.runtime import Runtime
 from service.store import IdempotencyClaim, IdempotencyConflict, idempotency_key
 from service.webhooks.ssrf import UnsafeWebhookURL, check_url_syntax
@@ -112,19 +121,8 @@ async def list_tasks(request: Request) -> JSONResponse:
     rt = runtime(request)
     api_key(request)
     params = request.query_params
-    status = None
-    if "status" in params:
-        try:
-            status = TaskStatus(params["status"])
-        except ValueError as exc:
-            allowed = ", ".join(s.value for s in TaskStatus)
-            raise ApiError(400, "validation_error", "unknown status", {"status": f"must be one of {allowed}"}) from exc
-    try:
-        limit = int(params.get("limit", "20"))
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise ApiError(400, "validation_error", "bad limit", {"limit": "must be an integer from 1 to 100"})
+    status = enum_param(request, "status", TaskStatus)
+    limit = limit_param(request)
     cursor = params.get("cursor") or None
     page = await run_in_threadpool(lambda: rt.store.page(status=status, cursor=cursor, limit=limit))
     return JSONResponse({"data": [t.model_dump(mode="json") for t in page.tasks], "next_cursor": page.next_cursor})
