@@ -85,8 +85,8 @@ async def apikley_callback(request: Request) -> JSONResponse:
         await run_in_threadpool(_confirm, rt, pending.task, record["taskId"])
         log.info("apikley callback task_id=%s state=%s confirming", task_id, record.get("state"))
         return JSONResponse({"accepted": True, "changed": False, "confirming": True}, status_code=202)
-    observe_transition(transition)
-    log.info("apikley callback task_id=%s state=%s changed=%s", task_id, record.get("state"), transition is not None)
+    observe_transition(transition)  # logs the transition itself; this line only adds detail
+    log.debug("apikley callback task_id=%s state=%s changed=%s", task_id, record.get("state"), transition is not None)
     return JSONResponse({"accepted": True, "changed": transition is not None})
 
 
