@@ -165,12 +165,6 @@ class TaskStore:
     def events(self, task_id: str) -> list[Event]:
         return [Event.loads(raw) for raw in self.redis.lrange(events_key(task_id), 0, -1)]
 
-    def event(self, task_id: str, event_id: str) -> Event | None:
-        for event in self.events(task_id):
-            if event.id == event_id:
-                return event
-        return None
-
     def apply(self, task_id: str, update: ProviderUpdate, *, check: Check | None = None) -> Transition | None:
         """Apply a provider report atomically; exactly one event per real transition.
 

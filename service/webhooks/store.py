@@ -34,7 +34,7 @@ SUBSCRIPTIONS = f"{PREFIX}:subs"
 VERSION = f"{PREFIX}:subs:version"
 DEFAULT_SECRET = f"{PREFIX}:whsec:default"
 
-# Called inside the MULTI that disables a subscription, so the event's fan-out job commits with it.
+# Called inside the MULTI that disables a subscription, so the event's outbox entry commits with it.
 AfterDisable = Callable[[Pipeline, Event], None]
 
 
@@ -147,7 +147,7 @@ class SubscriptionStore:
 
     def disable(self, sub_id: str, reason: DisableReason, *, after: AfterDisable) -> Event | None:
         """Disable an enabled subscription and record a `subscription.disabled` event in the same
-        transaction (with whatever `after` queues: its fan-out job). None if already disabled."""
+        transaction (with whatever `after` queues: its outbox entry). None if already disabled."""
         key = subscription_key(sub_id)
         with self.redis.pipeline() as pipe:
             while True:
