@@ -54,10 +54,6 @@ class Jobs:
     ) -> str:
         return self._put(POLL, "workers.poll.poll_task", (task_id,), delay_s=delay_s, pipeline=pipeline, job_id=job_id)
 
-    def fan_out(self, entries: list[str], *, pipeline: Pipeline | None = None) -> None:
-        """Fan these outbox entries ("subject_id event_id") out to their subscribers."""
-        self._put(DELIVER, "workers.deliver.fan_out", (entries,), delay_s=0, pipeline=pipeline)
-
     def deliver(
         self,
         delivery_ids: list[str],
@@ -68,7 +64,6 @@ class Jobs:
     ) -> str:
         """Attempt these webhook deliveries now, or after `delay_s` via the RQ scheduler (a retry)."""
         return self._put(DELIVER, "workers.deliver.send", (delivery_ids,), delay_s=delay_s, pipeline=pipeline, job_id=job_id)
-
 
 
 def _in(seconds: float) -> datetime:

@@ -13,6 +13,7 @@ import atexit
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -67,11 +68,12 @@ def get_context() -> DeliveryContext:
     return ctx
 
 
-def fan_out(entries: list[str]) -> None:
+def fan_out(entries: list[str], *, written: Callable[[], None]) -> None:
     """Create one delivery per matching subscription (and the task's own `webhook_url`) for
     each outbox entry ("subject_id event_id"; the subject is a task, or a subscription for
-    `subscription.disabled`), then send them all concurrently. Safe to re-run: deliveries are
-    found, not duplicated."""
+    `subscription.disabled`), call `written` once they are all stored (from then on the due
+    index and the sweep answer for them), then send them all concurrently. Safe to re-run:
+    deliveries are found, not duplicated."""
     ctx = get_context()
     enabled = ctx.subscriptions.enabled()
     bodies: dict[str, bytes] = {}
@@ -99,6 +101,7 @@ def fan_out(entries: list[str]) -> None:
         made, fresh = ctx.deliveries.create_many(indexed, targets, now=time.time(), created_at=created_at, lease_s=lease)
         deliveries += made
         created |= fresh
+    written()
     sent = attempt(ctx, deliveries, bodies=bodies, subs=subs, claimed=created)
     log.info("fan-out events=%d deliveries=%d sent=%d", len(bodies), len(deliveries), sent)
 

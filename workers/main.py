@@ -17,7 +17,7 @@ from rq.scheduler import RQScheduler
 
 from service.jobs import QUEUES
 from workers.context import get_runtime
-from workers.deliver import sweep_deliveries
+from workers.deliver import fan_out, sweep_deliveries
 from workers.dispatch import Dispatcher, requeue_orphans
 from workers.sweep import sweep
 
@@ -94,7 +94,7 @@ def run_worker(*, burst: bool = False) -> None:
             )
             if scheduler is None:
                 scheduler = ThreadScheduler(worker.queues, connection=rt.redis)
-                dispatcher = Dispatcher(rt.redis, rt.jobs)
+                dispatcher = Dispatcher(rt.redis, fan_out)
                 if burst:
                     scheduler.tick()
                     while dispatcher.step(block_s=0.01):
