@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -25,7 +26,9 @@ MAX_ATTEMPTS_KEPT = 50
 TASK_WEBHOOK = "task-webhook"
 
 
+@lru_cache(maxsize=1024)
 def unix_to_iso(seconds: float | None) -> str | None:
+    # Cached: recording a fan-out stamps hundreds of attempts with the same `now`.
     if seconds is None:
         return None
     moment = datetime.fromtimestamp(seconds, timezone.utc)

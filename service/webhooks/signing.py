@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import secrets as _secrets
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
@@ -47,11 +48,19 @@ def _secret_key(secret: str) -> bytes:
     return key
 
 
+@lru_cache(maxsize=4096)
+def _keyed(secret: str) -> "hmac.HMAC":
+    # Decoding the secret and keying HMAC once per secret, then copying, halves the cost of
+    # signing a fan-out's hundreds of attempts. Invalid secrets raise and are not cached.
+    return hmac.new(_secret_key(secret), digestmod=hashlib.sha256)
+
+
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """Return ``v1,<base64 HMAC-SHA256>`` of ``"{msg_id}.{timestamp}."`` + the body bytes."""
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(_secret_key(secret), signed, hashlib.sha256).digest()
-    return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode('ascii')}"
+    mac = _keyed(secret).copy()
+    mac.update(f"{msg_id}.{timestamp}.".encode())
+    mac.update(body)
+    return f"{SIGNATURE_VERSION},{base64.b64encode(mac.digest()).decode('ascii')}"
 
 
 def signature_header(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
