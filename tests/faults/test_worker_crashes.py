@@ -1,8 +1,9 @@
 """Workers SIGKILLed mid-job (submit, poll, fan-out): every task still finishes, every event still
 reaches every subscriber, and no transition happens twice.
 
-Each crash lands while RQ shows a job of that kind executing (its started-job registry), with the
-provider or the subscribers slowed down so that the job is caught in the middle of its I/O.
+Each crash lands while that work is under way (a submit or poll job in RQ's started-job registry;
+a fan-out's deliveries pending while a subscriber holds one of its requests), with the provider or
+the subscribers slowed down so that the work is caught in the middle of its I/O.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 from rq import Queue
 
 from tests.conftest import Simulator, Stack, wait_for
-from tests.faults.ledger import Record, add_subscribers, create_tasks, judge, reconcile, settle
+from service.webhooks.deliveries import DUE
+from tests.faults.ledger import Record, Subscriber, add_subscribers, create_tasks, judge, reconcile, settle
 from tests.receivers import Receiver, serve_receiver
 from tests.stacks import owned_stack
 
@@ -37,8 +39,8 @@ SUBSCRIBERS = 3
 @dataclass(frozen=True)
 class Crash:
     injection: str
-    # The RQ queue whose job must be executing when the worker is killed.
-    queue: str
+    # What must be under way when the worker is killed: a job of that RQ queue, or a fan-out.
+    during: str
     providers: list[str]
     sim: dict[str, Any] = field(default_factory=dict)
     # Seconds each subscriber takes to answer.
@@ -49,20 +51,20 @@ class Crash:
 CRASHES = {
     "worker kill -9 during submit": Crash(
         "SIGKILL the worker while a submit job waits on the provider (every provider answer takes 1 s)",
-        queue="submit",
+        during="submit",
         providers=["apikley", "novita", "auto", "apikley", "novita", "auto", "apikley", "novita"],
         sim={"latency_s": 1.0},
     ),
     "worker kill -9 during poll": Crash(
         "SIGKILL the worker twice while poll jobs wait on the provider (0.5 s answers, 3 s generations)",
-        queue="poll",
+        during="poll",
         providers=["novita"] * 6 + ["apikley"] * 2,
         sim={"queue_s": 0.5, "generate_s": 3, "latency_s": 0.5, "callback_mode": "drop"},
         kills=2,
     ),
     "worker kill -9 during fan-out": Crash(
-        "SIGKILL the worker while a fan-out job has signed POSTs in flight (subscribers answer in 1 s)",
-        queue="deliver",
+        "SIGKILL the worker while a fan-out has signed POSTs in flight (subscribers answer in 1 s)",
+        during="fan-out",
         providers=["apikley", "novita"] * 4,
         subscriber_delay_s=1.0,
     ),
@@ -81,8 +83,15 @@ def receiver() -> Iterator[Receiver]:
         yield served
 
 
-def executing(stack: Stack, queue: str) -> set[str]:
-    return set(Queue(queue, connection=stack.redis()).started_job_registry.get_job_ids())
+def under_way(stack: Stack, during: str, subs: list[Subscriber]) -> set[str]:
+    """Ids of the work of this kind in progress: RQ jobs executing, or for a fan-out (which runs
+    on the worker's dispatcher thread, not as a job) its deliveries not yet recorded, once a
+    subscriber holds one of its requests."""
+    if during != "fan-out":
+        return set(Queue(during, connection=stack.redis()).started_job_registry.get_job_ids())
+    if not any(s.receiver.received(s.path) for s in subs):
+        return set()
+    return {member.decode() for member in stack.redis().zrange(DUE, 0, -1)}
 
 
 @pytest.mark.parametrize("crash", CRASHES.values(), ids=CRASHES.keys())
@@ -103,12 +112,9 @@ def test_killed_worker_loses_and_duplicates_nothing(
         for _ in range(crash.kills):
 
             def caught() -> set[str]:
-                new = executing(stack, crash.queue) - seen
-                # A fan-out is caught mid-flight once a subscriber holds one of its requests.
-                in_flight = crash.queue != "deliver" or any(s.receiver.received(s.path) for s in subs)
-                return new if in_flight else set()
+                return under_way(stack, crash.during, subs) - seen
 
-            seen |= wait_for(caught, timeout_s=30, interval_s=0.02, what=f"a {crash.queue} job executing")
+            seen |= wait_for(caught, timeout_s=30, interval_s=0.02, what=f"a {crash.during} under way")
             stack.kill_workers()
             stack.start_worker()
         sim.configure(latency_s=0)
@@ -118,6 +124,6 @@ def test_killed_worker_loses_and_duplicates_nothing(
         for sub in subs:
             api.delete(f"/v1/subscriptions/{sub.id}")
     judge(figures, record)
-    if crash.queue == "deliver":
+    if crash.during == "fan-out":
         # The killed worker's requests were answered but never recorded, so they went again.
         assert figures.resent >= 1, figures
