@@ -1,7 +1,7 @@
 """Verified Apikley callbacks per second into the real receiver, against a bare Starlette endpoint.
 
 Each callback is for a different task, carries a valid per-task token and a matching taskId, and
-moves its task `submitted → succeeded` (one transition, one event, its fan-out job enqueued).
+moves its task `submitted → succeeded` (one transition, one event, its outbox entry pushed).
 Both servers run as one uvicorn process (uvloop + httptools) and are loaded by wrk on loopback.
 
     python bench/ingest.py [--seconds 8] [--tasks 60000]

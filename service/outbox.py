@@ -1,9 +1,9 @@
 """The event outbox: events waiting to be fanned out to subscribers.
 
 A transition pushes its event here inside its own atomic write (a tiny RPUSH, instead of building
-an RQ job on the callback hot path). Each worker's dispatcher thread moves entries into RQ
-fan-out jobs in batches; an entry sits in the dispatcher's in-flight list until its job is
-enqueued, so a dispatcher killed halfway loses nothing (the sweep puts its list back).
+an RQ job on the callback hot path). Each worker's dispatcher thread takes entries in batches and
+fans them out; an entry sits in the dispatcher's in-flight list until its deliveries are written,
+so a dispatcher killed halfway loses nothing (the sweep puts its list back).
 """
 
 from __future__ import annotations

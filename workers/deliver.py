@@ -1,5 +1,6 @@
-"""Deliver jobs: fan an event out to its subscribers, attempt deliveries, and the sweep that
-re-sends deliveries whose worker died mid-attempt.
+"""Delivery: fan events out to their subscribers (from the dispatcher thread), attempt
+deliveries (RQ `send` jobs: retries, manual retries, replays), and the sweep that re-sends
+deliveries whose worker died mid-attempt.
 
 At-least-once: deliveries are written (idempotently, by derived id) before anything is sent, each
 attempt holds a lease, and every pending delivery carries a deadline in `kr:dlvdue`. A killed

@@ -1,4 +1,4 @@
-"""Concurrent sending for the (synchronous) RQ deliver jobs.
+"""Concurrent sending for the (synchronous) fan-out and RQ `send` jobs.
 
 One asyncio loop runs on a daemon thread for the life of the worker process and owns one pooled
 `WebhookSender`, so keep-alive connections and DNS answers outlive any single job. A job hands

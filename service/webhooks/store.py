@@ -5,7 +5,7 @@ Keys (prefix `kr:`):
   kr:subs              every subscription id (lexicographic sorted set: ids sort by creation)
   kr:subfail:{id}      when the subscription's current unbroken run of failed attempts began
   kr:events:{id}       its operational events (`subscription.disabled`), laid out like a
-                       task's events so the one fan-out job delivers both
+                       task's events so the one fan-out delivers both
   kr:whsec:default     the secret that signs deliveries to tasks' one-off `webhook_url`s
 """
 
