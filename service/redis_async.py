@@ -93,7 +93,8 @@ class _Protocol(asyncio.Protocol):
         # Commands sent in one turn of the loop leave in one write: concurrent callbacks share it.
         if not self.outgoing:
             loop.call_soon(self._flush)
-        self.outgoing.append(hiredis.pack_command(tuple(args)))
+        # (hiredis's stub declares a 1-tuple; it packs any number of arguments.)
+        self.outgoing.append(hiredis.pack_command(tuple(args)))  # type: ignore[arg-type]
         self.waiters.append((future, time.monotonic()))
         return future
 

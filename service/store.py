@@ -1,10 +1,10 @@
 """The Redis store for tasks and their events: the only module that knows the key layout.
 
-Every write is a compare-and-set: we read a key, decide in Python (the pure domain), and send
-all the resulting commands (the task, its indexes, its event, the job that acts on it) to one
-Lua script that runs them only if the key still holds what we read. So a crash never leaves half
-a write, two racing writers cannot both win, and a transition costs two round trips (read, CAS)
-from sync workers and the async callback receiver alike.
+Every write is a compare-and-set (`service/cas.py`): we read a key, decide in Python (the pure
+domain), and send all the resulting commands (the task, its indexes, its event, its outbox entry
+or the job that acts on it) to one Lua script that runs them only if the key still holds what we
+read. So a crash never leaves half a write, two racing writers cannot both win, and a transition
+costs two round trips (read, CAS) from sync workers and the async callback receiver alike.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from service.domain.ids import id_floor, new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, isoformat, utcnow
 from service.domain.transition import ProviderUpdate, Transition, apply_update
+from service.cas import Arg, AsyncCompareAndSet, CompareAndSet, recorded, spelled
 from service.redis_async import PipelinedRedis
 
 PREFIX = "kr"
@@ -32,19 +33,6 @@ WATCHDOG = f"{PREFIX}:watchdog"
 # Called while a write is built, so whatever it queues commits (or not) with the write.
 AfterWrite = Callable[[Pipeline, Task], None]
 
-
-# KEYS[1]: the guarded key; ARGV[1]: the value it must still hold ('' = must not exist);
-# then commands as <argc> <arg>... . Returns 1 if it ran them, 0 if the key had changed.
-CAS_SCRIPT = """
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
-local i = 2
-while i <= #ARGV do
-  local argc = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + argc))
-  i = i + argc + 1
-end
-return 1
-"""
 
 # Sees the stored task before an update is decided; raises to refuse it.
 Check = Callable[[Task], None]
@@ -93,21 +81,8 @@ class TaskStore:
         self.redis = redis
         self.aredis = aredis
         self.retention_s = retention_s
-        self._cas = redis.register_script(CAS_SCRIPT)
-        self._acas = aredis.register_script(CAS_SCRIPT) if aredis is not None else None
-
-    def _commands(self, build: Callable[[Pipeline], None]) -> list[object]:
-        """Record what `build` would send on a pipeline, flattened for CAS_SCRIPT (for writes
-        that other code adds to, like RQ's enqueue on task creation)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.multi()  # so RQ, handed this pipeline, does not try to open a transaction of its own
-        build(pipe)
-        flat: list[object] = []
-        for args, _options in pipe.command_stack:
-            flat.append(len(args))
-            flat.extend(args)
-        pipe.reset()
-        return flat
+        self._cas = CompareAndSet(redis)
+        self._acas = AsyncCompareAndSet(aredis) if aredis is not None else None
 
     def create(
         self,
@@ -130,10 +105,10 @@ class TaskStore:
             pipe.zadd(WATCHDOG, {task.id: time.time() + watchdog_s})
             after(pipe, task)
 
-        commands = self._commands(build)
+        commands = recorded(self.redis, build)
         guard = idempotency.key if idempotency else task_key(task.id)
         while True:
-            if self._cas(keys=[guard], args=["", *commands]):
+            if self._cas(guard, None, commands):
                 return task, True
             if idempotency is None:
                 raise RuntimeError(f"task id collision: {task.id}")
@@ -179,7 +154,7 @@ class TaskStore:
             if planned is None:
                 return None
             transition, commands = planned
-            if self._cas(keys=[key], args=[raw, *commands]):
+            if self._cas(key, raw, commands):
                 return transition
 
     async def aapply(self, task_id: str, update: ProviderUpdate, *, check: Check | None = None) -> Transition | None:
@@ -192,12 +167,12 @@ class TaskStore:
             if planned is None:
                 return None
             transition, commands = planned
-            if await self._acas(keys=[key], args=[raw, *commands]):
+            if await self._acas(key, raw, commands):
                 return transition
 
     def _plan(
         self, task_id: str, raw: bytes | None, update: ProviderUpdate, check: Check | None
-    ) -> tuple[Transition, list[object]] | None:
+    ) -> tuple[Transition, list[Arg]] | None:
         if raw is None:
             raise TaskNotFound(task_id)
         task = Task.loads(raw)
@@ -209,19 +184,19 @@ class TaskStore:
 
         return transition, self._transition_commands(transition)
 
-    def _transition_commands(self, transition: Transition) -> list[object]:
-        # Spelled out for CAS_SCRIPT rather than recorded through `_commands`: a redis-py
-        # Pipeline cost ~30 µs per callback here, the largest piece of the receiver's own work.
+    def _transition_commands(self, transition: Transition) -> list[Arg]:
+        # Spelled out rather than `recorded` through a redis-py Pipeline, which cost ~30 µs per
+        # callback here, the largest piece of the receiver's own work.
         task, event = transition.task, transition.event
         key, events = task_key(task.id), events_key(task.id)
-        flat: list[object] = [3, "SET", key, task.dumps(), 3, "RPUSH", events, event.dumps()]
+        commands: list[tuple[Arg, ...]] = [("SET", key, task.dumps()), ("RPUSH", events, event.dumps())]
         if task.status is not transition.previous_status:
-            flat += [3, "ZREM", index_key(transition.previous_status), task.id, 4, "ZADD", index_key(task.status), 0, task.id]
+            commands += [("ZREM", index_key(transition.previous_status), task.id), ("ZADD", index_key(task.status), 0, task.id)]
         if task.status.terminal:
             # A finished task and its events live on for the retention period, then go.
-            flat += [3, "ZREM", WATCHDOG, task.id, 3, "EXPIRE", key, self.retention_s, 3, "EXPIRE", events, self.retention_s]
-        flat += [3, "RPUSH", outbox.OUTBOX, outbox.entry(task.id, event.id)]
-        return flat
+            commands += [("ZREM", WATCHDOG, task.id), ("EXPIRE", key, self.retention_s), ("EXPIRE", events, self.retention_s)]
+        commands.append(("RPUSH", outbox.OUTBOX, outbox.entry(task.id, event.id)))
+        return spelled(*commands)
 
     def record(self, task_id: str, change: Callable[[Task], Task | None]) -> Task | None:
         """Save a bookkeeping change (no status move, no event), e.g. a submit attempt."""
@@ -233,7 +208,7 @@ class TaskStore:
             changed = change(Task.loads(raw))
             if changed is None:
                 return None
-            if self._cas(keys=[key], args=[raw, 3, "SET", key, changed.dumps()]):
+            if self._cas(key, raw, spelled(("SET", key, changed.dumps()))):
                 return changed
 
     def trim_indexes(self, now: float) -> None:

@@ -68,8 +68,12 @@ class Dispatcher:
             if self.redis.blmove(outbox.OUTBOX, self.inflight, block_s, "LEFT", "RIGHT") is None:
                 return 0
         entries = [e.decode() for e in self._take_more(keys=[outbox.OUTBOX, self.inflight], args=[BATCH - 1])]
-        self.fan_out(entries, written=lambda: self.redis.delete(self.inflight))
+        self.fan_out(entries, written=self._release)
         return len(entries)
+
+    def _release(self) -> None:
+        """The entries' deliveries are stored: they are no longer the outbox's to keep."""
+        self.redis.delete(self.inflight)
 
 
 def requeue_orphans(redis: Redis) -> int:

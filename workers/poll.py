@@ -12,9 +12,10 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from redis.exceptions import WatchError
+from redis.client import Pipeline
 from rq import get_current_job
 
+from service.cas import CompareAndSet, recorded
 from service.domain.schedule import poll_delay
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskError
@@ -41,22 +42,18 @@ def schedule_next_poll(rt: Runtime, task_id: str, *, delay_s: float, chain_owner
     key = chain_key(task_id)
     job_id = f"poll-{task_id}-{uuid.uuid4().hex[:12]}"
     horizon = delay_s + rt.settings.submit_lease_s
-    with rt.redis.pipeline() as pipe:
-        try:
-            pipe.watch(key)
-            current = pipe.get(key)
-            holder = current.decode() if isinstance(current, bytes) else current
-            if holder is not None and holder != chain_owner:
-                pipe.reset()
-                return False
-            pipe.multi()
-            pipe.set(key, job_id, ex=max(int(horizon), 1))
-            rt.jobs.poll(task_id, delay_s=delay_s, pipeline=pipe, job_id=job_id)
-            rt.store.set_watchdog(task_id, horizon, pipeline=pipe)
-            pipe.execute()
-            return True
-        except WatchError:
-            return False
+    current = rt.redis.get(key)
+    holder = current.decode() if isinstance(current, bytes) else current
+    if holder is not None and holder != chain_owner:
+        return False
+
+    def build(pipe: Pipeline) -> None:
+        pipe.set(key, job_id, ex=max(int(horizon), 1))
+        rt.jobs.poll(task_id, delay_s=delay_s, pipeline=pipe, job_id=job_id)
+        rt.store.set_watchdog(task_id, horizon, pipeline=pipe)
+
+    # Lost to another writer of the chain: that one scheduled the next poll.
+    return CompareAndSet(rt.redis)(key, current, recorded(rt.redis, build))
 
 
 def poll_task(task_id: str) -> None:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
 
+from service.cas import Arg, CompareAndSet, recorded, spelled
 from service.domain.events import Event
 from service.domain.ids import new_id
 from service.domain.tasks import isoformat, utcnow
@@ -34,7 +34,7 @@ SUBSCRIPTIONS = f"{PREFIX}:subs"
 VERSION = f"{PREFIX}:subs:version"
 DEFAULT_SECRET = f"{PREFIX}:whsec:default"
 
-# Called inside the MULTI that disables a subscription, so the event's outbox entry commits with it.
+# Called while the disabling write is built, so the event's outbox entry commits with it.
 AfterDisable = Callable[[Pipeline, Event], None]
 
 
@@ -69,6 +69,7 @@ class SubscriptionStore:
         self.redis = redis
         self.event_ttl_s = event_ttl_s
         self._enabled: tuple[object, list[Subscription]] | None = None
+        self._cas = CompareAndSet(redis)
 
     def create(self, sub: Subscription) -> None:
         with self.redis.pipeline() as pipe:
@@ -112,28 +113,21 @@ class SubscriptionStore:
         return SubscriptionPage(subs, ids[-1] if more and ids else None)
 
     def update(self, sub_id: str, change: Callable[[Subscription], Subscription]) -> Subscription | None:
-        """Apply `change` under WATCH, so a concurrent rotation or disable is never overwritten.
-        Re-enabling a subscription also forgets its failure run, so it gets a fresh 5 days."""
+        """Apply `change` as a compare-and-set, so a concurrent rotation or disable is never
+        overwritten. Re-enabling a subscription also forgets its failure run, so it gets a
+        fresh 5 days."""
         key = subscription_key(sub_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        pipe.reset()
-                        return None
-                    before = Subscription.loads(raw)
-                    after = change(before)
-                    pipe.multi()
-                    pipe.set(key, after.dumps())
-                    pipe.set(VERSION, _new_version())
-                    if after.enabled and not before.enabled:
-                        pipe.delete(failing_key(sub_id))
-                    pipe.execute()
-                    return after
-                except WatchError:
-                    continue
+        while True:
+            raw = self.redis.get(key)
+            if raw is None:
+                return None
+            before = Subscription.loads(raw)
+            after = change(before)
+            commands: list[tuple[Arg, ...]] = [("SET", key, after.dumps()), ("SET", VERSION, _new_version())]
+            if after.enabled and not before.enabled:
+                commands.append(("DEL", failing_key(sub_id)))
+            if self._cas(key, raw, spelled(*commands)):
+                return after
 
     def delete(self, sub_id: str) -> bool:
         """Remove a subscription; its deliveries stay readable by id until their log TTL."""
@@ -147,33 +141,31 @@ class SubscriptionStore:
 
     def disable(self, sub_id: str, reason: DisableReason, *, after: AfterDisable) -> Event | None:
         """Disable an enabled subscription and record a `subscription.disabled` event in the same
-        transaction (with whatever `after` queues: its outbox entry). None if already disabled."""
+        compare-and-set (with whatever `after` queues: its outbox entry). None if already disabled."""
         key = subscription_key(sub_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None or not (sub := Subscription.loads(raw)).enabled:
-                        pipe.reset()
-                        return None
-                    now = isoformat(utcnow())
-                    disabled = sub.model_copy(
-                        update={"enabled": False, "disabled_reason": reason.value, "disabled_at": now, "updated_at": now}
-                    )
-                    sequence = int(pipe.llen(events_key(sub_id))) + 1
-                    event = Event(id=new_id("evt"), type=SUBSCRIPTION_DISABLED, created_at=now, sequence=sequence, data=disabled.public())
-                    pipe.multi()
-                    pipe.set(key, disabled.dumps())
-                    pipe.set(VERSION, _new_version())
-                    pipe.rpush(events_key(sub_id), event.dumps())
-                    pipe.expire(events_key(sub_id), self.event_ttl_s)
-                    pipe.delete(failing_key(sub_id))
-                    after(pipe, event)
-                    pipe.execute()
-                    return event
-                except WatchError:
-                    continue
+        while True:
+            raw = self.redis.get(key)
+            if raw is None or not (sub := Subscription.loads(raw)).enabled:
+                return None
+            now = isoformat(utcnow())
+            disabled = sub.model_copy(
+                update={"enabled": False, "disabled_reason": reason.value, "disabled_at": now, "updated_at": now}
+            )
+            # Only a disable appends here, and disables of one subscription are serialised by the
+            # compare-and-set on its key, so this count cannot go stale before the write.
+            sequence = int(self.redis.llen(events_key(sub_id))) + 1
+            event = Event(id=new_id("evt"), type=SUBSCRIPTION_DISABLED, created_at=now, sequence=sequence, data=disabled.public())
+
+            def build(pipe: Pipeline) -> None:
+                pipe.set(key, disabled.dumps())
+                pipe.set(VERSION, _new_version())
+                pipe.rpush(events_key(sub_id), event.dumps())
+                pipe.expire(events_key(sub_id), self.event_ttl_s)
+                pipe.delete(failing_key(sub_id))
+                after(pipe, event)
+
+            if self._cas(key, raw, recorded(self.redis, build)):
+                return event
 
     def failing_for(self, sub_ids: set[str], now: float) -> dict[str, float]:
         """How long each of these subscriptions has failed without a success, starting the run
