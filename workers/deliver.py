@@ -57,15 +57,16 @@ def build_context(rt: Runtime) -> DeliveryContext:
         rt=rt,
         subscriptions=SubscriptionStore(rt.redis, event_ttl_s=s.webhook_log_ttl_s),
         deliveries=DeliveryStore(rt.redis, ttl_s=s.webhook_log_ttl_s, lease_s=s.webhook_lease_s),
-        engine=DeliveryEngine(sender),
+        engine=DeliveryEngine(sender, capacity=s.webhook_concurrency),
     )
 
 
 @lru_cache(maxsize=1)
 def get_context() -> DeliveryContext:
-    """The worker process's stores and its one pooled delivery engine (closed at exit)."""
+    """The worker process's stores and its one pooled delivery engine (closed at exit, after
+    the attempts in flight have landed and been recorded, as far as one attempt timeout allows)."""
     ctx = build_context(get_runtime())
-    atexit.register(ctx.engine.close)
+    atexit.register(ctx.engine.close, drain_s=ctx.rt.settings.webhook_timeout_s + 1)
     return ctx
 
 
@@ -104,7 +105,7 @@ def fan_out(entries: list[str], *, written: Callable[[], None]) -> None:
         created |= fresh
     written()
     sent = attempt(ctx, deliveries, bodies=bodies, subs=subs, claimed=created)
-    log.info("fan-out events=%d deliveries=%d sent=%d", len(bodies), len(deliveries), sent)
+    log.info("fan-out events=%d deliveries=%d started=%d", len(bodies), len(deliveries), sent)
 
 
 def send(delivery_ids: list[str]) -> None:
@@ -114,10 +115,11 @@ def send(delivery_ids: list[str]) -> None:
 
 
 def lease_for(ctx: DeliveryContext, count: int) -> float:
-    """How long `count` attempts started together may take: a batch larger than the pool waits
-    for free slots, so the lease covers that wait too."""
+    """How long `count` attempts started now may take: behind the engine's outstanding attempts,
+    and a batch larger than the pool waits for free slots, so the lease covers those waits too."""
     s = ctx.rt.settings
-    return s.webhook_lease_s + s.webhook_timeout_s * (math.ceil(count / max(s.webhook_concurrency, 1)) - 1)
+    ahead = count + ctx.engine.outstanding
+    return s.webhook_lease_s + s.webhook_timeout_s * (math.ceil(ahead / max(s.webhook_concurrency, 1)) - 1)
 
 
 def attempt(
@@ -127,8 +129,8 @@ def attempt(
     subs: dict[str, Subscription] | None = None,
     claimed: set[str] | None = None,
 ) -> int:
-    """Claim the due deliveries (those in `claimed` are already ours), send them concurrently and
-    record every outcome; returns how many were sent."""
+    """Claim the due deliveries (those in `claimed` are already ours) and start sending them
+    concurrently; every outcome is recorded as it lands. Returns how many were started."""
     now = time.time()
     claimed = claimed or set()
     mine = [d for d in deliveries if d.id in claimed]
@@ -140,7 +142,7 @@ def attempt(
     outgoing, abandoned = _prepare(ctx, mine, dict(bodies or {}), subs, now)
     if abandoned:
         ctx.deliveries.save_finished(abandoned)
-    ctx.engine.run(outgoing, lambda landed: record(ctx, landed))
+    ctx.engine.submit(outgoing, lambda landed: record(ctx, landed))
     return len(outgoing)
 
 

@@ -1,14 +1,15 @@
 """Concurrent sending for the (synchronous) fan-out and RQ `send` jobs.
 
 One asyncio loop runs on a daemon thread for the life of the worker process and owns one pooled
-`WebhookSender`, so keep-alive connections and DNS answers outlive any single job. A job hands
-over a batch and gets results back as they land, through a queue, so it can record them in
-small batches while slow receivers are still being waited for.
+`WebhookSender`, so keep-alive connections and DNS answers outlive any single job. Batches are
+handed over and sent without the caller waiting; a recorder thread records the results in small
+batches as they land, while slow receivers are still being waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -41,6 +42,8 @@ class Landed:
 
 OnLanded = Callable[[list[Landed]], None]
 
+log = logging.getLogger(__name__)
+
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop where installed (it comes with uvicorn[standard]): it cut the engine's time per
@@ -54,31 +57,58 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 class DeliveryEngine:
-    def __init__(self, sender: WebhookSender, *, flush_after_s: float = 0.05) -> None:
-        self.sender = sender
-        self.flush_after_s = flush_after_s
-        self.loop = new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="webhook-delivery", daemon=True)
-        self.thread.start()
+    """Sends batches without making the caller wait for them to land.
 
-    def run(self, batch: list[Outgoing], on_landed: OnLanded) -> None:
-        """Send every attempt in `batch` concurrently; call `on_landed` (on this thread) with
-        results as they arrive, batched by what has landed since the last call."""
+    A fan-out or retry job hands its batch to `submit` and moves on; a slow or silent receiver
+    then holds up only its own attempts, not the events behind them (nor, for retry jobs, the
+    worker's submit and poll jobs). Results are recorded on the engine's own recorder thread.
+    At most `capacity` attempts are outstanding: `submit` waits for room beyond that, so work
+    never piles up unbounded in memory and a batch's lease (`workers.deliver.lease_for`) can
+    count what is ahead of it.
+    """
+
+    def __init__(self, sender: WebhookSender, *, capacity: int, flush_after_s: float = 0.05) -> None:
+        self.sender = sender
+        self.capacity = capacity
+        self.flush_after_s = flush_after_s
+        self.outstanding = 0
+        self._room = threading.Condition()
+        self._landed: queue.SimpleQueue[tuple[OnLanded, list[Landed]]] = queue.SimpleQueue()
+        self.loop = new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="webhook-delivery", daemon=True).start()
+        threading.Thread(target=self._record_forever, name="webhook-recorder", daemon=True).start()
+
+    def submit(self, batch: list[Outgoing], on_landed: OnLanded) -> None:
+        """Start sending every attempt in `batch` concurrently and return; `on_landed` is called
+        on the recorder thread with results as they arrive, in lists."""
         if not batch:
             return
-        handoff: queue.SimpleQueue[list[Landed] | BaseException] = queue.SimpleQueue()
-        future = asyncio.run_coroutine_threadsafe(self._send_all(batch, handoff), self.loop)
-        remaining = len(batch)
-        while remaining:
-            landed = handoff.get()
-            if isinstance(landed, BaseException):
-                raise landed
-            remaining -= len(landed)
-            on_landed(landed)
-        future.result()
+        with self._room:
+            # A batch larger than the pool may start alone; it queues for slots inside the sender.
+            self._room.wait_for(lambda: self.outstanding == 0 or self.outstanding + len(batch) <= self.capacity)
+            self.outstanding += len(batch)
+        asyncio.run_coroutine_threadsafe(self._send_all(batch, on_landed), self.loop)
 
-    async def _send_all(self, batch: list[Outgoing], handoff: queue.SimpleQueue[list[Landed] | BaseException]) -> None:
-        # Results are handed over in lists, not one by one: waking the job thread per result made
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until every submitted attempt is recorded; False if `timeout_s` ran out first."""
+        with self._room:
+            return self._room.wait_for(lambda: self.outstanding == 0, timeout=timeout_s)
+
+    def _record_forever(self) -> None:
+        while True:
+            on_landed, landed = self._landed.get()
+            try:
+                on_landed(landed)
+            except Exception:  # the thread must outlive any one bad batch
+                # Unrecorded attempts stay pending with a deadline: the delivery sweep resends them.
+                log.exception("recording %d webhook attempts failed", len(landed))
+            finally:
+                with self._room:
+                    self.outstanding -= len(landed)
+                    self._room.notify_all()
+
+    async def _send_all(self, batch: list[Outgoing], on_landed: OnLanded) -> None:
+        # Results are handed over in lists, not one by one: waking the recorder per result made
         # it and this loop trade the GIL 200 times per fan-out. A fast fan-out hands over once; a
         # slow one every `flush_after_s`, so a killed worker loses at most that window's records.
         landed: list[Landed] = []
@@ -90,21 +120,21 @@ class DeliveryEngine:
                 flush.cancel()
                 flush = None
             if landed:
-                handoff.put(landed)
+                self._landed.put((on_landed, landed))
                 landed = []
 
         async def one(item: Outgoing) -> None:
             nonlocal flush
+            started = time.time()
             try:
-                started = time.time()
                 # Signed at send time: `webhook-timestamp` must be this attempt's (verifiers
                 # reject skew over 5 minutes), while `webhook-id` stays the event id throughout.
                 headers = webhook_headers(item.secrets, item.delivery.event_id, int(started), item.body)
                 result = await self.sender.post(item.url, headers, item.body)
-                observe_attempt(item.delivery, result)
-            except BaseException as exc:  # hand any bug to the job thread rather than hang it
-                handoff.put(exc)
-                raise
+            except Exception as exc:  # a bug, not the receiver's doing: logged, and the attempt failed
+                log.exception("webhook attempt crashed delivery_id=%s", item.delivery.id)
+                result = AttemptResult(None, 0, f"internal_error: {type(exc).__name__}")
+            observe_attempt(item.delivery, result)
             landed.append(Landed(item, result, started))
             if flush is None:
                 flush = asyncio.get_running_loop().call_later(self.flush_after_s, hand_over)
@@ -114,6 +144,8 @@ class DeliveryEngine:
         finally:
             hand_over()
 
-    def close(self) -> None:
+    def close(self, drain_s: float = 0.0) -> None:
+        """Wait up to `drain_s` for attempts in flight to be recorded, then close the pool."""
+        self.drain(drain_s)
         asyncio.run_coroutine_threadsafe(self.sender.close(), self.loop).result(timeout=5)
         self.loop.call_soon_threadsafe(self.loop.stop)
