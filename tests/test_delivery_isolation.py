@@ -29,8 +29,12 @@ def test_a_slow_subscriber_does_not_hold_up_other_subscribers_events(api: httpx.
 
         # The slow subscriber's first attempt is still unanswered: nothing waited for it.
         assert [d for d in deliveries_of(api, slow["id"]) if d["attempts"]] == []
-        # And it lands in the end, recorded once.
-        wait_for(lambda: all(d["status"] == "delivered" for d in deliveries_of(api, slow["id"])) and deliveries_of(api, slow["id"]),
-                 timeout_s=4 * SLOW_S, what="the slow deliveries to land")
+
+        def slow_ones_landed() -> bool:
+            found = deliveries_of(api, slow["id"])
+            return bool(found) and all(d["status"] == "delivered" for d in found)
+
+        # And in the end they land, each recorded as delivered.
+        wait_for(slow_ones_landed, timeout_s=4 * SLOW_S, what="the slow deliveries to land")
         for sub in (slow, fast):
             api.delete(f"/v1/subscriptions/{sub['id']}")
