@@ -37,7 +37,7 @@ from service.domain.ids import new_id  # noqa: E402
 from service.domain.tasks import Task, TaskInput, TaskResult, isoformat, utcnow  # noqa: E402
 from service.redis_server import RedisServer, free_port  # noqa: E402
 from service.store import events_key  # noqa: E402
-from service.webhooks.deliveries import DUE, delivery_key  # noqa: E402
+from service.webhooks.deliveries import delivery_key  # noqa: E402
 from service.webhooks.models import Delivery, Subscription  # noqa: E402
 from service.webhooks.policy import SigningSecret, delivery_id  # noqa: E402
 from service.webhooks.signing import generate_secret  # noqa: E402
@@ -97,12 +97,13 @@ def sample_event_body(task_id: str) -> tuple[str, bytes]:
 
 def run_engine(redis: Redis, sub_ids: list[str], rounds: int) -> list[float]:
     """Seconds per round, from one event entering the outbox until every delivery is recorded."""
-    # Deliveries enter the due index when written and leave it when their attempt is recorded:
-    # the index's `del` event marks the end of a round. Waiting on it, rather than polling,
-    # keeps this process off the two cores the worker and the subscribers are measured on.
+    # The event's outbox entry stays in the dispatcher's in-flight list until the last of its
+    # first attempts is recorded: the list's `del` event marks the end of a round. Waiting on it,
+    # rather than polling, keeps this process off the two cores the worker and the subscribers
+    # are measured on.
     redis.config_set("notify-keyspace-events", "Kg")
     events = redis.pubsub(ignore_subscribe_messages=True)
-    events.subscribe(f"__keyspace@0__:{DUE}")
+    events.psubscribe(f"__keyspace@0__:{outbox.INFLIGHT_PREFIX}*")
     timings = []
     for _ in range(rounds):
         task_id = new_id("task")

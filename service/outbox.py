@@ -2,8 +2,8 @@
 
 A transition pushes its event here inside its own atomic write (a tiny RPUSH, instead of building
 an RQ job on the callback hot path). Each worker's dispatcher thread takes entries in batches and
-fans them out; an entry sits in the dispatcher's in-flight list until its deliveries are written,
-so a dispatcher killed halfway loses nothing (the sweep puts its list back).
+fans them out; an entry sits in the dispatcher's in-flight list until its first attempts are
+recorded, so a dispatcher killed halfway loses nothing (the sweep puts its list back).
 """
 
 from __future__ import annotations
@@ -30,12 +30,15 @@ def push(pipe: Pipeline | Redis, subject_id: str, event_id: str) -> None:
     pipe.rpush(OUTBOX, entry(subject_id, event_id))
 
 
-# Move up to ARGV[1] more entries from the outbox to the in-flight list; returns the whole list.
+# Move up to ARGV[1] more entries from the outbox to the in-flight list; returns those moved.
 TAKE_MORE = """
-for _ = 1, tonumber(ARGV[1]) do
-  if not redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT') then break end
+local taken = {}
+for i = 1, tonumber(ARGV[1]) do
+  local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not entry then break end
+  taken[i] = entry
 end
-return redis.call('LRANGE', KEYS[2], 0, -1)
+return taken
 """
 
 # Put a dead dispatcher's in-flight entries back at the head of the outbox, in order.

@@ -94,7 +94,8 @@ class Settings(BaseSettings):
     webhook_log_ttl_s: int = 30 * 24 * 3600
     # Simultaneous requests per worker process (one pooled client shared by all deliveries).
     webhook_concurrency: int = 256
-    # An attempt not recorded this long after it started is presumed lost (worker killed) and is re-sent.
+    # An attempt not recorded this long after it started, or a fan-out whose worker's heartbeat is
+    # this old, is presumed lost (worker killed) and is sent again.
     webhook_lease_s: float = 60.0
 
     # `kling-relay worker` serves its own Prometheus /metrics here (unset: it serves none).

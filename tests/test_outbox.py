@@ -1,8 +1,9 @@
-"""The event outbox: a dispatcher killed with entries in flight loses none of them."""
+"""The event outbox: a dispatcher holds its entries until their first attempts are recorded, and
+one killed with entries in flight loses none of them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 
 import pytest
 from redis import Redis
@@ -10,8 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service import outbox
 from service.redis_server import RedisServer
-from workers.deliver import fan_out
-from workers.dispatch import Dispatcher, requeue_orphans
+from workers.dispatch import Batch, Dispatcher, requeue_orphans
 
 
 def _redis(redis_server: RedisServer) -> Redis:
@@ -20,55 +20,91 @@ def _redis(redis_server: RedisServer) -> Redis:
     return redis
 
 
-def test_dispatcher_hands_a_batch_to_fan_out_and_releases_it_once_written(redis_server: RedisServer) -> None:
+def _push(redis: Redis, *names: str) -> list[str]:
+    for name in names:
+        outbox.push(redis, f"task_{name}", f"evt_{name}")
+    return [outbox.entry(f"task_{name}", f"evt_{name}") for name in names]
+
+
+def test_a_batch_stays_in_flight_until_its_fan_out_releases_it(redis_server: RedisServer) -> None:
     redis = _redis(redis_server)
-    for i in range(5):
-        outbox.push(redis, f"task_{i}", f"evt_{i}")
-    seen: list[tuple[list[str], int, int]] = []
-
-    def fan_out(entries: list[str], *, written: Callable[[], None]) -> None:
-        before = redis.llen(dispatcher.inflight)
-        written()
-        seen.append((entries, before, redis.llen(dispatcher.inflight)))
-
-    dispatcher = Dispatcher(redis, fan_out)
+    entries = _push(redis, *"abcde")
+    batches: list[Batch] = []
+    dispatcher = Dispatcher(redis, batches.append, heartbeat_s=5)
     assert dispatcher.step(block_s=0.1) == 5
-    # In flight until the deliveries are written; gone from the outbox and the in-flight list after.
-    assert seen == [([f"task_{i} evt_{i}" for i in range(5)], 5, 0)]
+    assert [b.entries for b in batches] == [entries]
+    # Taken from the outbox, but held until the write that records the first attempts.
     assert redis.llen(outbox.OUTBOX) == 0
+    assert [e.decode() for e in redis.lrange(dispatcher.inflight, 0, -1)] == entries
+    with redis.pipeline() as pipe:
+        batches[0].release(pipe)
+        pipe.execute()
+    assert redis.llen(dispatcher.inflight) == 0
 
 
-def test_a_fan_out_that_fails_before_writing_keeps_its_entries_for_the_next_step(redis_server: RedisServer) -> None:
+def test_batches_in_flight_together_are_released_each_on_its_own(redis_server: RedisServer) -> None:
     redis = _redis(redis_server)
-    for i in range(3):
-        outbox.push(redis, f"task_{i}", f"evt_{i}")
+    batches: list[Batch] = []
+    dispatcher = Dispatcher(redis, batches.append, heartbeat_s=5)
+    _push(redis, "a", "b")
+    dispatcher.step(block_s=0.1)
+    late = _push(redis, "c")
+    dispatcher.step(block_s=0.1)
+    assert [b.entries for b in batches][1] == late  # only what was new, not the held batch again
+    with redis.pipeline() as pipe:
+        batches[0].release(pipe)
+        pipe.execute()
+    assert [e.decode() for e in redis.lrange(dispatcher.inflight, 0, -1)] == late
+
+
+def test_a_fan_out_that_fails_goes_again_first_and_whole(redis_server: RedisServer) -> None:
+    redis = _redis(redis_server)
+    entries = _push(redis, "a", "b", "c")
     calls: list[list[str]] = []
 
-    def fan_out(entries: list[str], *, written: Callable[[], None]) -> None:
-        calls.append(entries)
+    def fan_out(batch: Batch) -> None:
+        calls.append(batch.entries)
         if len(calls) == 1:
-            raise RedisConnectionError("redis went away while the deliveries were written")
-        written()
+            raise RedisConnectionError("redis went away while the events were read")
 
-    dispatcher = Dispatcher(redis, fan_out)
+    dispatcher = Dispatcher(redis, fan_out, heartbeat_s=5)
     with pytest.raises(RedisConnectionError):
         dispatcher.step(block_s=0.1)
-    outbox.push(redis, "task_late", "evt_late")
-    assert dispatcher.step(block_s=0.1) == 4
-    # The failed batch goes again, first and whole, topped up with what arrived meanwhile.
-    assert calls[1] == [*(f"task_{i} evt_{i}" for i in range(3)), "task_late evt_late"]
-    assert redis.llen(dispatcher.inflight) == 0 and redis.llen(outbox.OUTBOX) == 0
+    late = _push(redis, "late")
+    assert dispatcher.step(block_s=0.1) == 3
+    assert dispatcher.step(block_s=0.1) == 1
+    assert calls[1:] == [entries, late]
+    assert redis.llen(dispatcher.inflight) == 4  # none released by these fan-outs
+
+
+def test_a_batch_whose_recording_failed_goes_again(redis_server: RedisServer) -> None:
+    redis = _redis(redis_server)
+    entries = _push(redis, "a", "b")
+    batches: list[Batch] = []
+    dispatcher = Dispatcher(redis, batches.append, heartbeat_s=5)
+    dispatcher.step(block_s=0.1)
+    batches[0].retry()  # as the recorder does when saving the first attempts failed
+    assert dispatcher.step(block_s=0.1) == 2
+    assert batches[1].entries == entries
+    assert redis.llen(dispatcher.inflight) == 2 and redis.llen(outbox.OUTBOX) == 0
 
 
 def test_entries_of_a_dead_dispatcher_go_back_to_the_outbox_in_order(redis_server: RedisServer) -> None:
     redis = _redis(redis_server)
-    for i in range(3):
-        outbox.push(redis, f"task_{i}", f"evt_{i}")
-    dead = Dispatcher(redis, fan_out)
+    _push(redis, "0", "1", "2")
+    dead = Dispatcher(redis, lambda batch: None, heartbeat_s=5)
     redis.lmove(outbox.OUTBOX, dead.inflight, "LEFT", "RIGHT")  # it took one entry, then died
     assert requeue_orphans(redis) == 1
     assert [outbox.parse(e) for e in redis.lrange(outbox.OUTBOX, 0, -1)] == [(f"task_{i}", f"evt_{i}") for i in range(3)]
-    live = Dispatcher(redis, fan_out)
-    redis.set(live.heartbeat, "1")
+    live = Dispatcher(redis, lambda batch: None, heartbeat_s=5)
+    live.beat()
     redis.lmove(outbox.OUTBOX, live.inflight, "LEFT", "RIGHT")
     assert requeue_orphans(redis) == 0  # a live dispatcher's entries stay with it
+
+
+def test_a_started_dispatcher_keeps_its_heartbeat_beyond_one_ttl(redis_server: RedisServer) -> None:
+    redis = _redis(redis_server)
+    dispatcher = Dispatcher(redis, lambda batch: None, heartbeat_s=1)
+    dispatcher.start()
+    time.sleep(2.5)
+    assert redis.exists(dispatcher.heartbeat)

@@ -2,10 +2,12 @@
 deliveries (RQ `send` jobs: retries, manual retries, replays), and the sweep that re-sends
 deliveries whose worker died mid-attempt.
 
-At-least-once: deliveries are written (idempotently, by derived id) before anything is sent, each
-attempt holds a lease, and every pending delivery carries a deadline in `kr:dlvdue`. A killed
-worker's deliveries pass their deadline and the sweep sends them again; the same `webhook-id`
-(the event id) lets receivers drop the rare duplicate.
+At-least-once, in two stages. A fan-out's first attempts are sent before anything is written:
+the event's outbox entry stays in its dispatcher's in-flight list until every one of them is
+recorded, and a killed dispatcher's list goes back to the outbox, whose re-run sends only what was
+never recorded. A recorded delivery that is still pending carries a deadline in `kr:dlvdue`, and
+each retry holds a lease: a killed worker's retries pass their deadline and the sweep sends them
+again. The same `webhook-id` (the event id) lets receivers drop the rare duplicate.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from redis.client import Pipeline
 from service import outbox
 from service.domain.events import Event
 from service.runtime import Runtime
-from service.webhooks.deliveries import DeliveryStore, Finished, IndexedEvent, Target
+from service.webhooks.deliveries import DeliveryStore, Finished, IndexedEvent, Target, new_deliveries
 from service.webhooks.models import TASK_WEBHOOK, Attempt, Delivery, Subscription, unix_to_iso
 from service.webhooks.policy import DeliveryStatus, DisableReason, Outcome, classify, decide, matches, truncate_body
 from service.webhooks.sender import WebhookSender
 from service.webhooks.store import SubscriptionStore, failing_key
 from workers.context import get_runtime
 from workers.delivery_engine import DeliveryEngine, Landed, Outgoing
+from workers.dispatch import Batch
 
 log = logging.getLogger(__name__)
 
@@ -70,19 +73,22 @@ def get_context() -> DeliveryContext:
     return ctx
 
 
-def fan_out(entries: list[str], *, written: Callable[[], None]) -> None:
-    """Create one delivery per matching subscription (and the task's own `webhook_url`) for
-    each outbox entry ("subject_id event_id"; the subject is a task, or a subscription for
-    `subscription.disabled`), call `written` once they are all stored (from then on the due
-    index and the sweep answer for them), then send them all concurrently. Safe to re-run:
-    deliveries are found, not duplicated."""
+def fan_out(batch: Batch) -> None:
+    """Start the first attempt of each outbox entry's event to every matching subscription (and
+    the task's own `webhook_url`; the subject is a task, or a subscription for
+    `subscription.disabled`) and return. The write recording the batch's last first attempt also
+    releases its entries; if recording fails, the batch goes back to its dispatcher. Safe to re-run:
+    deliveries already recorded are left to their own retries, the rest are sent again."""
     ctx = get_context()
     enabled = ctx.subscriptions.enabled()
-    bodies: dict[str, bytes] = {}
+    pairs = [outbox.parse(e) for e in batch.entries]
+    bodies = ctx.deliveries.event_bodies(pairs)
+    now = time.time()
     subs: dict[str, Subscription] = {}
-    planned: list[tuple[IndexedEvent, str, list[Target]]] = []
-    for subject_id, event_id in map(outbox.parse, entries):
-        body = ctx.deliveries.event_body(subject_id, event_id)
+    events: list[IndexedEvent] = []
+    planned: list[Delivery] = []
+    for subject_id, event_id in pairs:
+        body = bodies.get(event_id)
         if body is None:
             log.warning("fan-out of a missing event subject=%s event_id=%s", subject_id, event_id)
             continue
@@ -92,20 +98,52 @@ def fan_out(entries: list[str], *, written: Callable[[], None]) -> None:
         webhook_url = event["data"].get("webhook_url") if event["type"].startswith("task.") else None
         if webhook_url:
             targets.append(Target(TASK_WEBHOOK, webhook_url=webhook_url))
-        planned.append((IndexedEvent(event_id, subject_id, event["type"]), event["created_at"], targets))
-        bodies[event_id] = body
+        indexed = IndexedEvent(event_id, subject_id, event["type"])
+        events.append(indexed)
+        planned += new_deliveries(indexed, targets, now=now, created_at=event["created_at"])
         subs.update(matching)
-    # All of the batch is sent together, so each lease covers the whole batch's sending.
-    lease = lease_for(ctx, sum(len(targets) for _, _, targets in planned))
-    deliveries: list[Delivery] = []
-    created: set[str] = set()
-    for indexed, created_at, targets in planned:
-        made, fresh = ctx.deliveries.create_many(indexed, targets, now=time.time(), created_at=created_at, lease_s=lease)
-        deliveries += made
-        created |= fresh
-    written()
-    sent = attempt(ctx, deliveries, bodies=bodies, subs=subs, claimed=created)
-    log.info("fan-out events=%d deliveries=%d started=%d", len(bodies), len(deliveries), sent)
+    stored = ctx.deliveries.stored([d.id for d in planned])
+    unsent = [d for d in planned if d.id not in stored]
+    outgoing, abandoned = _prepare(ctx, unsent, bodies, subs, now)
+
+    def release(pipe: Pipeline) -> None:
+        ctx.deliveries.index_events(pipe, events)
+        batch.release(pipe)
+
+    if abandoned:
+        ctx.deliveries.save_finished(abandoned)
+    if outgoing:
+        ctx.engine.submit(outgoing, FirstAttempts(ctx, batch, len(outgoing), release))
+    else:
+        with ctx.rt.redis.pipeline() as pipe:
+            release(pipe)
+            pipe.execute()
+    log.info("fan-out events=%d deliveries=%d started=%d", len(events), len(planned), len(outgoing))
+
+
+class FirstAttempts:
+    """Records a fan-out's first attempts as they land (on the engine's recorder thread). The
+    write that records the last of them releases the batch's outbox entries; if any write failed,
+    the batch goes back to its dispatcher instead, to send again what was never recorded."""
+
+    def __init__(self, ctx: DeliveryContext, batch: Batch, count: int, release: Callable[[Pipeline], None]) -> None:
+        self.ctx = ctx
+        self.batch = batch
+        self.remaining = count
+        self.release = release
+        self.failed = False
+
+    def __call__(self, landed: list[Landed]) -> None:
+        self.remaining -= len(landed)
+        last = self.remaining == 0
+        try:
+            record(self.ctx, landed, first=True, also=self.release if last and not self.failed else None)
+        except Exception:
+            self.failed = True
+            raise
+        finally:
+            if last and self.failed:
+                self.batch.retry()
 
 
 def send(delivery_ids: list[str]) -> None:
@@ -122,24 +160,14 @@ def lease_for(ctx: DeliveryContext, count: int) -> float:
     return s.webhook_lease_s + s.webhook_timeout_s * (math.ceil(ahead / max(s.webhook_concurrency, 1)) - 1)
 
 
-def attempt(
-    ctx: DeliveryContext,
-    deliveries: list[Delivery],
-    bodies: dict[str, bytes] | None = None,
-    subs: dict[str, Subscription] | None = None,
-    claimed: set[str] | None = None,
-) -> int:
-    """Claim the due deliveries (those in `claimed` are already ours) and start sending them
-    concurrently; every outcome is recorded as it lands. Returns how many were started."""
+def attempt(ctx: DeliveryContext, deliveries: list[Delivery]) -> int:
+    """Claim the due deliveries among these stored ones and start sending them concurrently;
+    every outcome is recorded as it lands. Returns how many were started."""
     now = time.time()
-    claimed = claimed or set()
-    mine = [d for d in deliveries if d.id in claimed]
-    due = [d for d in deliveries if d.id not in claimed and d.due(now, slack_s=SCHEDULER_SLACK_S)]
-    mine += ctx.deliveries.claim(due, now=now, lease_s=lease_for(ctx, len(due)))
-    subs = dict(subs or {})
-    unknown = sorted({d.subscription_id for d in mine if d.subscription_id and d.subscription_id not in subs})
-    subs.update(ctx.subscriptions.get_many(unknown))
-    outgoing, abandoned = _prepare(ctx, mine, dict(bodies or {}), subs, now)
+    due = [d for d in deliveries if d.due(now, slack_s=SCHEDULER_SLACK_S)]
+    mine = ctx.deliveries.claim(due, now=now, lease_s=lease_for(ctx, len(due)))
+    subs = ctx.subscriptions.get_many(sorted({d.subscription_id for d in mine if d.subscription_id}))
+    outgoing, abandoned = _prepare(ctx, mine, {}, subs, now)
     if abandoned:
         ctx.deliveries.save_finished(abandoned)
     ctx.engine.submit(outgoing, lambda landed: record(ctx, landed))
@@ -172,8 +200,11 @@ def _prepare(
     return outgoing, abandoned
 
 
-def record(ctx: DeliveryContext, landed: list[Landed]) -> None:
-    """Save a batch of landed attempts: logs, new statuses, retries, and subscriptions to disable."""
+def record(
+    ctx: DeliveryContext, landed: list[Landed], *, first: bool = False, also: Callable[[Pipeline], None] | None = None
+) -> None:
+    """Save a batch of landed attempts (`first`: a fan-out's, not stored yet): logs, new statuses,
+    retries, and subscriptions to disable; `also` adds its commands to the same transaction."""
     s = ctx.rt.settings
     now = time.time()
     outcomes = [classify(item.result.status_code) for item in landed]
@@ -202,7 +233,7 @@ def record(ctx: DeliveryContext, landed: list[Landed]) -> None:
             error=error,
             response_body=truncate_body(result.body) if result.status_code is not None else None,
         )
-        finished.append(Finished(d.after_attempt(log_entry, decision, now), decision.retry_in_s))
+        finished.append(Finished(d.after_attempt(log_entry, decision, now), decision.retry_in_s, first))
         if decision.disable and sub_id:
             to_disable[sub_id] = decision.disable
     ctx.deliveries.save_attempted(
@@ -210,6 +241,7 @@ def record(ctx: DeliveryContext, landed: list[Landed]) -> None:
         now=now,
         schedule_retry=lambda pipe, d, delay: _schedule(ctx, pipe, d, delay),
         clear=[failing_key(sub) for sub in succeeded],
+        also=also,
     )
     for sub_id, reason in to_disable.items():
         def announce(pipe: Pipeline, event: Event, sub_id: str = sub_id) -> None:

@@ -1,28 +1,33 @@
 """The outbox dispatcher: a thread in every worker that fans outbox entries out to subscribers.
 
-It blocks on the outbox, takes what has piled up (up to BATCH entries) into its own in-flight
-list, writes their deliveries, empties the list, and sends. While it sends, new events gather
-in the outbox, so under load each step takes a batch; when idle, an event waits for nothing.
-No RQ job stands between an event and its first attempt: building, queueing and finishing one
-cost ~7 ms per fan-out (bench/fanout.py), more than writing its 200 deliveries. Retries, manual
+It blocks on the outbox, moves what has piled up (up to BATCH entries) into its own in-flight
+list and hands them to the fan-out as one `Batch`, which starts their first attempts and returns.
+While those are sent, new events gather in the outbox, so under load each step takes a batch;
+when idle, an event waits for nothing. No RQ job stands between an event and its first attempt:
+building, queueing and finishing one cost ~7 ms per fan-out (bench/fanout.py). Retries, manual
 retries and replays are RQ jobs (`workers.deliver.send`), scheduled by the RQ scheduler.
 
-A dispatcher that dies before its deliveries are written leaves its in-flight list behind, with
-its heartbeat expiring; `requeue_orphans` (run by the sweep) puts such lists back on the outbox.
-Once they are written, a death mid-send is the delivery sweep's to repair.
+An entry leaves the in-flight list in the same write that records the last first attempt of its
+batch: until then the list is what answers for the event, since none of its deliveries is stored.
+A batch whose fan-out or recording failed goes again from the same list. A dispatcher that dies
+leaves its list behind with its heartbeat expiring; `requeue_orphans` (run by the sweep) puts such
+lists back on the outbox, and the re-run sends only what was never recorded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -31,23 +36,61 @@ from service import outbox
 log = logging.getLogger(__name__)
 
 BATCH = 200
-HEARTBEAT_TTL_S = 15
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Outbox entries taken together, held in their dispatcher's in-flight list until released."""
+
+    entries: list[str]
+    inflight: str
+    # Called when the batch must go again (its recording failed).
+    _again: queue.SimpleQueue[list[str]] = field(repr=False)
+
+    def release(self, pipe: Pipeline) -> None:
+        """Queue, in the write that records the batch's last first attempt, the entries' removal."""
+        for entry in self.entries:
+            pipe.lrem(self.inflight, 1, entry)
+
+    def retry(self) -> None:
+        """Hand the entries back to the dispatcher, which fans them out again."""
+        self._again.put(self.entries)
 
 
 class FanOut(Protocol):
-    """Writes the entries' deliveries, calls `written`, then sends them (`workers.deliver.fan_out`)."""
+    """Starts the batch's first attempts and returns (`workers.deliver.fan_out`)."""
 
-    def __call__(self, entries: list[str], *, written: Callable[[], None]) -> None: ...
+    def __call__(self, batch: Batch) -> None: ...
 
 
 class Dispatcher:
-    def __init__(self, redis: Redis, fan_out: FanOut) -> None:
+    def __init__(self, redis: Redis, fan_out: FanOut, *, heartbeat_s: float) -> None:
         self.redis = redis
         self.fan_out = fan_out
+        # Every dispatcher has its own list, empty at birth: what is in it is this one's to finish.
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.inflight = f"{outbox.INFLIGHT_PREFIX}{self.id}"
         self.heartbeat = f"{outbox.HEARTBEAT_PREFIX}{self.id}"
+        self.heartbeat_s = heartbeat_s
+        self._again: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
         self._take_more = redis.register_script(outbox.TAKE_MORE)
+
+    def start(self) -> None:
+        """Keep the heartbeat up from its own thread: a batch's first attempts may keep its
+        entries in flight, and `step` busy, for as long as its slowest receiver takes."""
+        self.beat()
+        threading.Thread(target=self._beat_forever, name="dispatcher-heartbeat", daemon=True).start()
+
+    def beat(self) -> None:
+        self.redis.set(self.heartbeat, "1", ex=max(round(self.heartbeat_s), 1))
+
+    def _beat_forever(self) -> None:
+        while True:
+            time.sleep(self.heartbeat_s / 3)
+            try:
+                self.beat()
+            except Exception as exc:  # the heartbeat must outlive a Redis outage
+                log.warning("dispatcher heartbeat failed: %s", type(exc).__name__)
 
     def run_forever(self) -> None:
         while True:
@@ -62,18 +105,22 @@ class Dispatcher:
 
     def step(self, block_s: float) -> int:
         """Fan out one batch; returns how many entries it took."""
-        self.redis.set(self.heartbeat, "1", ex=HEARTBEAT_TTL_S)
-        # Entries already in flight (a previous step failed mid-way) go first.
-        if not self.redis.llen(self.inflight):
-            if self.redis.blmove(outbox.OUTBOX, self.inflight, block_s, "LEFT", "RIGHT") is None:
+        try:
+            # A batch that failed goes again first; its entries never left the in-flight list.
+            entries = self._again.get_nowait()
+        except queue.Empty:
+            first = self.redis.blmove(outbox.OUTBOX, self.inflight, block_s, "LEFT", "RIGHT")
+            if first is None:
                 return 0
-        entries = [e.decode() for e in self._take_more(keys=[outbox.OUTBOX, self.inflight], args=[BATCH - 1])]
-        self.fan_out(entries, written=self._release)
+            more = self._take_more(keys=[outbox.OUTBOX, self.inflight], args=[BATCH - 1])
+            entries = [e.decode() for e in [first, *more]]
+        batch = Batch(entries, self.inflight, self._again)
+        try:
+            self.fan_out(batch)
+        except Exception:
+            batch.retry()
+            raise
         return len(entries)
-
-    def _release(self) -> None:
-        """The entries' deliveries are stored: they are no longer the outbox's to keep."""
-        self.redis.delete(self.inflight)
 
 
 def requeue_orphans(redis: Redis) -> int:

@@ -94,7 +94,8 @@ def run_worker(*, burst: bool = False) -> None:
             )
             if scheduler is None:
                 scheduler = ThreadScheduler(worker.queues, connection=rt.redis)
-                dispatcher = Dispatcher(rt.redis, fan_out)
+                dispatcher = Dispatcher(rt.redis, fan_out, heartbeat_s=settings.webhook_lease_s)
+                dispatcher.start()
                 if burst:
                     scheduler.tick()
                     while dispatcher.step(block_s=0.01):

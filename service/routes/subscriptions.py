@@ -210,7 +210,7 @@ def prepare_replay(rt: Runtime, webhooks: WebhookStores, sub: Subscription, req:
                 break
             if event.event_id in had or event.subject_id == sub.id or not matches(sub.event_types, event.event_type):
                 continue
-            made, _ = webhooks.deliveries.create_many(event, target, now=now, created_at=unix_to_iso(now) or "", lease_s=None)
+            made = webhooks.deliveries.create_many(event, target, now=now, created_at=unix_to_iso(now) or "")
             ids.extend(d.id for d in made if d.status is DeliveryStatus.PENDING)
     for start in range(0, len(ids), SEND_BATCH):
         rt.jobs.deliver(ids[start : start + SEND_BATCH])

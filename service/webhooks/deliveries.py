@@ -1,5 +1,8 @@
 """The Redis store for deliveries and their attempt logs: the only module that knows their keys.
 
+A fan-out's deliveries are stored once, when their first attempt is recorded: until then the
+event's outbox entry, held in its dispatcher's in-flight list, is what answers for them.
+
 Keys (prefix `kr:`):
   kr:dlv:{id}                 a delivery with its attempt log (JSON); expires `webhook_log_ttl_s`
                               after its last change
@@ -7,8 +10,8 @@ Keys (prefix `kr:`):
   kr:dlvdue                   pending delivery id → unix time by which its next attempt must have
                               been recorded; the sweep re-sends whatever is overdue, so a worker
                               killed mid-attempt or a scheduled job lost with Redis loses nothing
-  kr:dlvlease:{id}:{attempt}  held while one attempt is in flight, so two jobs never send it twice
-                              at once; keyed by attempt number so it never needs deleting
+  kr:dlvlease:{id}:{attempt}  held while a retry is in flight, so two jobs never send it twice at
+                              once; keyed by attempt number so it never needs deleting
   kr:evidx                    every event fanned out ("{event id}|{subject id}|{type}", lexicographic
                               by time) so a replay can reach events a subscription never had
 """
@@ -23,6 +26,7 @@ import orjson
 from redis import Redis
 from redis.client import Pipeline
 
+from service.cas import Arg, recorded, spelled
 from service.domain.ids import id_floor
 from service.store import PREFIX, events_key
 from service.webhooks.models import Delivery, unix_to_iso
@@ -32,32 +36,28 @@ from service.webhooks.store import deliveries_index_key
 DUE = f"{PREFIX}:dlvdue"
 EVENT_INDEX = f"{PREFIX}:evidx"
 
-ScriptArg = bytes | str | int | float
-# Called inside the MULTI that saves an attempt, so a retry is scheduled iff the attempt is saved.
+# Its commands run in the script that saves an attempt, so a retry is scheduled iff the attempt is saved.
 ScheduleRetry = Callable[[Pipeline, Delivery, float], None]
 
-# Why Lua: a fan-out touches every one of its deliveries twice (create, save). As one script call
-# per batch instead of several pipelined commands per delivery, the client packs and parses one
-# command, not hundreds (redis-py's per-command cost was most of the engine's time), and sorted-set
-# writes are batched into one ZADD/ZREM per batch. `unpack` is chunked: Lua's stack is finite.
+# Why Lua: a fan-out writes hundreds of deliveries at once. As one script call per batch instead
+# of several pipelined commands per delivery, the client packs and parses one command, not
+# hundreds (redis-py's per-command cost was most of the engine's time), and sorted-set writes are
+# batched into one ZADD/ZREM per batch. `unpack` is chunked: Lua's stack is finite.
 
-# KEYS: DUE, EVENT_INDEX, then (delivery key, its first lease key, subscription index or "") each.
-# ARGV: ttl, due score, event index member, lease ttl (0: no lease), then (delivery id, JSON) each.
-# With a lease, a delivery created here is claimed for its first attempt by the caller (a fan-out).
+# KEYS: DUE, then (delivery key, subscription index or "") each. ARGV: ttl, due score, then
+# (delivery id, JSON) each. Returns 1 for each delivery created, 0 for each found.
 _CREATE = """
-redis.call('ZADD', KEYS[2], 0, ARGV[3])
 local created, due = {}, {}
-for i = 1, (#KEYS - 2) / 3 do
-  local k, id = 3 * i, ARGV[3 + 2 * i]
-  if redis.call('SET', KEYS[k], ARGV[4 + 2 * i], 'NX', 'EX', ARGV[1]) then
+for i = 1, (#KEYS - 1) / 2 do
+  local k, id = 2 * i, ARGV[1 + 2 * i]
+  if redis.call('SET', KEYS[k], ARGV[2 + 2 * i], 'NX', 'EX', ARGV[1]) then
     created[i] = 1
-    if ARGV[4] ~= '0' then redis.call('SET', KEYS[k + 1], '1', 'EX', ARGV[4]) end
     due[#due + 1] = ARGV[2]
     due[#due + 1] = id
   else
     created[i] = 0
   end
-  if KEYS[k + 2] ~= '' then redis.call('ZADD', KEYS[k + 2], 0, id) end
+  if KEYS[k + 1] ~= '' then redis.call('ZADD', KEYS[k + 1], 0, id) end
 end
 for j = 1, #due, 2000 do redis.call('ZADD', KEYS[1], unpack(due, j, math.min(j + 1999, #due))) end
 return created
@@ -79,23 +79,36 @@ for j = 1, #due, 2000 do redis.call('ZADD', KEYS[1], unpack(due, j, math.min(j +
 return won
 """
 
-# KEYS: DUE, then n delivery keys, then keys to delete (failure runs that a success ended).
-# ARGV: ttl, n, then (delivery id, delivery JSON, due score or "" when final) per delivery.
+# KEYS: DUE, then (delivery key, subscription index or "") per delivery. ARGV: ttl, n, then
+# (delivery id, JSON, due score or "" when final, "1" if not stored yet) per delivery, then further
+# commands spelled as in service.cas (lease and failure-run deletes, retry jobs, outbox releases),
+# so that all of it is one atomic call. A delivery not stored yet (a fan-out's first attempt) is
+# written only if no other attempt was recorded first, and joins its subscription's index.
 _SAVE = """
 local n, done, due = tonumber(ARGV[2]), {}, {}
 for i = 1, n do
-  local j = 3 * i
-  redis.call('SET', KEYS[1 + i], ARGV[j + 1], 'EX', ARGV[1])
-  if ARGV[j + 2] == '' then
-    done[#done + 1] = ARGV[j]
+  local a, k = 4 * i - 1, 2 * i
+  local wrote = true
+  if ARGV[a + 3] == '1' then
+    wrote = redis.call('SET', KEYS[k], ARGV[a + 1], 'NX', 'EX', ARGV[1])
+    if wrote and KEYS[k + 1] ~= '' then redis.call('ZADD', KEYS[k + 1], 0, ARGV[a]) end
   else
-    due[#due + 1] = ARGV[j + 2]
-    due[#due + 1] = ARGV[j]
+    redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', ARGV[1])
+    if ARGV[a + 2] == '' then done[#done + 1] = ARGV[a] end
+  end
+  if wrote and ARGV[a + 2] ~= '' then
+    due[#due + 1] = ARGV[a + 2]
+    due[#due + 1] = ARGV[a]
   end
 end
 for j = 1, #done, 1000 do redis.call('ZREM', KEYS[1], unpack(done, j, math.min(j + 999, #done))) end
 for j = 1, #due, 2000 do redis.call('ZADD', KEYS[1], unpack(due, j, math.min(j + 1999, #due))) end
-for i = n + 2, #KEYS do redis.call('DEL', KEYS[i]) end
+local i = 4 * n + 3
+while i <= #ARGV do
+  local argc = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + argc))
+  i = i + argc + 1
+end
 return n
 """
 
@@ -130,6 +143,27 @@ class Finished:
 
     delivery: Delivery
     retry_in_s: float | None = None
+    # A fan-out's first attempt: the delivery is not stored yet.
+    first: bool = False
+
+
+def new_deliveries(event: IndexedEvent, targets: list[Target], *, now: float, created_at: str) -> list[Delivery]:
+    """The delivery of `event` to each target, due now; ids derive from (event, target), so
+    building them twice yields the same deliveries."""
+    return [
+        Delivery(
+            id=delivery_id(event.event_id, t.subscriber),
+            event_id=event.event_id,
+            event_type=event.event_type,
+            subject_id=event.subject_id,
+            subscription_id=t.subscription_id,
+            webhook_url=t.webhook_url,
+            next_attempt_at=now,
+            created_at=created_at,
+            updated_at=created_at,
+        )
+        for t in targets
+    ]
 
 
 def _text(value: object) -> str:
@@ -145,39 +179,28 @@ class DeliveryStore:
         self._claim = redis.register_script(_CLAIM)
         self._save = redis.register_script(_SAVE)
 
-    def create_many(
-        self, event: IndexedEvent, targets: list[Target], *, now: float, created_at: str, lease_s: float | None
-    ) -> tuple[list[Delivery], set[str]]:
-        """The delivery of `event` to each target, created if missing (SET NX on a derived id),
-        so running a fan-out twice yields the same deliveries, never twice as many. Returns them
-        with the ids this call created; with `lease_s`, the caller holds their first attempt."""
-        fresh = [
-            Delivery(
-                id=delivery_id(event.event_id, t.subscriber),
-                event_id=event.event_id,
-                event_type=event.event_type,
-                subject_id=event.subject_id,
-                subscription_id=t.subscription_id,
-                webhook_url=t.webhook_url,
-                next_attempt_at=now,
-                created_at=created_at,
-                updated_at=created_at,
-            )
-            for t in targets
-        ]
-        ttl = max(math.ceil(lease_s if lease_s is not None else self.lease_s), 1)
-        keys: list[str] = [DUE, EVENT_INDEX]
-        member = f"{event.event_id}|{event.subject_id}|{event.event_type}"
-        args: list[ScriptArg] = [self.ttl_s, now + ttl + 1, member, ttl if lease_s is not None else 0]
+    def create_many(self, event: IndexedEvent, targets: list[Target], *, now: float, created_at: str) -> list[Delivery]:
+        """The delivery of `event` to each target, created pending and due if missing (SET NX on a
+        derived id), so creating them twice yields the same deliveries, never twice as many."""
+        fresh = new_deliveries(event, targets, now=now, created_at=created_at)
+        keys: list[str] = [DUE]
+        args: list[Arg] = [self.ttl_s, now + self.lease_s]
         for d in fresh:
-            keys += [delivery_key(d.id), lease_key(d.id, 0), deliveries_index_key(d.subscription_id) if d.subscription_id else ""]
+            keys += [delivery_key(d.id), deliveries_index_key(d.subscription_id) if d.subscription_id else ""]
             args += [d.id, d.dumps()]
         flags = self._create(keys=keys, args=args)
         created = {d.id for d, flag in zip(fresh, flags) if flag}
         if len(created) == len(fresh):
-            return fresh, created
+            return fresh
         current = {d.id: d for d in self.get_many([d.id for d in fresh if d.id not in created])}
-        return [d if d.id in created else current[d.id] for d in fresh if d.id in created or d.id in current], created
+        return [d if d.id in created else current[d.id] for d in fresh if d.id in created or d.id in current]
+
+    def stored(self, dlv_ids: list[str]) -> set[str]:
+        """Which of these deliveries are stored (had an attempt recorded, or were replayed)."""
+        if not dlv_ids:
+            return set()
+        found = self.redis.mget([delivery_key(i) for i in dlv_ids])
+        return {i for i, raw in zip(dlv_ids, found) if raw is not None}
 
     def get(self, dlv_id: str) -> Delivery | None:
         raw = self.redis.get(delivery_key(dlv_id))
@@ -202,27 +225,40 @@ class DeliveryStore:
         return bool(self.redis.exists(lease_key(delivery.id, delivery.attempt_count)))
 
     def save_attempted(
-        self, finished: list[Finished], *, now: float, schedule_retry: ScheduleRetry, clear: list[str] | None = None
+        self,
+        finished: list[Finished],
+        *,
+        now: float,
+        schedule_retry: ScheduleRetry,
+        clear: list[str] | None = None,
+        also: Callable[[Pipeline], None] | None = None,
     ) -> None:
-        """Save attempted deliveries, their due times and retry jobs in one transaction, and
-        delete the `clear` keys (failure runs ended by a success) with them."""
+        """Save attempted deliveries, their due times and retry jobs, delete the `clear` keys
+        (failure runs ended by a success) and run `also`'s commands: one atomic script call."""
         keys: list[str] = [DUE]
-        args: list[ScriptArg] = [self.ttl_s, len(finished)]
+        args: list[Arg] = [self.ttl_s, len(finished)]
         for item in finished:
             d = item.delivery
-            keys.append(delivery_key(d.id))
+            index = deliveries_index_key(d.subscription_id) if item.first and d.subscription_id else ""
+            keys += [delivery_key(d.id), index]
             due = "" if item.retry_in_s is None else now + item.retry_in_s + self.lease_s
-            args += [d.id, d.dumps(), due]
-        keys += clear or []
-        with self.redis.pipeline() as pipe:
-            self._save(keys=keys, args=args, client=pipe)
-            # The attempts are over, so their leases go now rather than linger until they expire.
-            if finished:
-                pipe.delete(*(lease_key(item.delivery.id, item.delivery.attempt_count - 1) for item in finished))
-            for item in finished:
-                if item.retry_in_s is not None:
-                    schedule_retry(pipe, item.delivery, item.retry_in_s)
-            pipe.execute()
+            args += [d.id, d.dumps(), due, "1" if item.first else "0"]
+        # The attempts are over, so their leases go now rather than linger until they expire.
+        done = [lease_key(i.delivery.id, i.delivery.attempt_count - 1) for i in finished if not i.first]
+        done += clear or []
+        if done:
+            args += spelled(("DEL", *done))
+        retries = [item for item in finished if item.retry_in_s is not None]
+        if retries or also is not None:
+
+            def then(pipe: Pipeline) -> None:
+                for item in retries:
+                    schedule_retry(pipe, item.delivery, item.retry_in_s or 0.0)
+                if also is not None:
+                    also(pipe)
+
+            args += recorded(self.redis, then)
+        self._save(keys=keys, args=args)
 
     def save_finished(self, deliveries: list[Delivery]) -> None:
         """Save deliveries that reached a final status without an attempt."""
@@ -300,10 +336,29 @@ class DeliveryStore:
 
     def event_body(self, subject_id: str, event_id: str) -> bytes | None:
         """The event exactly as stored: these bytes are signed and sent on every attempt."""
-        for raw in self.redis.lrange(events_key(subject_id), 0, -1):
-            if orjson.loads(raw).get("id") == event_id:
-                return raw if isinstance(raw, bytes) else str(raw).encode()
-        return None
+        return self.event_bodies([(subject_id, event_id)]).get(event_id)
+
+    def event_bodies(self, events: list[tuple[str, str]]) -> dict[str, bytes]:
+        """Event id → the event as stored, for these (subject id, event id) pairs; one round trip."""
+        subjects = list(dict.fromkeys(subject for subject, _ in events))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for subject in subjects:
+                pipe.lrange(events_key(subject), 0, -1)
+            stored = dict(zip(subjects, pipe.execute()))
+        wanted = {event_id for _, event_id in events}
+        bodies: dict[str, bytes] = {}
+        for raws in stored.values():
+            for raw in raws:
+                event_id = orjson.loads(raw).get("id")
+                if event_id in wanted:
+                    bodies[event_id] = raw if isinstance(raw, bytes) else str(raw).encode()
+        return bodies
+
+    @staticmethod
+    def index_events(pipe: Pipeline, events: list[IndexedEvent]) -> None:
+        """Add fanned-out events to the index replays read."""
+        if events:
+            pipe.zadd(EVENT_INDEX, {f"{e.event_id}|{e.subject_id}|{e.event_type}": 0 for e in events})
 
     def trim(self, now: float, subscription_ids: list[str]) -> None:
         """Drop index entries older than the log TTL (their deliveries have expired already)."""

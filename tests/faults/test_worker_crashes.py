@@ -2,8 +2,8 @@
 reaches every subscriber, and no transition happens twice.
 
 Each crash lands while that work is under way (a submit or poll job in RQ's started-job registry;
-a fan-out's deliveries pending while a subscriber holds one of its requests), with the provider or
-the subscribers slowed down so that the work is caught in the middle of its I/O.
+a fan-out's outbox entries in flight while a subscriber holds one of its requests), with the
+provider or the subscribers slowed down so that the work is caught in the middle of its I/O.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from rq import Queue
 
 from tests.conftest import Simulator, Stack, wait_for
-from service.webhooks.deliveries import DUE
+from service import outbox
 from tests.faults.ledger import Record, Subscriber, add_subscribers, create_tasks, judge, reconcile, settle
 from tests.receivers import Receiver, serve_receiver
 from tests.stacks import owned_stack
@@ -85,13 +85,15 @@ def receiver() -> Iterator[Receiver]:
 
 def under_way(stack: Stack, during: str, subs: list[Subscriber]) -> set[str]:
     """Ids of the work of this kind in progress: RQ jobs executing, or for a fan-out (which runs
-    on the worker's dispatcher thread, not as a job) its deliveries not yet recorded, once a
-    subscriber holds one of its requests."""
+    on the worker's dispatcher thread, not as a job) the outbox entries in flight, once a
+    subscriber holds one of their requests."""
+    redis = stack.redis()
     if during != "fan-out":
-        return set(Queue(during, connection=stack.redis()).started_job_registry.get_job_ids())
+        return set(Queue(during, connection=redis).started_job_registry.get_job_ids())
     if not any(s.receiver.received(s.path) for s in subs):
         return set()
-    return {member.decode() for member in stack.redis().zrange(DUE, 0, -1)}
+    lists = redis.scan_iter(match=f"{outbox.INFLIGHT_PREFIX}*")
+    return {entry.decode() for key in lists for entry in redis.lrange(key, 0, -1)}
 
 
 @pytest.mark.parametrize("crash", CRASHES.values(), ids=CRASHES.keys())
