@@ -1,7 +1,8 @@
 """The outbox dispatcher: a thread in every worker that fans outbox entries out to subscribers.
 
-It blocks on the outbox, moves what has piled up (up to BATCH entries) into its own in-flight
-list and hands them to the fan-out as one `Batch`, which starts their first attempts and returns.
+It moves what has piled up in the outbox (up to BATCH entries; when there is none, it blocks for
+the next) into its own in-flight list and hands them to the fan-out as one `Batch`, which starts
+their first attempts and returns.
 While those are sent, new events gather in the outbox, so under load each step takes a batch;
 when idle, an event waits for nothing. No RQ job stands between an event and its first attempt:
 building, queueing and finishing one cost ~7 ms per fan-out (bench/fanout.py). Retries, manual
@@ -109,11 +110,14 @@ class Dispatcher:
             # A batch that failed goes again first; its entries never left the in-flight list.
             entries = self._again.get_nowait()
         except queue.Empty:
-            first = self.redis.blmove(outbox.OUTBOX, self.inflight, block_s, "LEFT", "RIGHT")
-            if first is None:
-                return 0
-            more = self._take_more(keys=[outbox.OUTBOX, self.inflight], args=[BATCH - 1])
-            entries = [e.decode() for e in [first, *more]]
+            taken = self._take_more(keys=[outbox.OUTBOX, self.inflight], args=[BATCH])
+            if not taken:
+                # Nothing waiting: block for the next event, and go with it alone at once.
+                first = self.redis.blmove(outbox.OUTBOX, self.inflight, block_s, "LEFT", "RIGHT")
+                if first is None:
+                    return 0
+                taken = [first]
+            entries = [e.decode() for e in taken]
         batch = Batch(entries, self.inflight, self._again)
         try:
             self.fan_out(batch)
