@@ -34,7 +34,8 @@ from service import outbox  # noqa: E402
 from service.domain.events import make_event  # noqa: E402
 from service.domain.status import TaskStatus  # noqa: E402
 from service.domain.ids import new_id  # noqa: E402
-from service.domain.tasks import Task, TaskInput, TaskResult, isoformat, utcnow  # noqa: E402
+from service.domain.clock import now_iso  # noqa: E402
+from service.domain.tasks import Task, TaskInput, TaskResult  # noqa: E402
 from service.redis_server import RedisServer, free_port  # noqa: E402
 from service.store import events_key  # noqa: E402
 from service.webhooks.deliveries import delivery_key  # noqa: E402
@@ -77,7 +78,7 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
 
 def sample_event_body(task_id: str) -> tuple[str, bytes]:
     """A realistic `task.succeeded` event (the full task in `data`, ~1 KB), as stored."""
-    now = isoformat(utcnow())
+    now = now_iso()
     task = Task(
         id=task_id,
         provider="apikley",
@@ -171,7 +172,7 @@ def main() -> int:
             redis = Redis.from_url(server.url)
             store = SubscriptionStore(redis, event_ttl_s=3600)
             urls = [f"http://127.0.0.1:{port}/hook/{i}" for i in range(n)]
-            now = isoformat(utcnow())
+            now = now_iso()
             sub_ids = []
             for url in urls:
                 sub = Subscription(id=new_id("sub"), url=url, event_types=["*"], created_at=now, updated_at=now,

@@ -18,10 +18,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings.require("redis_url", "callback_secret", "kling_relay_api_keys")
     app = Starlette(
         routes=[
+            # First: the busiest route (providers' callbacks), so it is matched first. Wrapped to
+            # count every callback by outcome and reason for /metrics.
+            *counted_callback_routes(callbacks.routes),
             *health.routes,
             *tasks.routes,
-            # Wrapped to count every callback by outcome and reason for /metrics.
-            *counted_callback_routes(callbacks.routes),
             *subscriptions.routes,
             *deliveries.routes,
             *openapi.routes,

@@ -22,7 +22,8 @@ from service import outbox
 from service.domain.events import Event
 from service.domain.ids import id_floor, new_id
 from service.domain.status import TaskStatus
-from service.domain.tasks import Task, isoformat, utcnow
+from service.domain.clock import now_iso
+from service.domain.tasks import Task
 from service.domain.transition import ProviderUpdate, Transition, apply_update
 from service.cas import Arg, AsyncCompareAndSet, CompareAndSet, recorded, spelled
 from service.redis_async import PipelinedRedis
@@ -178,7 +179,7 @@ class TaskStore:
         task = Task.loads(raw)
         if check is not None:
             check(task)
-        transition = apply_update(task, update, now=isoformat(utcnow()), event_id=new_id("evt"))
+        transition = apply_update(task, update, now=now_iso(), event_id=new_id("evt"))
         if transition is None:
             return None
 

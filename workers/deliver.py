@@ -24,10 +24,11 @@ import orjson
 from redis.client import Pipeline
 
 from service import outbox
+from service.domain.clock import unix_to_iso
 from service.domain.events import Event
 from service.runtime import Runtime
 from service.webhooks.deliveries import DeliveryStore, Finished, IndexedEvent, Target, new_deliveries
-from service.webhooks.models import TASK_WEBHOOK, Attempt, Delivery, Subscription, unix_to_iso
+from service.webhooks.models import TASK_WEBHOOK, Attempt, Delivery, Subscription
 from service.webhooks.policy import DeliveryStatus, DisableReason, Outcome, classify, decide, matches, truncate_body
 from service.webhooks.sender import WebhookSender
 from service.webhooks.store import SubscriptionStore, failing_key
@@ -226,7 +227,7 @@ def record(
         error = result.error or (None if outcome is Outcome.DELIVERED else f"http_status: {result.status_code}")
         log_entry = Attempt(
             number=d.attempt_count + 1,
-            at=unix_to_iso(item.started_at) or "",
+            at=unix_to_iso(item.started_at),
             url=item.outgoing.url,
             status_code=result.status_code,
             latency_ms=result.latency_ms,

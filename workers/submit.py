@@ -11,7 +11,8 @@ import logging
 
 from service.domain.failover import failover_target
 from service.domain.status import TaskStatus
-from service.domain.tasks import PROVIDERS, SubmitAttempt, Task, isoformat, utcnow
+from service.domain.clock import now_iso
+from service.domain.tasks import PROVIDERS, SubmitAttempt, Task
 from service.domain.transition import ProviderUpdate
 from service.providers.base import ProviderError
 from service.runtime import Runtime
@@ -46,7 +47,7 @@ def _submit(rt: Runtime, task: Task) -> None:
     except ProviderError as err:
         _on_error(rt, task, err)
         return
-    _note_attempt(rt, task.id, SubmitAttempt(provider=task.provider, at=isoformat(utcnow()), outcome="accepted"))
+    _note_attempt(rt, task.id, SubmitAttempt(provider=task.provider, at=now_iso(), outcome="accepted"))
     transition = rt.apply(task.id, ProviderUpdate(status=TaskStatus.SUBMITTED, provider_task_id=provider_task_id))
     log.info("submitted task_id=%s provider=%s provider_task_id=%s", task.id, task.provider, provider_task_id)
     if transition is not None:
@@ -56,7 +57,7 @@ def _submit(rt: Runtime, task: Task) -> None:
 def _on_error(rt: Runtime, task: Task, err: ProviderError) -> None:
     retries_so_far = sum(1 for a in task.attempts if a.provider == task.provider and a.outcome == "retrying")
     delays = rt.settings.submit_retry_delays_s
-    now = isoformat(utcnow())
+    now = now_iso()
     # Credits, feature off, maintenance: the provider itself is out; a 5xx counts once repeated.
     if err.provider_level and (not err.retryable or err.code == "maintenance" or retries_so_far >= 1):
         configured = [p for p in PROVIDERS if rt.settings.provider_configured(p)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -28,14 +27,6 @@ LIMITS: dict[ProviderName, PromptLimits] = {
     "apikley": PromptLimits(prompt=5000, negative_prompt=500),
     "novita": PromptLimits(prompt=2500, negative_prompt=2500),
 }
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def isoformat(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TaskInput(BaseModel):

@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 
 from service.domain.status import TaskStatus
-from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult, isoformat
+from service.domain.clock import isoformat
+from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult
 from service.domain.transition import ProviderUpdate
 from service.providers.base import ProviderError
 from service.providers.http import send

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.domain.tasks import Task
@@ -29,6 +30,8 @@ from service.store import TaskNotFound
 log = logging.getLogger(__name__)
 
 MAX_CALLBACK_BYTES = 1024 * 1024
+# The answer to an accepted callback, by whether it changed the task: encoded once, not per call.
+_ACCEPTED = {changed: orjson.dumps({"accepted": True, "changed": changed}) for changed in (True, False)}
 
 
 class ConfirmFirst(Exception):
@@ -57,7 +60,7 @@ def _confirm(rt: Runtime, task: Task, provider_task_id: str) -> None:
     rt.jobs.poll(task.id)
 
 
-async def apikley_callback(request: Request) -> JSONResponse:
+async def apikley_callback(request: Request) -> Response:
     rt = runtime(request)
     task_id: str = request.path_params["task_id"]
     if not token_matches(rt.settings.callback_secret or "", task_id, request.path_params["token"]):
@@ -87,7 +90,7 @@ async def apikley_callback(request: Request) -> JSONResponse:
         return JSONResponse({"accepted": True, "changed": False, "confirming": True}, status_code=202)
     observe_transition(transition)  # logs the transition itself; this line only adds detail
     log.debug("apikley callback task_id=%s state=%s changed=%s", task_id, record.get("state"), transition is not None)
-    return JSONResponse({"accepted": True, "changed": transition is not None})
+    return Response(_ACCEPTED[transition is not None], media_type="application/json")
 
 
 routes = [Route("/callbacks/apikley/{task_id}/{token}", apikley_callback, methods=["POST"])]

@@ -35,6 +35,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from service.dashboard_html import TaskView, login_page, task_page, task_row, tasks_page
+from service.domain.clock import iso_to_unix
 from service.domain.events import Event
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task
@@ -43,7 +44,7 @@ from service.routes.context import runtime
 from service.routes.subscriptions import WebhookStores, stores
 from service.runtime import Runtime
 from service.store import events_key
-from service.webhooks.models import TASK_WEBHOOK, Delivery, iso_to_unix
+from service.webhooks.models import TASK_WEBHOOK, Delivery
 from service.webhooks.policy import delivery_id
 
 COOKIE = "kr_dashboard"

@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.domain.clock import now_iso, unix_to_iso
 from service.domain.ids import new_id
-from service.domain.tasks import isoformat, utcnow
 from service.errors import ApiError, validation_error
 from service.routes.bodies import json_object, read_json
 from service.routes.context import api_key, runtime
@@ -25,7 +25,6 @@ from service.webhooks.models import (
     Subscription,
     SubscriptionCreate,
     SubscriptionUpdate,
-    unix_to_iso,
 )
 from service.webhooks.policy import DeliveryStatus, SigningSecret, matches, rotate
 from service.webhooks.signing import generate_secret
@@ -85,7 +84,7 @@ async def create_subscription(request: Request) -> JSONResponse:
     api_key(request)
     req = await _body(request, SubscriptionCreate)
     _check_url(rt, req.url)
-    now = isoformat(utcnow())
+    now = now_iso()
     secret = generate_secret()
     sub = Subscription(
         id=new_id("sub"),
@@ -119,7 +118,7 @@ async def get_subscription(request: Request) -> JSONResponse:
 
 
 def _apply_update(sub: Subscription, req: SubscriptionUpdate) -> Subscription:
-    now = isoformat(utcnow())
+    now = now_iso()
     changes: dict[str, Any] = {name: getattr(req, name) for name in req.model_fields_set if name != "enabled"}
     if req.enabled is True and not sub.enabled:
         changes.update(enabled=True, disabled_reason=None, disabled_at=None)
@@ -210,7 +209,7 @@ def prepare_replay(rt: Runtime, webhooks: WebhookStores, sub: Subscription, req:
                 break
             if event.event_id in had or event.subject_id == sub.id or not matches(sub.event_types, event.event_type):
                 continue
-            made = webhooks.deliveries.create_many(event, target, now=now, created_at=unix_to_iso(now) or "")
+            made = webhooks.deliveries.create_many(event, target, now=now, created_at=unix_to_iso(now))
             ids.extend(d.id for d in made if d.status is DeliveryStatus.PENDING)
     for start in range(0, len(ids), SEND_BATCH):
         rt.jobs.deliver(ids[start : start + SEND_BATCH])

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.domain.clock import now_iso
 from service.domain.ids import new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import (
@@ -18,9 +19,7 @@ from service.domain.tasks import (
     ProviderName,
     Task,
     TaskRequest,
-    isoformat,
     limit_violations,
-    utcnow,
 )
 from service.errors import ApiError, validation_error
 from service.metrics import TASKS_CREATED
@@ -77,7 +76,7 @@ async def create_task(request: Request) -> JSONResponse:
         fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
         claim = IdempotencyClaim(key=idempotency_key(key, idem), fingerprint=fingerprint)
 
-    now = isoformat(utcnow())
+    now = now_iso()
     task = Task(
         id=new_id("task"),
         provider=provider,

@@ -27,9 +27,10 @@ from redis import Redis
 from redis.client import Pipeline
 
 from service.cas import Arg, recorded, spelled
+from service.domain.clock import unix_to_iso
 from service.domain.ids import id_floor
 from service.store import PREFIX, events_key
-from service.webhooks.models import Delivery, unix_to_iso
+from service.webhooks.models import Delivery
 from service.webhooks.policy import DeliveryStatus, delivery_id
 from service.webhooks.store import deliveries_index_key
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import time
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.domain.clock import unix_to_iso
 from service.domain.tasks import MAX_METADATA_BYTES
 from service.webhooks.policy import (
     WILDCARD,
@@ -26,27 +24,6 @@ from service.webhooks.policy import (
 MAX_ATTEMPTS_KEPT = 50
 # The subscriber key of a task's own `webhook_url` in delivery ids.
 TASK_WEBHOOK = "task-webhook"
-
-
-def unix_to_iso(seconds: float | None) -> str | None:
-    """ISO 8601 UTC to the millisecond, as every timestamp here is shown."""
-    if seconds is None:
-        return None
-    # As `datetime.fromtimestamp(...).isoformat(timespec="milliseconds")`: whole seconds, the
-    # fraction rounded to the microsecond, then truncated to the millisecond.
-    whole = math.floor(seconds)
-    micros = round((seconds - whole) * 1_000_000)
-    return _iso_ms(whole + micros // 1_000_000, micros % 1_000_000 // 1000)
-
-
-@lru_cache(maxsize=4096)
-def _iso_ms(whole: int, ms: int) -> str:
-    # Cached by millisecond: a fan-out stamps hundreds of attempts within a few.
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{ms:03d}Z"
-
-
-def iso_to_unix(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
 def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -200,7 +177,7 @@ class Delivery(BaseModel):
 
     def public(self) -> dict[str, Any]:
         body = self.model_dump(mode="json", exclude={"round_attempts"})
-        body["next_attempt_at"] = unix_to_iso(self.next_attempt_at)
+        body["next_attempt_at"] = unix_to_iso(self.next_attempt_at) if self.next_attempt_at is not None else None
         body["attempts"] = body["attempts"][::-1]  # newest first, as logs are read
         return body
 

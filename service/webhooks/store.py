@@ -21,7 +21,7 @@ from redis.client import Pipeline
 from service.cas import Arg, CompareAndSet, recorded, spelled
 from service.domain.events import Event
 from service.domain.ids import new_id
-from service.domain.tasks import isoformat, utcnow
+from service.domain.clock import now_iso
 from service.store import PREFIX, events_key
 from service.webhooks.models import Subscription
 from service.webhooks.policy import SUBSCRIPTION_DISABLED, DisableReason
@@ -147,7 +147,7 @@ class SubscriptionStore:
             raw = self.redis.get(key)
             if raw is None or not (sub := Subscription.loads(raw)).enabled:
                 return None
-            now = isoformat(utcnow())
+            now = now_iso()
             disabled = sub.model_copy(
                 update={"enabled": False, "disabled_reason": reason.value, "disabled_at": now, "updated_at": now}
             )
