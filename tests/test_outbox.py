@@ -108,3 +108,16 @@ def test_a_started_dispatcher_keeps_its_heartbeat_beyond_one_ttl(redis_server: R
     dispatcher.start()
     time.sleep(2.5)
     assert redis.exists(dispatcher.heartbeat)
+
+
+def test_a_retired_dispatcher_leaves_its_entries_to_the_next_sweep(redis_server: RedisServer) -> None:
+    redis = _redis(redis_server)
+    entries = _push(redis, "a")
+    dispatcher = Dispatcher(redis, lambda batch: None, heartbeat_s=30)
+    dispatcher.start()
+    dispatcher.step(block_s=0.1)  # taken, its first attempts never recorded (the worker stopped)
+    assert requeue_orphans(redis) == 0
+    dispatcher.retire()
+    dispatcher.beat()  # a late beat from its thread does not bring it back
+    assert requeue_orphans(redis) == 1
+    assert [e.decode() for e in redis.lrange(outbox.OUTBOX, 0, -1)] == entries

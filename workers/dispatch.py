@@ -74,6 +74,9 @@ class Dispatcher:
         self.heartbeat = f"{outbox.HEARTBEAT_PREFIX}{self.id}"
         self.heartbeat_s = heartbeat_s
         self._again: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._retired = False
+        self._beating = threading.Lock()
         self._take_more = redis.register_script(outbox.TAKE_MORE)
 
     def start(self) -> None:
@@ -83,18 +86,38 @@ class Dispatcher:
         threading.Thread(target=self._beat_forever, name="dispatcher-heartbeat", daemon=True).start()
 
     def beat(self) -> None:
-        self.redis.set(self.heartbeat, "1", ex=max(round(self.heartbeat_s), 1))
+        with self._beating:
+            if not self._retired:
+                self.redis.set(self.heartbeat, "1", ex=max(round(self.heartbeat_s), 1))
 
     def _beat_forever(self) -> None:
-        while True:
+        while not self._retired:
             time.sleep(self.heartbeat_s / 3)
             try:
                 self.beat()
             except Exception as exc:  # the heartbeat must outlive a Redis outage
                 log.warning("dispatcher heartbeat failed: %s", type(exc).__name__)
 
+    def stop(self) -> None:
+        """Take nothing more from the outbox (the worker is stopping)."""
+        self._stopping.set()
+
+    def retire(self) -> None:
+        """At exit, once the attempts in flight have landed or been given up: drop the heartbeat,
+        so that whatever is left in the in-flight list goes back to the outbox at the next sweep
+        rather than a heartbeat's lifetime later."""
+        with self._beating:
+            self._retired = True
+            try:
+                left = self.redis.llen(self.inflight)
+                self.redis.delete(self.heartbeat)
+            except (RedisConnectionError, RedisTimeoutError):
+                return  # the heartbeat expires on its own
+        if left:
+            log.warning("dispatcher stopped with %d outbox entries in flight; the sweep returns them", left)
+
     def run_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 self.step(block_s=1)
             except (RedisConnectionError, RedisTimeoutError) as exc:

@@ -6,6 +6,7 @@ A non-forking worker: every job here is short and I/O-bound, so forking a work-h
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -96,6 +97,9 @@ def run_worker(*, burst: bool = False) -> None:
                 scheduler = ThreadScheduler(worker.queues, connection=rt.redis)
                 dispatcher = Dispatcher(rt.redis, fan_out, heartbeat_s=settings.webhook_lease_s)
                 dispatcher.start()
+                # Registered before the delivery engine's close, so it runs after it (atexit is
+                # last-in, first-out): once the attempts in flight have landed or been given up.
+                atexit.register(dispatcher.retire)
                 if burst:
                     scheduler.tick()
                     while dispatcher.step(block_s=0.01):
@@ -110,6 +114,7 @@ def run_worker(*, burst: bool = False) -> None:
             time.sleep(1)
             continue
         if burst or worker.stopping:
+            dispatcher.stop()
             return
         log.warning("worker loop ended unexpectedly; restarting in 1 s")
         time.sleep(1)
