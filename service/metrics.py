@@ -10,13 +10,15 @@ The gauges (queue depths, scheduled jobs, pending deliveries, tasks per status, 
 the shared Redis, so every web process reports the same values: aggregate them with `max()`.
 They cost one pipelined round trip per scrape and nothing on any request path.
 
-Counting costs a dict lookup and a locked add (about a microsecond), so it sits on the hot paths.
+Counting costs a dict lookup and a locked add (about a microsecond), so it sits on the hot paths;
+`_child` skips prometheus-client's per-call label handling there.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from functools import lru_cache
 from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import (
@@ -80,12 +82,19 @@ DELIVERY_LATENCY = Histogram(
 T = TypeVar("T", bound=Transition | None)
 
 
+@lru_cache(maxsize=1024)
+def _child(metric: Counter, *labels: str) -> Counter:
+    # `labels()` takes a lock and rebuilds its key on every call; the hot paths' few label
+    # combinations are worth looking up once.
+    return metric.labels(*labels)
+
+
 def observe_transition(transition: T) -> T:
     """Count and log a transition (None: nothing changed); returns it, so a call can wrap an apply.
     Callbacks and polls both pass here, so this is the one log line per task event."""
     if transition is not None:
         task, event = transition.task, transition.event
-        TRANSITIONS.labels(task.provider, task.status.value).inc()
+        _child(TRANSITIONS, task.provider, task.status.value).inc()
         log.info(
             "%s task_id=%s event_id=%s provider=%s", event.type, task.id, event.id, task.provider,
             extra={"task_id": task.id, "event_id": event.id},
@@ -100,7 +109,7 @@ def observe_poll(provider: str, update: ProviderUpdate | None) -> None:
 def observe_attempt(delivery: Delivery, result: AttemptResult) -> None:
     """Count a webhook attempt; log it (at INFO when it did not land: successes are too many)."""
     outcome = classify(result.status_code)
-    DELIVERY_ATTEMPTS.labels(outcome.value).inc()
+    _child(DELIVERY_ATTEMPTS, outcome.value).inc()
     DELIVERY_LATENCY.observe(result.latency_ms / 1000)
     level = logging.DEBUG if outcome is Outcome.DELIVERED else logging.INFO
     if not log.isEnabledFor(level):
@@ -128,16 +137,16 @@ def counting_callbacks(provider: str, endpoint: Endpoint) -> Endpoint:
         try:
             response = await endpoint(request)
         except ApiError as exc:
-            CALLBACKS.labels(provider, "rejected", exc.code).inc()
+            _child(CALLBACKS, provider, "rejected", exc.code).inc()
             raise
         except Exception as exc:  # Redis down (503) and the like: counted, then handled as before
-            CALLBACKS.labels(provider, "error", type(exc).__name__).inc()
+            _child(CALLBACKS, provider, "error", type(exc).__name__).inc()
             raise
         if response.status_code == 202:
             reason = "confirming"
         else:
             reason = "changed" if b'"changed":true' in bytes(response.body) else "unchanged"
-        CALLBACKS.labels(provider, "accepted", reason).inc()
+        _child(CALLBACKS, provider, "accepted", reason).inc()
         return response
 
     return counted

@@ -40,7 +40,7 @@ class Event(BaseModel):
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Event:
-        return cls.model_validate(orjson.loads(raw))
+        return cls.model_validate_json(raw)
 
 
 def make_event(task: Task, event_type: str, *, event_id: str, created_at: str) -> Event:

@@ -153,4 +153,4 @@ class Task(BaseModel):
 
     @classmethod
     def loads(cls, raw: bytes | str) -> Task:
-        return cls.model_validate(orjson.loads(raw))
+        return cls.model_validate_json(raw)

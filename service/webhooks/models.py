@@ -114,7 +114,7 @@ class Subscription(BaseModel):
 
     @classmethod
     def loads(cls, raw: bytes | str) -> "Subscription":
-        return cls.model_validate(orjson.loads(raw))
+        return cls.model_validate_json(raw)
 
 
 class Attempt(BaseModel):
@@ -188,4 +188,4 @@ class Delivery(BaseModel):
 
     @classmethod
     def loads(cls, raw: bytes | str) -> "Delivery":
-        return cls.model_validate(orjson.loads(raw))
+        return cls.model_validate_json(raw)
