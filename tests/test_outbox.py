@@ -108,6 +108,8 @@ def test_a_started_dispatcher_keeps_its_heartbeat_beyond_one_ttl(redis_server: R
     dispatcher.start()
     time.sleep(2.5)
     assert redis.exists(dispatcher.heartbeat)
+    dispatcher.retire()
+    assert not redis.exists(dispatcher.heartbeat)
 
 
 def test_a_retired_dispatcher_leaves_its_entries_to_the_next_sweep(redis_server: RedisServer) -> None:
