@@ -121,3 +121,28 @@ def test_redis_restarted_mid_flow_answers_503_meanwhile_and_loses_nothing(
         assert all(proc is not None and proc.poll() is None for proc in processes)
         assert stack.workers == processes[1:]
     judge(figures, record)
+
+
+def test_redis_down_while_first_attempts_land_sends_them_again_once_it_is_back(
+    aof_stack: OwnedStack, sim: Simulator, record: Record
+) -> None:
+    """The fan-out's answers land while Redis is away, so recording them fails: the batch goes
+    back to its dispatcher (its outbox entries never left the in-flight list) and, once Redis is
+    back, what was never recorded is sent again."""
+    stack, redis_server = aof_stack.stack, aof_stack.redis_server
+    started = time.monotonic()
+    with stack.client() as api, serve_receiver() as receiver:
+        subs = add_subscribers(api, receiver, [f"landing-{n}" for n in range(3)], delay_s=1.5)
+        task_ids = create_tasks(stack.url, [{"prompt": "answers land during the outage", "provider": "apikley"}])
+        wait_for(lambda: any(s.receiver.received(s.path) for s in subs), what="a fan-out in flight")
+        sigterm(redis_server)
+        time.sleep(3)  # the held requests are answered, and their records fail to be written
+        redis_server.start()
+        tasks, events = settle(stack.url, api, task_ids, subs, timeout_s=60)
+        figures = reconcile(
+            "Redis down while first attempts land",
+            "redis-server stopped while a fan-out's requests were held 1.5 s by the subscribers; started again 3 s later",
+            task_ids, tasks, events, subs, started,
+        )
+    judge(figures, record)
+    assert figures.resent >= 1, figures  # answered but unrecorded, so sent again
