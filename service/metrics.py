@@ -44,6 +44,7 @@ from service.domain.status import TaskStatus
 from service.domain.transition import Transition
 from service.errors import ApiError
 from service.jobs import QUEUES
+from service.outbox import DEAD as OUTBOX_DEAD
 from service.outbox import OUTBOX
 from service.settings import Settings, SettingsError
 from service.store import index_key
@@ -189,10 +190,15 @@ class RedisCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        depth = GaugeMetricFamily("kling_relay_queue_depth", "Jobs waiting on each RQ queue (and events in the outbox)", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "kling_relay_queue_depth",
+            "Jobs waiting on each RQ queue, events waiting in the outbox, and outbox entries set aside (outbox_dead)",
+            labels=["queue"],
+        )
         for name, _ in self.queue_keys:
             depth.add_metric([name], next(values))
         depth.add_metric(["outbox"], next(values))
+        depth.add_metric(["outbox_dead"], next(values))
         yield depth
         scheduled = GaugeMetricFamily(
             "kling_relay_scheduled_jobs", "Jobs scheduled for later: submit retries, polls, webhook retries", labels=["queue"]
@@ -205,7 +211,9 @@ class RedisCollector(Collector):
             failed.add_metric([name], next(values))
         yield failed
         yield GaugeMetricFamily(
-            "kling_relay_deliveries_pending", "Webhook deliveries not yet delivered or failed (first attempts and retries)", value=next(values)
+            "kling_relay_deliveries_pending",
+            "Recorded webhook deliveries not yet delivered or failed (awaiting a retry; first attempts in flight are not counted)",
+            value=next(values),
         )
         tasks = GaugeMetricFamily("kling_relay_tasks", "Tasks stored, by status", labels=["status"])
         for status, _ in self.status_keys:
@@ -218,6 +226,7 @@ class RedisCollector(Collector):
             for _, key in self.queue_keys:
                 pipe.llen(key)
             pipe.llen(OUTBOX)
+            pipe.llen(OUTBOX_DEAD)
             for _, key in [*self.scheduled_keys, *self.failed_keys]:
                 pipe.zcard(key)
             pipe.zcard(DUE)

@@ -14,6 +14,10 @@ from redis.client import Pipeline
 OUTBOX = "kr:outbox"
 INFLIGHT_PREFIX = "kr:outbox:inflight:"
 HEARTBEAT_PREFIX = "kr:outbox:dispatcher:"
+# Entries whose fan-out failed twice for a reason other than Redis (a bug, a corrupt event), set
+# aside so they hold up nothing; the error is logged. `LMOVE kr:outbox:dead kr:outbox LEFT RIGHT`
+# puts one back.
+DEAD = "kr:outbox:dead"
 
 
 def entry(subject_id: str, event_id: str) -> str:

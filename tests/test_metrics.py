@@ -119,7 +119,7 @@ def test_worker_counts_transitions_polls_and_delivery_attempts_with_latency(own:
     assert value(web, "kling_relay_deliveries_pending") >= 1
     assert value(web, "kling_relay_workers") == 1
     assert value(web, "kling_relay_tasks", status="succeeded") >= 1
-    for queue in ("submit", "poll", "deliver", "outbox"):
+    for queue in ("submit", "poll", "deliver", "outbox", "outbox_dead"):
         assert ("kling_relay_queue_depth", frozenset({("queue", queue)})) in web
     with own.client() as api:
         for sub in (good, bad):

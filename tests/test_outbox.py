@@ -83,10 +83,35 @@ def test_a_batch_whose_recording_failed_goes_again(redis_server: RedisServer) ->
     batches: list[Batch] = []
     dispatcher = Dispatcher(redis, batches.append, heartbeat_s=5)
     dispatcher.step(block_s=0.1)
-    batches[0].retry()  # as the recorder does when saving the first attempts failed
+    batches[0].failed(RedisConnectionError("redis went away"))  # as the recorder does when saving them failed
     assert dispatcher.step(block_s=0.1) == 2
     assert batches[1].entries == entries
     assert redis.llen(dispatcher.inflight) == 2 and redis.llen(outbox.OUTBOX) == 0
+
+
+def test_an_entry_that_keeps_failing_is_set_aside_and_holds_up_none_of_the_others(redis_server: RedisServer) -> None:
+    redis = _redis(redis_server)
+    good_a, bad, good_b = _push(redis, "a", "bad", "b")
+    fanned: list[list[str]] = []
+
+    def fan_out(batch: Batch) -> None:
+        fanned.append(batch.entries)
+        if bad in batch.entries:
+            raise ValueError("the event does not parse")  # a bug or corrupt data, not Redis
+        with redis.pipeline() as pipe:
+            batch.release(pipe)
+            pipe.execute()
+
+    dispatcher = Dispatcher(redis, fan_out, heartbeat_s=5)
+    for _ in range(5):
+        try:
+            dispatcher.step(block_s=0.05)
+        except ValueError:
+            pass
+    # The batch failed whole, then each entry went alone: the bad one failed again and was set aside.
+    assert fanned == [[good_a, bad, good_b], [good_a], [bad], [good_b]]
+    assert [e.decode() for e in redis.lrange(outbox.DEAD, 0, -1)] == [bad]
+    assert redis.llen(dispatcher.inflight) == 0 and redis.llen(outbox.OUTBOX) == 0
 
 
 def test_entries_of_a_dead_dispatcher_go_back_to_the_outbox_in_order(redis_server: RedisServer) -> None:

@@ -132,19 +132,19 @@ class FirstAttempts:
         self.batch = batch
         self.remaining = count
         self.release = release
-        self.failed = False
+        self.error: Exception | None = None
 
     def __call__(self, landed: list[Landed]) -> None:
         self.remaining -= len(landed)
         last = self.remaining == 0
         try:
-            record(self.ctx, landed, first=True, also=self.release if last and not self.failed else None)
-        except Exception:
-            self.failed = True
+            record(self.ctx, landed, first=True, also=self.release if last and self.error is None else None)
+        except Exception as exc:
+            self.error = exc
             raise
         finally:
-            if last and self.failed:
-                self.batch.retry()
+            if last and self.error is not None:
+                self.batch.failed(self.error)
 
 
 def send(delivery_ids: list[str]) -> None:

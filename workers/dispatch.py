@@ -10,7 +10,8 @@ retries and replays are RQ jobs (`workers.deliver.send`), scheduled by the RQ sc
 
 An entry leaves the in-flight list in the same write that records the last first attempt of its
 batch: until then the list is what answers for the event, since none of its deliveries is stored.
-A batch whose fan-out or recording failed goes again from the same list. A dispatcher that dies
+A batch whose fan-out or recording failed goes again from the same list (an entry that keeps
+failing for a reason other than Redis is set aside in `kr:outbox:dead`). A dispatcher that dies
 leaves its list behind with its heartbeat expiring; `requeue_orphans` (run by the sweep) puts such
 lists back on the outbox, and the re-run sends only what was never recorded.
 """
@@ -24,12 +25,14 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import outbox
@@ -45,17 +48,18 @@ class Batch:
 
     entries: list[str]
     inflight: str
-    # Called when the batch must go again (its recording failed).
-    _again: queue.SimpleQueue[list[str]] = field(repr=False)
+    _on_failure: Callable[[Batch, BaseException], None] = field(repr=False)
+    # Going again alone, after failing in a batch for a reason other than Redis.
+    suspect: bool = False
 
     def release(self, pipe: Pipeline) -> None:
         """Queue, in the write that records the batch's last first attempt, the entries' removal."""
         for entry in self.entries:
             pipe.lrem(self.inflight, 1, entry)
 
-    def retry(self) -> None:
-        """Hand the entries back to the dispatcher, which fans them out again."""
-        self._again.put(self.entries)
+    def failed(self, error: BaseException) -> None:
+        """Its fan-out or recording failed: hand it back to the dispatcher."""
+        self._on_failure(self, error)
 
 
 class FanOut(Protocol):
@@ -73,7 +77,8 @@ class Dispatcher:
         self.inflight = f"{outbox.INFLIGHT_PREFIX}{self.id}"
         self.heartbeat = f"{outbox.HEARTBEAT_PREFIX}{self.id}"
         self.heartbeat_s = heartbeat_s
-        self._again: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
+        # Batches to fan out again, before anything new: (entries, suspect).
+        self._again: queue.SimpleQueue[tuple[list[str], bool]] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._retired = False
         self._beating = threading.Lock()
@@ -129,9 +134,10 @@ class Dispatcher:
 
     def step(self, block_s: float) -> int:
         """Fan out one batch; returns how many entries it took."""
+        suspect = False
         try:
             # A batch that failed goes again first; its entries never left the in-flight list.
-            entries = self._again.get_nowait()
+            entries, suspect = self._again.get_nowait()
         except queue.Empty:
             taken = self._take_more(keys=[outbox.OUTBOX, self.inflight], args=[BATCH])
             if not taken:
@@ -141,13 +147,36 @@ class Dispatcher:
                     return 0
                 taken = [first]
             entries = [e.decode() for e in taken]
-        batch = Batch(entries, self.inflight, self._again)
+        batch = Batch(entries, self.inflight, self._failed, suspect)
         try:
             self.fan_out(batch)
-        except Exception:
-            batch.retry()
+        except Exception as exc:
+            batch.failed(exc)
             raise
         return len(entries)
+
+    def _failed(self, batch: Batch, error: BaseException) -> None:
+        """Redis being away: the batch goes again, whole. Anything else is a bug or a bad entry:
+        its entries go again one by one, and one that fails alone too is set aside in the
+        dead-letter list, so that it holds up none of the events behind it."""
+        if isinstance(error, RedisError):
+            self._again.put((batch.entries, False))
+        elif not batch.suspect:
+            for entry in batch.entries:
+                self._again.put(([entry], True))
+        else:
+            self._bury(batch.entries[0], error)
+
+    def _bury(self, entry: str, error: BaseException) -> None:
+        try:
+            with self.redis.pipeline() as pipe:
+                pipe.lrem(self.inflight, 1, entry)
+                pipe.rpush(outbox.DEAD, entry)
+                pipe.execute()
+        except RedisError:
+            self._again.put(([entry], True))
+            return
+        log.error("outbox entry set aside in %s after failing twice: %r (%s: %s)", outbox.DEAD, entry, type(error).__name__, error)
 
 
 def requeue_orphans(redis: Redis) -> int:
