@@ -18,16 +18,21 @@ from service.redis_async import PipelinedRedis
 
 Arg = bytes | str | int | float
 
-# KEYS[1]: the guarded key; ARGV[1]: the value it must still hold ('' = must not exist);
-# then commands as <argc> <arg>... . Returns 1 if it ran them, 0 if the key had changed.
-CAS_SCRIPT = """
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
-local i = 2
+# Lua that runs the commands spelled (see `spelled`) in ARGV from index `i` to the end.
+RUN_SPELLED = """
 while i <= #ARGV do
   local argc = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + argc))
   i = i + argc + 1
 end
+"""
+
+# KEYS[1]: the guarded key; ARGV[1]: the value it must still hold ('' = must not exist);
+# then commands as <argc> <arg>... . Returns 1 if it ran them, 0 if the key had changed.
+CAS_SCRIPT = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+local i = 2
+""" + RUN_SPELLED + """
 return 1
 """
 

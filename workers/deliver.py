@@ -205,7 +205,7 @@ def record(
     ctx: DeliveryContext, landed: list[Landed], *, first: bool = False, also: Callable[[Pipeline], None] | None = None
 ) -> None:
     """Save a batch of landed attempts (`first`: a fan-out's, not stored yet): logs, new statuses,
-    retries, and subscriptions to disable; `also` adds its commands to the same transaction."""
+    retries, and subscriptions to disable; `also` adds its commands to the same atomic write."""
     s = ctx.rt.settings
     now = time.time()
     outcomes = [classify(item.result.status_code) for item in landed]

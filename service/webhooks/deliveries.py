@@ -26,7 +26,7 @@ import orjson
 from redis import Redis
 from redis.client import Pipeline
 
-from service.cas import Arg, recorded, spelled
+from service.cas import RUN_SPELLED, Arg, recorded, spelled
 from service.domain.clock import unix_to_iso
 from service.domain.ids import id_floor
 from service.store import PREFIX, events_key
@@ -105,11 +105,7 @@ end
 for j = 1, #done, 1000 do redis.call('ZREM', KEYS[1], unpack(done, j, math.min(j + 999, #done))) end
 for j = 1, #due, 2000 do redis.call('ZADD', KEYS[1], unpack(due, j, math.min(j + 1999, #due))) end
 local i = 4 * n + 3
-while i <= #ARGV do
-  local argc = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + argc))
-  i = i + argc + 1
-end
+""" + RUN_SPELLED + """
 return n
 """
 
