@@ -126,6 +126,27 @@ def render(book: dict[str, Any], counts: dict[str, Counter[str]] | None) -> str:
         "Timings are scaled down through settings (leases, retry schedules, poll intervals, callback grace);",
         "each test module states its own. The seconds column is wall time on this machine, for scale only.",
     ]
+    paid = book.get("paid", {})
+    if paid:
+        lines += [
+            "",
+            "## Paid submissions",
+            "",
+            "Every provider call may create a paid task. Each scenario below is one task of ours; the",
+            "provider tasks column counts what the simulator created (and a real provider would bill) for it",
+            "(`tests/faults/test_paid_submissions.py`).",
+            "",
+            "| Scenario | How it is injected | Provider tasks created | Outcome |",
+            "|---|---|---:|---|",
+        ]
+        for name, row in sorted(paid.items()):
+            lines.append(f"| {_cell(name)} | {_cell(row['injection'])} | {row['provider_tasks']} | {_cell(row['outcome'])} |")
+        lines += [
+            "",
+            "Two provider tasks appear only where the operator asked for them (`RESUBMIT_UNCONFIRMED=true`).",
+            "`submit_unconfirmed` means the provider's answer was never read and no callback came in time;",
+            "a callback that comes later still delivers the result, as the row after it shows.",
+        ]
     lines += ["", "## Bad input and security suites", "", "| Suite | What it proves | Passed | Failed |", "|---|---|---:|---:|"]
     for module, what in SUITES.items():
         c = counts.get(module, Counter()) if counts is not None else Counter()
@@ -158,6 +179,10 @@ def main() -> int:
     REPORT.write_text(render(book, counts))
     print(f"wrote {REPORT.relative_to(ROOT)}")
     damaged = any(s.get("lost") or s.get("duplicated") for s in book.get("scenarios", {}).values())
+    # A second paid provider task is damage unless the operator's override asked for it.
+    damaged = damaged or any(
+        row["provider_tasks"] > 1 and "RESUBMIT_UNCONFIRMED" not in name for name, row in book.get("paid", {}).items()
+    )
     return status or int(damaged)
 
 

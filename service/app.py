@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import logging
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from service.bodylimit import BodyLimitMiddleware
 from service.errors import EXCEPTION_HANDLERS
 from service.metrics import counted_callback_routes
-from service.routes import callbacks, dashboard, deliveries, docs, health, metrics, openapi, subscriptions, tasks
+from service.routes import (
+    callbacks,
+    dashboard,
+    deliveries,
+    docs,
+    health,
+    metrics,
+    openapi,
+    subscriptions,
+    tasks,
+)
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -34,5 +48,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # The outer bound for every route; routes that read a body also cap it at their own limit.
         middleware=[Middleware(BodyLimitMiddleware, max_bytes=max(settings.max_body_bytes, callbacks.MAX_CALLBACK_BYTES))],
     )
-    app.state.runtime = Runtime.from_settings(settings)
+    app.state.runtime = runtime = Runtime.from_settings(settings)
+    if runtime.callbacks_unreachable:
+        log.warning(runtime.callbacks_unreachable)
     return app

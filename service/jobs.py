@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from redis import Redis
 from redis.client import Pipeline
 from rq import Queue, Retry
+from rq.job import Job
 
 SUBMIT = "submit"
 POLL = "poll"
@@ -21,6 +22,7 @@ _CRASH_RETRY = Retry(max=5, interval=[1, 5, 15, 30, 60])
 
 class Jobs:
     def __init__(self, redis: Redis, job_timeout_s: int = 180) -> None:
+        self._redis = redis
         self._queues = {name: Queue(name, connection=redis) for name in QUEUES}
         self._options = {"result_ttl": 0, "failure_ttl": 7 * 24 * 3600, "timeout": job_timeout_s}
 
@@ -46,8 +48,21 @@ class Jobs:
             job = q.enqueue_call(func, args=args, pipeline=pipeline, **options)  # type: ignore[arg-type]
         return job.id
 
-    def submit(self, task_id: str, *, delay_s: float = 0, pipeline: Pipeline | None = None) -> None:
-        self._put(SUBMIT, "workers.submit.submit_task", (task_id,), delay_s=delay_s, pipeline=pipeline)
+    def submit(self, task_id: str, *, attempt: int, delay_s: float = 0, pipeline: Pipeline | None = None) -> None:
+        """The job that makes the task's attempt number `attempt` (0-based). Named for it, so the
+        sweep can tell whether the job the task waits for is still queued or scheduled."""
+        job_id = submit_job_id(task_id, attempt)
+        self._put(SUBMIT, "workers.submit.submit_task", (task_id,), delay_s=delay_s, pipeline=pipeline, job_id=job_id)
+
+    def waiting(self, queue: str, job_id: str) -> bool:
+        """True while the job is scheduled, or queued and still on its queue. A worker that pops a
+        job and dies before starting it leaves the job `queued` but on no list (RQ pops from
+        several queues with BLPOP, which nothing tracks): that job is lost."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hget(Job.key_for(job_id), "status")
+            pipe.lpos(self._queues[queue].key, job_id)
+            status, position = pipe.execute()
+        return status == b"scheduled" or (status in (b"queued", b"deferred") and position is not None)
 
     def poll(
         self, task_id: str, *, delay_s: float = 0, pipeline: Pipeline | None = None, job_id: str | None = None
@@ -64,6 +79,10 @@ class Jobs:
     ) -> str:
         """Attempt these webhook deliveries now, or after `delay_s` via the RQ scheduler (a retry)."""
         return self._put(DELIVER, "workers.deliver.send", (delivery_ids,), delay_s=delay_s, pipeline=pipeline, job_id=job_id)
+
+
+def submit_job_id(task_id: str, attempt: int) -> str:
+    return f"submit-{task_id}-{attempt}"
 
 
 def _in(seconds: float) -> datetime:

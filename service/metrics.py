@@ -70,6 +70,12 @@ CALLBACKS = Counter(
     "Provider callbacks received: outcome accepted (reason changed, unchanged, confirming) or rejected (reason: the error code)",
     ["provider", "outcome", "reason"],
 )
+SUBMIT_ATTEMPTS = Counter(
+    "kling_relay_submit_attempts",
+    "Provider submit attempts by provider and outcome: accepted, adopted (its task id came by callback), "
+    "unconfirmed (sent, answer never read: a paid task may exist), retrying, rejected",
+    ["provider", "outcome"],
+)
 POLLS = Counter("kling_relay_polls", "Provider status polls, by provider and outcome (answered, error)", ["provider", "outcome"])
 DELIVERY_ATTEMPTS = Counter(
     "kling_relay_delivery_attempts", "Webhook delivery attempts, by outcome (delivered, failed, gone)", ["outcome"]
@@ -101,6 +107,10 @@ def observe_transition(transition: T) -> T:
             extra={"task_id": task.id, "event_id": event.id},
         )
     return transition
+
+
+def observe_submit_attempt(provider: str, outcome: str) -> None:
+    _child(SUBMIT_ATTEMPTS, provider, outcome).inc()
 
 
 def observe_poll(provider: str, update: ProviderUpdate | None) -> None:

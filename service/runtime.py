@@ -5,8 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from redis import Redis
+from redis.client import Pipeline
 
-from service.domain.tasks import ProviderName, Task
+from service.cas import CompareAndSet, recorded
+from service.domain.recovery import Deadlines
+from service.domain.submission import SubmitPolicy
+from service.domain.tasks import PROVIDERS, ProviderName, Task
 from service.domain.tokens import callback_token
 from service.domain.transition import ProviderUpdate, Transition
 from service.jobs import Jobs
@@ -15,9 +19,10 @@ from service.providers.apikley import ApikleyClient
 from service.providers.base import ProviderClient
 from service.providers.http import make_client
 from service.providers.novita import NovitaClient
+from service.reachability import callbacks_unreachable
 from service.redis_client import connect_redis
 from service.settings import Settings
-from service.store import TaskStore
+from service.store import Amend, Decide, TaskStore, confirm_key
 
 
 class ProviderNotConfigured(RuntimeError):
@@ -37,6 +42,22 @@ class Runtime:
         redis, aredis = connect_redis(settings)
         return cls(settings=settings, redis=redis, store=TaskStore(redis, aredis, retention_s=settings.task_retention_s), jobs=Jobs(redis))
 
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.configured: tuple[ProviderName, ...] = tuple(p for p in PROVIDERS if s.provider_configured(p))
+        self.submit_policy = SubmitPolicy(
+            retry_delays_s=tuple(s.submit_retry_delays_s), configured=self.configured, resubmit_unconfirmed=s.resubmit_unconfirmed
+        )
+        self.deadlines = Deadlines(
+            task_s=s.task_deadline_s,
+            unconfirmed_s=s.submit_unconfirmed_s,
+            late_window_s=s.late_result_window_s,
+            late_poll_s=s.late_poll_s,
+        )
+        # Why Apikley cannot call us back (None: it can); then we poll from the first check.
+        self.callbacks_unreachable = callbacks_unreachable(s)
+        self._cas = CompareAndSet(self.redis)
+
     def provider(self, name: ProviderName) -> ProviderClient:
         if name not in self._providers:
             s = self.settings
@@ -47,19 +68,34 @@ class Runtime:
             else:
                 if not s.novita_api_key:
                     raise ProviderNotConfigured("NOVITA_API_KEY is not set")
-                self._providers[name] = NovitaClient(make_client(s.novita_base_url, s.novita_api_key, s.provider_timeout_s))
+                client = make_client(s.novita_base_url, s.novita_api_key, s.provider_timeout_s)
+                self._providers[name] = NovitaClient(client, webhooks=s.novita_webhooks)
         return self._providers[name]
 
-    def callback_url(self, task_id: str) -> str:
-        token = callback_token(self.settings.callback_secret or "", task_id)
-        return f"{self.settings.public_base_url}/callbacks/apikley/{task_id}/{token}"
+    def callback_url(self, task_id: str, provider: ProviderName = "apikley") -> str:
+        token = callback_token(self.settings.callback_secret or "", task_id, provider)
+        return f"{self.settings.public_base_url}/callbacks/{provider}/{task_id}/{token}"
 
     def first_check_s(self, task: Task) -> float:
         """After a submit, how long until we look at the task ourselves."""
-        if task.provider == "apikley":
+        if task.provider == "apikley" and self.callbacks_unreachable is None:
             return self.settings.apikley_callback_grace_s
         return self.settings.poll_initial_s
 
-    def apply(self, task_id: str, update: ProviderUpdate) -> Transition | None:
+    def apply(self, task_id: str, update: ProviderUpdate | None, *, amend: Amend | None = None) -> Transition | None:
         """Apply a provider report (polls, submit outcomes); no-op if it changes nothing."""
-        return observe_transition(self.store.apply(task_id, update))
+        return observe_transition(self.store.apply(task_id, update, amend=amend))
+
+    def change(self, task_id: str, decide: Decide) -> Transition | None:
+        return observe_transition(self.store.change(task_id, decide)[0])
+
+    def request_confirmation(self, task_id: str) -> bool:
+        """Poll the provider about this task soon, unless a poll for that is already pending:
+        however many callbacks claim an end (forged ones included), one provider call at a time."""
+        key = confirm_key(task_id)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.set(key, "1", ex=max(int(self.settings.job_grace_s), 1))
+            self.jobs.poll(task_id, pipeline=pipe)
+
+        return self._cas(key, None, recorded(self.redis, build))

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
 
     # A terminal callback is only believed after Get Task Details confirms it.
     apikley_confirm_callbacks: bool = True
+    # kie.ai's "webhook verification": when set, a callback must also carry a valid
+    # X-Webhook-Signature over "{taskId}.{X-Webhook-Timestamp}" (HMAC-SHA256, base64).
+    apikley_webhook_hmac_key: str | None = None
+    # Ask Novita for a per-task result webhook (`extra.webhook`): a hint that makes us poll at once,
+    # and the only way the task id of a submit whose answer we never read can reach us.
+    novita_webhooks: bool = True
     allow_private_webhooks: bool = False
 
     provider_timeout_s: float = 30.0
@@ -57,12 +63,22 @@ class Settings(BaseSettings):
     submit_retry_delays_s: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [2.0, 10.0, 30.0, 60.0, 120.0, 300.0]
     )
-    # A submit job that has not finished within this lease is presumed dead and is re-run.
-    submit_lease_s: float = 120.0
+    # A running submit holds a lease its worker renews every third of this; a worker that dies
+    # lets it lapse, and the sweep then picks the task up (within this plus SWEEP_INTERVAL_S).
+    submit_lease_s: float = 10.0
+    # A submit sent whose answer we never read (timeout, crash) waits this long for the provider's
+    # callback to bring its task id, then fails as `submit_unconfirmed`. Kling 2.1 Master takes
+    # minutes, half an hour at worst; a callback after the limit still delivers the result.
+    submit_unconfirmed_s: float = 3600.0
+    # Operator override: after an unknown outcome, submit again anyway (a second paid task is
+    # possible; every attempt stays on the task and in /metrics). Off by default.
+    resubmit_unconfirmed: bool = False
+    # How long past its due time a queued or scheduled job may wait before the sweep presumes it
+    # lost (Redis restarted without it) and makes another.
+    job_grace_s: float = 120.0
     # How often the worker sweeps for tasks whose job was lost (crash, Redis restart).
-    sweep_interval_s: float = 30.0
-    # A worker blocks on its queues for (worker_ttl_s - 15) s at most, so this bounds how late
-    # the sweep can run; RQ also declares a silent worker dead after this long.
+    sweep_interval_s: float = 5.0
+    # RQ declares a worker dead that has been silent this long.
     worker_ttl_s: int = 60
 
     # With no terminal callback this long after submit, we poll Get Task Details ourselves.
@@ -72,6 +88,10 @@ class Settings(BaseSettings):
     poll_factor: float = 1.5
     poll_max_s: float = 60.0
     task_deadline_s: float = 3600.0
+    # After a failure we decided ourselves (deadline, unconfirmed submit), a task with a provider
+    # task id is still polled every LATE_POLL_S for LATE_RESULT_WINDOW_S: a late result is kept.
+    late_poll_s: float = 300.0
+    late_result_window_s: float = 24 * 3600.0
 
     idempotency_ttl_s: int = 24 * 3600
     # A finished task, its events and its index entries are kept this long, then expire.

@@ -13,19 +13,20 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import orjson
 from redis import Redis
 from redis.client import Pipeline
 
 from service import outbox
+from service.cas import Arg, AsyncCompareAndSet, CompareAndSet, recorded, spelled
+from service.domain.clock import now_iso
 from service.domain.events import Event
 from service.domain.ids import id_floor, new_id
 from service.domain.status import TaskStatus
-from service.domain.clock import now_iso
 from service.domain.tasks import Task
 from service.domain.transition import ProviderUpdate, Transition, apply_update
-from service.cas import Arg, AsyncCompareAndSet, CompareAndSet, recorded, spelled
 from service.redis_async import PipelinedRedis
 
 PREFIX = "kr"
@@ -37,6 +38,27 @@ AfterWrite = Callable[[Pipeline, Task], None]
 
 # Sees the stored task before an update is decided; raises to refuse it.
 Check = Callable[[Task], None]
+
+# Bookkeeping on the stored task (attempts, an adopted provider task id) made with an update;
+# returns the task itself when it has nothing to change.
+Amend = Callable[[Task], Task]
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a writer wants done to a task, decided from the task as stored.
+
+    `task` is the stored task after bookkeeping (or the stored task itself); `update`, a provider
+    report for the transition function; `after`, writes that commit with it (a job, a watchdog).
+    """
+
+    task: Task
+    update: ProviderUpdate | None = None
+    after: AfterWrite | None = None
+
+
+# Decides the change from the stored task; None for no change. May raise to refuse.
+Decide = Callable[[Task], Change | None]
 
 
 class TaskNotFound(Exception):
@@ -71,10 +93,25 @@ def index_key(status: TaskStatus | None) -> str:
     return f"{PREFIX}:idx:{status.value if status else 'all'}"
 
 
+def submit_lease_key(task_id: str) -> str:
+    """Held, and renewed, by the job submitting the task (workers/submit.py)."""
+    return f"{PREFIX}:lease:submit:{task_id}"
+
+
+def confirm_key(task_id: str) -> str:
+    """Set while a confirmation poll for the task is pending: one at a time, however many
+    terminal callbacks arrive."""
+    return f"{PREFIX}:confirm:{task_id}"
+
+
 def idempotency_key(api_key: str, key: str) -> str:
     owner = hashlib.sha256(api_key.encode()).hexdigest()[:16]
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{PREFIX}:idem:{owner}:{digest}"
+
+
+def _call_after(after: AfterWrite, task: Task, pipe: Pipeline) -> None:
+    after(pipe, task)
 
 
 class TaskStore:
@@ -142,21 +179,42 @@ class TaskStore:
     def events(self, task_id: str) -> list[Event]:
         return [Event.loads(raw) for raw in self.redis.lrange(events_key(task_id), 0, -1)]
 
-    def apply(self, task_id: str, update: ProviderUpdate, *, check: Check | None = None) -> Transition | None:
-        """Apply a provider report atomically; exactly one event per real transition.
+    def change(self, task_id: str, decide: Decide) -> tuple[Transition | None, Task | None]:
+        """Read, decide, compare-and-set; if someone else wrote in between, re-read and re-decide.
 
-        Read, decide, compare-and-set; if someone else wrote in between, re-read and re-decide.
-        `check` sees the stored task first and may raise to refuse the update.
+        Returns the transition (None when no status or progress moved) and the task as written
+        (None when nothing was). Exactly one event per real transition.
         """
         key = task_key(task_id)
         while True:
             raw = self.redis.get(key)
-            planned = self._plan(task_id, raw, update, check)
+            if raw is None:
+                raise TaskNotFound(task_id)
+            stored = Task.loads(raw)
+            wanted = decide(stored)
+            if wanted is None:
+                return None, None
+            planned = self._plan(stored, wanted.task, wanted.update)
             if planned is None:
-                return None
-            transition, commands = planned
+                return None, None
+            transition, written, commands = planned
+            if wanted.after is not None:
+                commands = [*commands, *recorded(self.redis, partial(_call_after, wanted.after, written))]
             if self._cas(key, raw, commands):
-                return transition
+                return transition, written
+
+    def apply(
+        self, task_id: str, update: ProviderUpdate | None, *, check: Check | None = None, amend: Amend | None = None
+    ) -> Transition | None:
+        """Apply a provider report (and bookkeeping with it) atomically. `check` sees the stored
+        task first and may raise to refuse the update."""
+
+        def decide(task: Task) -> Change:
+            if check is not None:
+                check(task)
+            return Change(amend(task) if amend is not None else task, update)
+
+        return self.change(task_id, decide)[0]
 
     async def aapply(self, task_id: str, update: ProviderUpdate, *, check: Check | None = None) -> Transition | None:
         """`apply` for the async web process (the callback receiver's hot path)."""
@@ -164,26 +222,28 @@ class TaskStore:
         key = task_key(task_id)
         while True:
             raw = await self.aredis.get(key)
-            planned = self._plan(task_id, raw, update, check)
+            if raw is None:
+                raise TaskNotFound(task_id)
+            stored = Task.loads(raw)
+            if check is not None:
+                check(stored)
+            planned = self._plan(stored, stored, update)
             if planned is None:
                 return None
-            transition, commands = planned
+            transition, _, commands = planned
             if await self._acas(key, raw, commands):
                 return transition
 
     def _plan(
-        self, task_id: str, raw: bytes | None, update: ProviderUpdate, check: Check | None
-    ) -> tuple[Transition, list[Arg]] | None:
-        if raw is None:
-            raise TaskNotFound(task_id)
-        task = Task.loads(raw)
-        if check is not None:
-            check(task)
-        transition = apply_update(task, update, now=now_iso(), event_id=new_id("evt"))
-        if transition is None:
+        self, stored: Task, amended: Task, update: ProviderUpdate | None
+    ) -> tuple[Transition | None, Task, list[Arg]] | None:
+        transition = apply_update(amended, update, now=now_iso(), event_id=new_id("evt")) if update is not None else None
+        if transition is not None:
+            return transition, transition.task, self._transition_commands(transition)
+        if amended is stored:
             return None
-
-        return transition, self._transition_commands(transition)
+        # Bookkeeping alone: no event; KEEPTTL, so a finished task still expires on time.
+        return None, amended, spelled(("SET", task_key(amended.id), amended.dumps(), "KEEPTTL"))
 
     def _transition_commands(self, transition: Transition) -> list[Arg]:
         # Spelled out rather than `recorded` through a redis-py Pipeline, which cost ~30 µs per
@@ -199,18 +259,17 @@ class TaskStore:
         commands.append(("RPUSH", outbox.OUTBOX, outbox.entry(task.id, event.id)))
         return spelled(*commands)
 
-    def record(self, task_id: str, change: Callable[[Task], Task | None]) -> Task | None:
-        """Save a bookkeeping change (no status move, no event), e.g. a submit attempt."""
-        key = task_key(task_id)
-        while True:
-            raw = self.redis.get(key)
-            if raw is None:
-                return None
-            changed = change(Task.loads(raw))
-            if changed is None:
-                return None
-            if self._cas(key, raw, spelled(("SET", key, changed.dumps()))):
-                return changed
+    def record(self, task_id: str, amend: Callable[[Task], Task | None], *, after: AfterWrite | None = None) -> Task | None:
+        """Save a bookkeeping change (no status move, no event); `amend` returns None to make none."""
+
+        def decide(task: Task) -> Change | None:
+            amended = amend(task)
+            return Change(amended, after=after) if amended is not None else None
+
+        try:
+            return self.change(task_id, decide)[1]
+        except TaskNotFound:
+            return None
 
     def trim_indexes(self, now: float) -> None:
         """Drop index entries of tasks older than the retention period (their keys have expired).
@@ -223,9 +282,12 @@ class TaskStore:
                 pipe.zremrangebylex(index_key(status), "-", f"({floor}")
             pipe.execute()
 
-    def set_watchdog(self, task_id: str, due_in_s: float, pipeline: Pipeline | None = None) -> None:
+    def set_watchdog(self, task_id: str, due_in_s: float, pipeline: Pipeline | Redis | None = None) -> None:
         """When the sweep should look at this task again if nothing else has moved it on."""
         (pipeline or self.redis).zadd(WATCHDOG, {task_id: time.time() + due_in_s})
+
+    def forget_watchdog(self, task_id: str) -> None:
+        self.redis.zrem(WATCHDOG, task_id)
 
     def due_tasks(self, limit: int = 500) -> list[str]:
         ids = self.redis.zrangebyscore(WATCHDOG, "-inf", time.time(), start=0, num=limit)

@@ -105,7 +105,9 @@ _databases = itertools.count(1)
 # Timings scaled down so the whole pipeline runs in seconds.
 FAST_ENV = {
     "SUBMIT_RETRY_DELAYS_S": "0.2,0.3,0.4",
-    "SUBMIT_LEASE_S": "6",
+    "SUBMIT_LEASE_S": "3",
+    "JOB_GRACE_S": "6",
+    "SUBMIT_UNCONFIRMED_S": "60",
     "SWEEP_INTERVAL_S": "1",
     "WORKER_TTL_S": "17",
     "POLL_INITIAL_S": "0.3",

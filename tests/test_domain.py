@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from service.domain.failover import failover_target
 from service.domain.schedule import poll_delay
 from service.domain.status import TaskStatus, can_move
+from service.domain.submission import failover_target
 from service.domain.tasks import SubmitAttempt, Task, TaskError, TaskInput, TaskResult
 from service.domain.transition import ProviderUpdate, apply_update
 

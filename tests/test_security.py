@@ -73,7 +73,9 @@ class World:
         self.answers.append(response)
 
     def path(self, template: str) -> str:
-        ids = {**self.ids, "token": callback_token(CALLBACK_SECRET, self.ids["task_id"])}
+        # A callback route's token is per task and per provider: /callbacks/{provider}/...
+        provider = template.split("/")[2] if template.startswith("/callbacks/") else "apikley"
+        ids = {**self.ids, "token": callback_token(CALLBACK_SECRET, self.ids["task_id"], provider)}
         return re.sub(r"\{(\w+)\}", lambda m: ids.get(m.group(1), "x"), template)
 
     def state(self) -> tuple[Any, ...]:

@@ -17,30 +17,37 @@ from rq import SimpleWorker
 from rq.scheduler import RQScheduler
 
 from service.jobs import QUEUES
-from workers.context import get_runtime
+from workers.context import STOPPING, get_runtime
 from workers.deliver import fan_out, sweep_deliveries
 from workers.dispatch import Dispatcher, requeue_orphans
 from workers.sweep import sweep
 
 log = logging.getLogger(__name__)
 
+# RQ's own housekeeping (its registries); ours runs on the sweep thread every SWEEP_INTERVAL_S.
+RQ_MAINTENANCE_S = 60
+
 
 class RelayWorker(SimpleWorker):
-    stopping = False
-
     def request_stop(self, signum: int, frame: object) -> None:
-        # Remember that the stop was asked for, so the restart loop below lets us go.
-        self.stopping = True
+        STOPPING.set()
         super().request_stop(signum, frame)  # type: ignore[arg-type]
 
-    def run_maintenance_tasks(self) -> None:
-        super().run_maintenance_tasks()
+
+def maintain_forever(interval_s: float) -> None:
+    """The sweeps, from a thread of their own: on RQ's maintenance hook they would wait on the
+    worker's blocking dequeue and on every job it runs, and a dead worker's task must be picked
+    up within seconds."""
+    while not STOPPING.wait(interval_s):
         try:
-            sweep(get_runtime())
-            requeue_orphans(get_runtime().redis)
-            sweep_deliveries(get_runtime())
+            rt = get_runtime()
+            sweep(rt)
+            requeue_orphans(rt.redis)
+            sweep_deliveries(rt)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("sweep skipped, redis unavailable: %s", type(exc).__name__)
+        except Exception:  # the thread must outlive any one bad sweep
+            log.exception("sweep failed")
 
 
 # Take the scheduling lock, or keep it if it is already ours (compare-and-refresh).
@@ -84,14 +91,16 @@ def run_worker(*, burst: bool = False) -> None:
     rt = get_runtime()
     settings = rt.settings
     settings.require("redis_url", "callback_secret")
+    if rt.callbacks_unreachable:
+        log.warning(rt.callbacks_unreachable)
     scheduler: ThreadScheduler | None = None
-    while True:
+    while not STOPPING.is_set():
         try:
             worker = RelayWorker(
                 [rt.jobs.queue(name) for name in QUEUES],
                 connection=rt.redis,
                 worker_ttl=settings.worker_ttl_s,
-                maintenance_interval=int(settings.sweep_interval_s),
+                maintenance_interval=RQ_MAINTENANCE_S,
             )
             if scheduler is None:
                 scheduler = ThreadScheduler(worker.queues, connection=rt.redis)
@@ -107,14 +116,19 @@ def run_worker(*, burst: bool = False) -> None:
                 else:
                     threading.Thread(target=scheduler.run_forever, name="scheduler", daemon=True).start()
                     threading.Thread(target=dispatcher.run_forever, name="dispatcher", daemon=True).start()
+                    threading.Thread(target=maintain_forever, args=(settings.sweep_interval_s,), name="sweep", daemon=True).start()
             worker.work(burst=burst, logging_level="INFO")
         except (RedisConnectionError, RedisTimeoutError) as exc:
             # Redis restarts must not kill the worker: wait, then pick up where the queues are.
+            # A stop asked for meanwhile ends the loop: what we held (leases, in-flight outbox
+            # entries) expires on its own and the sweep recovers it.
             log.warning("redis unavailable (%s); retrying in 1 s", type(exc).__name__)
-            time.sleep(1)
+            STOPPING.wait(1)
             continue
-        if burst or worker.stopping:
-            dispatcher.stop()
-            return
+        if burst or STOPPING.is_set():
+            break
         log.warning("worker loop ended unexpectedly; restarting in 1 s")
         time.sleep(1)
+    STOPPING.set()
+    if scheduler is not None:
+        dispatcher.stop()

@@ -16,6 +16,7 @@ from redis.client import Pipeline
 from rq import get_current_job
 
 from service.cas import CompareAndSet, recorded
+from service.domain.recovery import looking_late, next_poll_in, past_deadline, revivable
 from service.domain.schedule import poll_delay
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskError
@@ -23,6 +24,7 @@ from service.domain.transition import ProviderUpdate
 from service.metrics import observe_poll
 from service.providers.base import ProviderError
 from service.runtime import Runtime
+from service.store import confirm_key
 from workers.context import get_runtime
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ def schedule_next_poll(rt: Runtime, task_id: str, *, delay_s: float, chain_owner
     """Schedule the next poll if `chain_owner` holds the chain (None: only if no chain exists)."""
     key = chain_key(task_id)
     job_id = f"poll-{task_id}-{uuid.uuid4().hex[:12]}"
-    horizon = delay_s + rt.settings.submit_lease_s
+    horizon = delay_s + rt.settings.job_grace_s
     current = rt.redis.get(key)
     holder = current.decode() if isinstance(current, bytes) else current
     if holder is not None and holder != chain_owner:
@@ -60,15 +62,19 @@ def poll_task(task_id: str) -> None:
     rt = get_runtime()
     job = get_current_job()
     me = job.id if job is not None else None
+    # A callback that arrives from now on may ask for another confirmation: this one is under way.
+    confirming = bool(rt.redis.delete(confirm_key(task_id)))
     task = rt.store.get(task_id)
-    if task is None or task.status.terminal:
+    # A finished task is only asked about when it failed by our decision: on our own within the
+    # late window, and whenever the provider's own callback says there is news.
+    if task is None or (task.status.terminal and not (looking_late(task, time.time(), rt.deadlines) or (confirming and revivable(task)))):
         rt.redis.delete(chain_key(task_id), count_key(task_id))
         return
     if task.provider_task_id is None:
         return
     key = count_key(task_id)
     with rt.redis.pipeline() as pipe:
-        pipe.hincrby(key, "n", 1).hget(key, "seen").expire(key, int(rt.settings.task_deadline_s) + 3600)
+        pipe.hincrby(key, "n", 1).hget(key, "seen").expire(key, int(rt.settings.task_deadline_s + rt.settings.late_result_window_s) + 3600)
         polls, seen, _ = pipe.execute()
     asked_at = time.time()
     update = _fetch(rt, task, unfinished_at=_unfinished_at(task, seen))
@@ -78,16 +84,19 @@ def poll_task(task_id: str) -> None:
     if update is not None:
         rt.apply(task_id, update)
     current = rt.store.get(task_id)
-    if current is not None and not current.status.terminal and _past_deadline(rt, current):
+    if current is not None and past_deadline(current, time.time(), rt.deadlines):
         timeout = TaskError(code="timeout", message=f"no result within {rt.settings.task_deadline_s:.0f} s")
         rt.apply(task_id, ProviderUpdate(status=TaskStatus.FAILED, error=timeout))
+        log.warning("task timed out task_id=%s provider_task_id=%s; still asking for a late result", task_id, task.provider_task_id)
         current = rt.store.get(task_id)
-    if current is None or current.status.terminal:
-        rt.redis.delete(chain_key(task_id), count_key(task_id))
-        return
     s = rt.settings
     eta = update.eta_s if update is not None else None
-    delay = poll_delay(polls, initial_s=s.poll_initial_s, factor=s.poll_factor, max_s=s.poll_max_s, eta_s=eta)
+    regular = poll_delay(polls, initial_s=s.poll_initial_s, factor=s.poll_factor, max_s=s.poll_max_s, eta_s=eta)
+    provider_ended = task.status.terminal and update is not None and update.status.terminal
+    delay = None if current is None or provider_ended else next_poll_in(current, regular_s=regular, now_s=time.time(), deadlines=rt.deadlines)
+    if delay is None:
+        rt.redis.delete(chain_key(task_id), count_key(task_id))
+        return
     schedule_next_poll(rt, task_id, delay_s=delay, chain_owner=me)
 
 
@@ -109,8 +118,3 @@ def _fetch(rt: Runtime, task: Task, *, unfinished_at: datetime) -> ProviderUpdat
         # Anything else (rate limit, outage, even a revoked key) may pass; the deadline bounds it.
         log.warning("poll failed task_id=%s code=%s retryable=%s", task.id, err.code, err.retryable)
         return None
-
-
-def _past_deadline(rt: Runtime, task: Task) -> bool:
-    created = datetime.fromisoformat(task.created_at.replace("Z", "+00:00")).timestamp()
-    return time.time() - created > rt.settings.task_deadline_s

@@ -1,90 +1,198 @@
-"""Submit job: hand a queued task to its provider, once.
+"""Submit job: hand a queued task to its provider, creating one paid provider task at most.
 
-Safe to run twice: it only acts on a task still `queued` with no provider id, and a short
-lease stops two workers submitting the same task at once (a dead worker's lease expires, and
-the sweep or RQ's abandoned-job retry runs the job again).
+The job holds the task's submit lease (renewed while it runs, so a dead worker's task is picked
+up in seconds) and records its attempt as `sending` before the request leaves, so whoever looks
+next can tell a submit that never left from one whose answer was lost. The rules are pure, in
+`service/domain/submission.py`; this module does the I/O. Safe to run twice: it acts only on a
+queued task with no unsettled attempt.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
-from service.domain.failover import failover_target
-from service.domain.status import TaskStatus
+from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from service.domain.clock import now_iso
-from service.domain.tasks import PROVIDERS, SubmitAttempt, Task
+from service.domain.ids import new_id
+from service.domain.status import TaskStatus
+from service.domain.submission import (
+    Abandoned,
+    AwaitProvider,
+    Fail,
+    Failover,
+    Refusal,
+    Retry,
+    Send,
+    Skip,
+    SubmitDecision,
+    WorkerLost,
+    accept,
+    close_attempt,
+    closing_outcome,
+    decide_submit_error,
+    open_attempt,
+    plan_submit,
+    start_attempt,
+)
+from service.domain.tasks import SubmitAttempt, Task, TaskError
 from service.domain.transition import ProviderUpdate
+from service.metrics import observe_submit_attempt
 from service.providers.base import ProviderError
-from service.runtime import Runtime
-from workers.context import get_runtime
+from service.runtime import ProviderNotConfigured, Runtime
+from service.store import Change, submit_lease_key
+from workers.context import STOPPING, get_runtime
+from workers.lease import Lease
 from workers.poll import schedule_next_poll
 
 log = logging.getLogger(__name__)
 
+# A provider's answer, once read, is written down even through a Redis outage of this long.
+RECORD_ANSWER_FOR_S = 60.0
 
-def lease_key(task_id: str) -> str:
-    return f"kr:lease:submit:{task_id}"
+T = TypeVar("T")
 
 
 def submit_task(task_id: str) -> None:
     rt = get_runtime()
+    lease = Lease(rt.redis, submit_lease_key(task_id), rt.settings.submit_lease_s)
     # Lease first, then read: a duplicate job reading before the lease could see "queued"
     # just as the first job finishes and releases it, and submit a second (paid) task.
-    if not rt.redis.set(lease_key(task_id), "1", nx=True, ex=int(rt.settings.submit_lease_s)):
+    if not lease.acquire():
         return
-    try:
-        task = rt.store.get(task_id)
-        if task is None or task.status is not TaskStatus.QUEUED or task.provider_task_id:
-            return
-        _submit(rt, task)
-    finally:
-        rt.redis.delete(lease_key(task_id))
+    with lease:
+        # A failover sends again at once, on the other provider, under the same lease.
+        while _submit_once(rt, task_id, lease):
+            pass
 
 
-def _submit(rt: Runtime, task: Task) -> None:
+def _submit_once(rt: Runtime, task_id: str, lease: Lease) -> bool:
+    """One attempt; True when the task should be sent again now (failover)."""
+    task = rt.store.get(task_id)
+    if task is None:
+        return False
+    step = plan_submit(task, attempt_id=new_id("att"), now=now_iso())
+    if isinstance(step, Skip):
+        return False
+    # Watched while the lease lives: a worker that dies mid-submit is noticed within seconds.
+    rt.store.set_watchdog(task_id, rt.settings.submit_lease_s)
+    if isinstance(step, Abandoned):
+        log.warning("submit attempt left in flight by a dead worker task_id=%s attempt=%s", task_id, step.attempt.id)
+        return _settle(rt, task_id, step.attempt, WorkerLost(), lease)
+    return _send(rt, task, step, lease)
+
+
+def _send(rt: Runtime, task: Task, step: Send, lease: Lease) -> bool:
     try:
-        provider_task_id = rt.provider(task.provider).submit(task, rt.callback_url(task.id))
+        client = rt.provider(task.provider)
+    except ProviderNotConfigured as exc:
+        error = TaskError(code="provider_not_configured", message=str(exc))
+        rt.apply(task.id, ProviderUpdate(status=TaskStatus.FAILED, error=error))
+        return False
+    attempt = step.attempt
+    # Written before the request leaves: from here on, a crash means "answer unknown", never "not sent".
+    started = rt.store.record(task.id, lambda t: start_attempt(t, attempt))
+    if started is None:
+        return False  # another job moved the task on
+    try:
+        provider_task_id = client.submit(started, rt.callback_url(started.id, started.provider))
     except ProviderError as err:
-        _on_error(rt, task, err)
-        return
-    _note_attempt(rt, task.id, SubmitAttempt(provider=task.provider, at=now_iso(), outcome="accepted"))
-    transition = rt.apply(task.id, ProviderUpdate(status=TaskStatus.SUBMITTED, provider_task_id=provider_task_id))
-    log.info("submitted task_id=%s provider=%s provider_task_id=%s", task.id, task.provider, provider_task_id)
-    if transition is not None:
-        schedule_next_poll(rt, task.id, delay_s=rt.first_check_s(task), chain_owner=None)
+        refusal = err
+    else:
+        _durably(lambda: _accepted(rt, task.id, attempt, provider_task_id))
+        return False
+    return _durably(lambda: _settle(rt, task.id, attempt, refusal, lease))
 
 
-def _on_error(rt: Runtime, task: Task, err: ProviderError) -> None:
-    retries_so_far = sum(1 for a in task.attempts if a.provider == task.provider and a.outcome == "retrying")
-    delays = rt.settings.submit_retry_delays_s
-    now = now_iso()
-    # Credits, feature off, maintenance: the provider itself is out; a 5xx counts once repeated.
-    if err.provider_level and (not err.retryable or err.code == "maintenance" or retries_so_far >= 1):
-        configured = [p for p in PROVIDERS if rt.settings.provider_configured(p)]
-        target = failover_target(task, configured=configured)
-        if target is not None:
-            attempt = SubmitAttempt(provider=task.provider, at=now, outcome="rejected", code=err.code, message=err.message)
-            _note_attempt(rt, task.id, attempt)
-            rt.store.record(task.id, lambda t: t.model_copy(update={"provider": target}))
-            rt.store.set_watchdog(task.id, rt.settings.submit_lease_s)
-            rt.redis.delete(lease_key(task.id))  # the next job must find the lease free
-            rt.jobs.submit(task.id)
-            log.warning("submit failover task_id=%s from=%s to=%s code=%s", task.id, task.provider, target, err.code)
-            return
-    if err.retryable and retries_so_far < len(delays):
-        delay = delays[retries_so_far]
-        attempt = SubmitAttempt(provider=task.provider, at=now, outcome="retrying", code=err.code, message=err.message)
-        _note_attempt(rt, task.id, attempt)
-        rt.store.set_watchdog(task.id, delay + rt.settings.submit_lease_s)
-        rt.redis.delete(lease_key(task.id))
-        rt.jobs.submit(task.id, delay_s=delay)
-        log.warning("submit retry task_id=%s code=%s in %.1fs", task.id, err.code, delay)
-        return
-    attempt = SubmitAttempt(provider=task.provider, at=now, outcome="rejected", code=err.code, message=err.message)
-    _note_attempt(rt, task.id, attempt)
-    rt.apply(task.id, ProviderUpdate(status=TaskStatus.FAILED, error=err.as_task_error()))
-    log.warning("submit failed task_id=%s code=%s", task.id, err.code)
+def _accepted(rt: Runtime, task_id: str, attempt: SubmitAttempt, provider_task_id: str) -> None:
+    def decide(task: Task) -> Change | None:
+        if open_attempt(task, attempt.id) is None:
+            return None  # already settled (a callback adopted this very id first)
+        if task.provider_task_id not in (None, provider_task_id):
+            log.warning(
+                "second provider task for one task task_id=%s provider_task_id=%s kept=%s",
+                task_id, provider_task_id, task.provider_task_id,
+            )
+            return Change(close_attempt(task, attempt.id, "accepted", provider_task_id=provider_task_id))
+        return Change(accept(task, attempt.id, provider_task_id), ProviderUpdate(TaskStatus.SUBMITTED, provider_task_id=provider_task_id))
+
+    rt.change(task_id, decide)
+    observe_submit_attempt(attempt.provider, "accepted")
+    log.info("submitted task_id=%s provider=%s provider_task_id=%s", task_id, attempt.provider, provider_task_id)
+    task = rt.store.get(task_id)
+    if task is not None and not task.status.terminal and task.provider_task_id == provider_task_id:
+        schedule_next_poll(rt, task_id, delay_s=rt.first_check_s(task), chain_owner=None)
 
 
-def _note_attempt(rt: Runtime, task_id: str, attempt: SubmitAttempt) -> None:
-    rt.store.record(task_id, lambda t: t.model_copy(update={"attempts": [*t.attempts, attempt]}))
+def _settle(rt: Runtime, task_id: str, attempt: SubmitAttempt, refusal: Refusal, lease: Lease) -> bool:
+    """Close an attempt that gave us no task id, and act on what that means. True: send again now."""
+    decided: list[SubmitDecision] = []
+    grace = rt.settings.job_grace_s
+
+    def decide(task: Task) -> Change | None:
+        decided.clear()
+        if open_attempt(task, attempt.id) is None or task.status is not TaskStatus.QUEUED:
+            return None
+        decision = decide_submit_error(task, refusal, rt.submit_policy)
+        decided.append(decision)
+        closed = close_attempt(task, attempt.id, closing_outcome(decision, refusal), code=refusal.code, message=refusal.message)
+        next_attempt = len(closed.attempts)
+        if isinstance(decision, Retry):
+
+            def retry_later(pipe: Pipeline, written: Task) -> None:
+                # The lease goes in the same write, so the retry never finds it taken.
+                pipe.delete(lease.key)
+                rt.jobs.submit(written.id, attempt=next_attempt, delay_s=decision.delay_s, pipeline=pipe)
+                rt.store.set_watchdog(written.id, decision.delay_s + grace, pipe)
+
+            return Change(closed, after=retry_later)
+        if isinstance(decision, Failover):
+            return Change(closed.model_copy(update={"provider": decision.target}))
+        if isinstance(decision, Fail):
+            return Change(closed, ProviderUpdate(TaskStatus.FAILED, error=decision.error))
+        unconfirmed_s = rt.settings.submit_unconfirmed_s
+        return Change(
+            closed,
+            ProviderUpdate(TaskStatus.SUBMITTED),
+            after=lambda pipe, written: rt.store.set_watchdog(written.id, unconfirmed_s, pipe),
+        )
+
+    rt.change(task_id, decide)
+    if not decided:
+        return False
+    decision = decided[0]
+    outcome = closing_outcome(decision, refusal)
+    observe_submit_attempt(attempt.provider, outcome)
+    if isinstance(decision, Retry):
+        log.warning("submit retry task_id=%s code=%s in %.1fs", task_id, refusal.code, decision.delay_s)
+    elif isinstance(decision, Failover):
+        log.warning("submit failover task_id=%s from=%s to=%s code=%s", task_id, attempt.provider, decision.target, refusal.code)
+        return True
+    elif isinstance(decision, Fail):
+        log.warning("submit failed task_id=%s code=%s", task_id, refusal.code)
+    elif isinstance(decision, AwaitProvider):
+        log.warning(
+            "submit outcome unknown task_id=%s provider=%s attempt=%s code=%s: waiting up to %.0f s for the provider's callback",
+            task_id, attempt.provider, attempt.id, refusal.code, rt.settings.submit_unconfirmed_s,
+        )
+    return False
+
+
+def _durably(write: Callable[[], T]) -> T:
+    """Run a write that records a provider's answer, through a Redis outage of up to
+    RECORD_ANSWER_FOR_S (or until the worker is told to stop). Given up, the attempt stays
+    `sending`, which recovery settles as unconfirmed: never sent again on our own."""
+    deadline = time.monotonic() + RECORD_ANSWER_FOR_S
+    while True:
+        try:
+            return write()
+        except (RedisConnectionError, RedisTimeoutError):
+            if time.monotonic() > deadline or STOPPING.is_set():
+                raise
+            log.warning("redis unavailable while recording a provider's answer; retrying")
+            STOPPING.wait(1)

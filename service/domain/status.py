@@ -1,4 +1,5 @@
-"""The task status machine: statuses only move forward and terminal ones are final."""
+"""The task status machine: statuses only move forward and terminal ones are final (the one
+exception, a verified success after a failure we decided ourselves, is `transition.revives`)."""
 
 from __future__ import annotations
 

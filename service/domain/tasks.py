@@ -113,20 +113,42 @@ class TaskResult(BaseModel):
     expires_at: str | None = None
 
 
+# Failures we decide ourselves, for want of news: not proof that the provider failed, so a later
+# verified success still wins (the one exception to "terminal is final").
+SELF_DECIDED_FAILURES = frozenset({"timeout", "submit_unconfirmed"})
+
+
 class TaskError(BaseModel):
     code: str
     message: str
     provider_code: str | None = None
 
+    @property
+    def self_decided(self) -> bool:
+        return self.code in SELF_DECIDED_FAILURES
+
+
+# sending: written before the request leaves, so a crash mid-call is never mistaken for "never
+# sent". accepted: the provider answered with its task id. retrying / rejected: refused by code,
+# or provably never delivered (connection refused), then tried again or not. unconfirmed: sent,
+# answer never read (timeout, crash): a paid task may exist. adopted: an unconfirmed attempt
+# whose provider task id reached us later, by its per-task callback.
+AttemptOutcome = Literal["sending", "accepted", "retrying", "rejected", "unconfirmed", "adopted"]
+# Attempts that created (or may have created) a paid provider task.
+PAID_OUTCOMES = frozenset({"sending", "accepted", "unconfirmed", "adopted"})
+
 
 class SubmitAttempt(BaseModel):
-    """One try at handing the task to a provider, kept so failover is visible on the task."""
+    """One try at handing the task to a provider: every one is kept, so cost is never silent."""
 
+    # Absent on attempts recorded before attempts had ids.
+    id: str | None = None
     provider: ProviderName
     at: str
-    outcome: Literal["accepted", "rejected", "retrying"]
+    outcome: AttemptOutcome
     code: str | None = None
     message: str | None = None
+    provider_task_id: str | None = None
 
 
 class Task(BaseModel):

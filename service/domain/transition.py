@@ -42,13 +42,14 @@ def apply_update(task: Task, update: ProviderUpdate, *, now: str, event_id: str)
         # Providers' percentages are unconfirmed: one outside 0-100 would be published, then
         # move backwards when success sets 100.
         update = replace(update, progress=min(max(update.progress, 0), 100))
-    if can_move(task.status, update.status):
+    if can_move(task.status, update.status) or revives(task, update):
         changes: dict[str, object] = {"status": update.status, "updated_at": now, "sequence": task.sequence + 1}
         if update.provider_task_id and not task.provider_task_id:
             changes["provider_task_id"] = update.provider_task_id
         if update.status is TaskStatus.SUCCEEDED:
             changes["result"] = update.result
             changes["progress"] = 100
+            changes["error"] = None
         elif update.status is TaskStatus.FAILED:
             changes["error"] = update.error or TaskError(code="provider_failed", message="the provider failed the task")
         elif update.progress is not None:
@@ -62,6 +63,19 @@ def apply_update(task: Task, update: ProviderUpdate, *, now: str, event_id: str)
         event = make_event(new_task, "task.progress", event_id=event_id, created_at=now)
         return Transition(task=new_task, event=event, previous_status=task.status)
     return None
+
+
+def revives(task: Task, update: ProviderUpdate) -> bool:
+    """A verified success after a failure we decided ourselves (deadline, unconfirmed submit):
+    the one move out of a terminal status. Our failure was a guess for want of news; the
+    provider's result is the truth, and the user paid for it. Failures the provider reported stay
+    final. Callers pass only verified reports here (a poll, or a callback confirmed by one)."""
+    return (
+        task.status is TaskStatus.FAILED
+        and update.status is TaskStatus.SUCCEEDED
+        and task.error is not None
+        and task.error.self_decided
+    )
 
 
 def _is_progress(task: Task, update: ProviderUpdate) -> bool:

@@ -31,7 +31,7 @@ class CodeMeaning:
     provider_level: bool = False
 
 
-# The documented body codes (seed's ApiResponse enum) and what we do about each.
+# The documented body codes and what we do about each.
 CODES: dict[int, CodeMeaning] = {
     401: CodeMeaning("unauthorized", retryable=False),
     402: CodeMeaning("insufficient_credits", retryable=False, provider_level=True),
@@ -69,17 +69,50 @@ def error_for(code: int, message: str) -> ProviderError:
     )
 
 
+def _text(body: dict[str, Any]) -> str:
+    # Most pages spell the error text `msg`; some spell it `message`.
+    return str(body.get("msg") or body.get("message") or "")
+
+
 def unwrap(http_status: int, body: Any) -> dict[str, Any]:
     """The `data` of a successful answer, or the ProviderError the answer means."""
     if not isinstance(body, dict) or not isinstance(body.get("code"), int):
+        if http_status >= 500:
+            # A gateway's own page (502/503/504, HTML): the provider is out, like body code 500.
+            raise ProviderError(
+                "gateway_error",
+                f"HTTP {http_status} without an API answer",
+                retryable=True,
+                provider_code=str(http_status),
+                provider_level=True,
+            )
         code = http_status if http_status >= 400 else 500
         raise error_for(code, f"unreadable answer (HTTP {http_status})")
     if body["code"] != 200:
-        raise error_for(body["code"], str(body.get("msg") or ""))
+        raise error_for(body["code"], _text(body))
     data = body.get("data")
     if not isinstance(data, dict):
         raise error_for(500, "answer has no data object")
     return data
+
+
+def unwrap_record(http_status: int, body: Any) -> dict[str, Any]:
+    """The task record of a Get Task Details answer. A failed generation may be answered with a
+    non-200 code (501, 422) and still carry its record: that record is the answer, not an error."""
+    if isinstance(body, dict) and isinstance(body.get("code"), int):
+        data = body.get("data")
+        if isinstance(data, dict) and isinstance(data.get("state"), str):
+            return data
+    return unwrap(http_status, body)
+
+
+def record_task_id(record: dict[str, Any]) -> str | None:
+    """The provider's task id in a record: `taskId` in market callbacks, `task_id` in kie.ai's sample."""
+    for key in ("taskId", "task_id"):
+        value = record.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def _json_field(value: Any) -> Any:
@@ -102,8 +135,7 @@ def parse_record(record: dict[str, Any]) -> ProviderUpdate:
     status = STATES.get(state) if isinstance(state, str) else None
     if status is None:
         raise UnknownState(f"unknown Apikley state {state!r}")
-    task_id = record.get("taskId")
-    provider_task_id = task_id if isinstance(task_id, str) else None
+    provider_task_id = record_task_id(record)
     if status is TaskStatus.SUCCEEDED:
         result = _json_field(record.get("resultJson")) or {}
         urls = result.get("resultUrls") if isinstance(result, dict) else None
@@ -144,6 +176,6 @@ class ApikleyClient:
     def fetch(self, provider_task_id: str, *, unfinished_at: datetime) -> ProviderUpdate:
         status, body = send(self._client, "GET", RECORD_PATH, params={"taskId": provider_task_id})
         try:
-            return parse_record(unwrap(status, body))
+            return parse_record(unwrap_record(status, body))
         except UnknownState as exc:
             raise ProviderError("bad_response", str(exc), retryable=True) from exc

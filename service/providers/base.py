@@ -14,7 +14,9 @@ class ProviderError(Exception):
 
     `retryable`: the same request may succeed later (rate limit, maintenance, 5xx, network).
     `provider_level`: the provider itself is unable to serve us (credits, maintenance, feature
-    off, repeated 5xx), so `auto` tasks may fail over to the other provider.
+    off, repeated 5xx, gateway pages), so `auto` tasks may fail over to the other provider.
+    `outcome_unknown`: the request may have reached the provider and we never read its answer
+    (a read timeout, a dropped connection): a submit may have created a paid task.
     """
 
     def __init__(
@@ -25,6 +27,7 @@ class ProviderError(Exception):
         retryable: bool,
         provider_code: str | None = None,
         provider_level: bool = False,
+        outcome_unknown: bool = False,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
@@ -32,6 +35,7 @@ class ProviderError(Exception):
         self.retryable = retryable
         self.provider_code = provider_code
         self.provider_level = provider_level
+        self.outcome_unknown = outcome_unknown
 
     def as_task_error(self) -> TaskError:
         return TaskError(code=self.code, message=self.message, provider_code=self.provider_code)

@@ -19,14 +19,25 @@ def make_client(base_url: str, api_key: str, timeout_s: float) -> httpx.Client:
     )
 
 
+# Failures that happen before a single byte of the request can have reached the provider.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol, httpx.LocalProtocolError)
+
+
 def send(client: httpx.Client, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    """(HTTP status, decoded JSON body or None); network trouble is a retryable ProviderError."""
+    """(HTTP status, decoded JSON body or None); network trouble is a retryable ProviderError,
+    marked `outcome_unknown` unless the request provably never left (connection refused)."""
     try:
         response = client.request(method, path, **kwargs)
-    except httpx.TimeoutException as exc:
-        raise ProviderError("timeout", f"provider did not answer in time ({type(exc).__name__})", retryable=True) from exc
-    except httpx.TransportError as exc:
+    except _NEVER_SENT as exc:
         raise ProviderError("network_error", f"could not reach provider ({type(exc).__name__})", retryable=True) from exc
+    except httpx.TimeoutException as exc:
+        raise ProviderError(
+            "timeout", f"provider did not answer in time ({type(exc).__name__})", retryable=True, outcome_unknown=True
+        ) from exc
+    except httpx.TransportError as exc:
+        raise ProviderError(
+            "network_error", f"connection lost before the answer ({type(exc).__name__})", retryable=True, outcome_unknown=True
+        ) from exc
     try:
         body = orjson.loads(response.content) if response.content else None
     except orjson.JSONDecodeError:

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
-from service.domain.status import TaskStatus
 from service.domain.clock import isoformat
+from service.domain.status import TaskStatus
 from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult
 from service.domain.transition import ProviderUpdate
 from service.providers.base import ProviderError
 from service.providers.http import send
+
+log = logging.getLogger(__name__)
 
 SUBMIT_PATH = "/v3/async/kling-v2.1-t2v-master"
 RESULT_PATH = "/v3/async/task-result"
@@ -35,7 +38,7 @@ _HTTP_CODES: dict[int, str] = {
 }
 
 
-def submit_body(task_input: TaskInput) -> dict[str, Any]:
+def submit_body(task_input: TaskInput, webhook_url: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "prompt": task_input.prompt,
         "duration": task_input.duration,
@@ -45,6 +48,10 @@ def submit_body(task_input: TaskInput) -> dict[str, Any]:
         body["guidance_scale"] = task_input.cfg_scale
     if task_input.negative_prompt is not None:
         body["negative_prompt"] = task_input.negative_prompt
+    if webhook_url is not None:
+        # Novita POSTs the task result here when the task ends; for an attempt whose answer we
+        # never read, that is how its task id reaches us. Polling stays the source of truth.
+        body["extra"] = {"webhook": {"url": webhook_url}}
     return body
 
 
@@ -54,6 +61,8 @@ def error_for(http_status: int, body: Any) -> ProviderError:
         message = str(body.get("message") or body.get("reason") or "")
     retryable = http_status == 429 or http_status >= 500
     code = _HTTP_CODES.get(http_status, "server_error" if http_status >= 500 else "provider_error")
+    if http_status >= 500 and not isinstance(body, dict):
+        code, message = "gateway_error", f"HTTP {http_status} without an API answer"
     return ProviderError(
         code,
         message or f"HTTP {http_status}",
@@ -101,14 +110,30 @@ def _expiry(video: dict[str, Any], now: datetime) -> str | None:
     return isoformat(now + timedelta(seconds=ttl))
 
 
+def refuses_extra(http_status: int, body: Any) -> bool:
+    """A validation refusal that names our `extra` field: the model does not take webhooks."""
+    if http_status not in (400, 422) or not isinstance(body, dict):
+        return False
+    metadata = body.get("metadata")
+    field = metadata.get("field") if isinstance(metadata, dict) else None
+    return field == "extra" or "extra" in str(body.get("message") or "")
+
+
 class NovitaClient:
     name: ProviderName = "novita"
 
-    def __init__(self, client: httpx.Client) -> None:
+    def __init__(self, client: httpx.Client, *, webhooks: bool = True) -> None:
         self._client = client
+        self._webhooks = webhooks
 
     def submit(self, task: Task, callback_url: str) -> str:
-        status, body = send(self._client, "POST", SUBMIT_PATH, json=submit_body(task.input))
+        webhook = callback_url if self._webhooks else None
+        status, body = send(self._client, "POST", SUBMIT_PATH, json=submit_body(task.input, webhook))
+        if webhook is not None and refuses_extra(status, body):
+            # Refused by code, so nothing was created: send again without it, and from now on.
+            log.warning("novita refused extra.webhook (%s); submitting without webhooks from now on", status)
+            self._webhooks = False
+            status, body = send(self._client, "POST", SUBMIT_PATH, json=submit_body(task.input))
         if not 200 <= status < 300:
             raise error_for(status, body)
         task_id = body.get("task_id") if isinstance(body, dict) else None
@@ -121,3 +146,12 @@ class NovitaClient:
         if not 200 <= status < 300:
             raise error_for(status, body)
         return parse_result(body, unfinished_at=unfinished_at)
+
+
+def webhook_task_id(body: Any) -> str | None:
+    """The task id in a Novita webhook (`{"event_type": "ASYNC_TASK_RESULT", "payload": <task
+    result>}`). Webhooks are unsigned, so nothing else in one is believed: a poll tells the rest."""
+    payload = body.get("payload") if isinstance(body, dict) else None
+    task = payload.get("task") if isinstance(payload, dict) else None
+    task_id = task.get("task_id") if isinstance(task, dict) else None
+    return task_id if isinstance(task_id, str) and task_id else None

@@ -1,14 +1,23 @@
-"""The Apikley callback receiver: nothing that fails a check touches state.
+"""The provider callback receivers: nothing that fails a check touches state.
 
-Checks, cheapest first: the per-task token (constant time), the body size, JSON shape, the
-task exists and is Apikley's, and the body's taskId is the one we stored. A terminal state is
-then confirmed with Get Task Details (a poll job) before it is believed, when so configured.
-This is the hot path: async Redis, one read and one compare-and-set per callback.
+Apikley's checks, cheapest first: the per-task token (constant time), the body size, JSON shape,
+kie.ai's signature headers when APIKLEY_WEBHOOK_HMAC_KEY is set, the task exists and is
+Apikley's, and the body's task id is the one we stored. A terminal state is then confirmed with
+Get Task Details (a poll job) before it is believed, when so configured, and always when it would
+overturn a failure we decided ourselves. This is the hot path: async Redis, one read and one
+compare-and-set per callback.
+
+Novita's result webhooks are unsigned, so they are only a hint: after the token, the task id is
+adopted if we never read it, and a poll tells the rest.
+
+A callback for a task that has no provider task id yet (its submit's answer was never read) can
+only be about that submit, since only the provider knows the per-task URL: its id is adopted.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -17,47 +26,78 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.domain.tasks import Task
-from service.domain.tokens import token_matches
+from service.domain.status import TaskStatus
+from service.domain.submission import adopt
+from service.domain.tasks import ProviderName, Task
+from service.domain.tokens import kie_signature_problem, token_matches
+from service.domain.transition import ProviderUpdate, revives
 from service.errors import ApiError
-from service.metrics import observe_transition
-from service.providers.apikley import UnknownState, parse_record
+from service.metrics import observe_submit_attempt, observe_transition
+from service.providers.apikley import UnknownState, parse_record, record_task_id
+from service.providers.novita import webhook_task_id
 from service.routes.bodies import read_json
 from service.routes.context import runtime
 from service.runtime import Runtime
-from service.store import TaskNotFound
+from service.store import Change, TaskNotFound
 
 log = logging.getLogger(__name__)
 
 MAX_CALLBACK_BYTES = 1024 * 1024
 # The answer to an accepted callback, by whether it changed the task: encoded once, not per call.
 _ACCEPTED = {changed: orjson.dumps({"accepted": True, "changed": changed}) for changed in (True, False)}
+_CONFIRMING = {"accepted": True, "changed": False, "confirming": True}
 
 
 class ConfirmFirst(Exception):
     """A terminal report that must be confirmed with the provider before it is believed."""
 
-    def __init__(self, task: Task) -> None:
-        super().__init__(task.id)
-        self.task = task
 
-
-def _record(body: Any) -> dict[str, Any]:
+def _apikley_record(body: Any) -> tuple[dict[str, Any], str]:
     data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, dict) or not isinstance(data.get("taskId"), str) or not data["taskId"]:
+    provider_task_id = record_task_id(data) if isinstance(data, dict) else None
+    if not isinstance(data, dict) or provider_task_id is None:
         raise ApiError(422, "invalid_callback", "callback has no data.taskId", {"data.taskId": "required string"})
-    return data
+    return data, provider_task_id
 
 
-def _confirm(rt: Runtime, task: Task, provider_task_id: str) -> None:
-    # A token-bearing callback for a task whose submit crashed before we stored the provider
-    # id can only be about our own task: adopt the id rather than submit (and pay) again.
-    if task.provider_task_id is None:
-        rt.store.record(
-            task.id,
-            lambda t: t.model_copy(update={"provider_task_id": provider_task_id}) if t.provider_task_id is None else None,
+def _check_ours(task: Task, provider: ProviderName, provider_task_id: str) -> None:
+    """Refuse a callback that is not about this task's provider task."""
+    if task.provider != provider and not any(a.provider == provider for a in task.attempts):
+        raise ApiError(404, "not_found", f"no such {provider} task")
+    if task.provider != provider or task.provider_task_id not in (None, provider_task_id):
+        # Only the provider knows this URL: another of its tasks calling it means a second paid
+        # task exists for ours (an answer lost to a gateway, or an operator's resubmit).
+        log.warning(
+            "callback for another provider task task_id=%s provider=%s provider_task_id=%s ours=%s",
+            task.id, provider, provider_task_id, task.provider_task_id,
+            extra={"task_id": task.id},
         )
-    rt.jobs.poll(task.id)
+        raise ApiError(409, "task_mismatch", "callback task id does not match this task", {"data.taskId": "does not match"})
+
+
+def _confirm(rt: Runtime, task_id: str, provider_task_id: str) -> None:
+    """Adopt the provider task id if we never read it (a queued task is then submitted), and
+    ask the provider where the task stands."""
+
+    def decide(task: Task) -> Change | None:
+        adopted = adopt(task, provider_task_id)
+        return Change(adopted, ProviderUpdate(TaskStatus.SUBMITTED, provider_task_id=provider_task_id)) if adopted is not task else None
+
+    transition, written = rt.store.change(task_id, decide)
+    observe_transition(transition)
+    if written is not None:
+        observe_submit_attempt(written.provider, "adopted")
+        log.info("adopted provider task task_id=%s provider_task_id=%s", task_id, provider_task_id, extra={"task_id": task_id})
+    rt.request_confirmation(task_id)
+
+
+def _unchanged(task_id: str, provider: str, provider_task_id: str, state: object) -> None:
+    # Duplicates, stale states, news about a finished task: never dropped silently.
+    log.info(
+        "callback changed nothing task_id=%s provider=%s provider_task_id=%s state=%s",
+        task_id, provider, provider_task_id, state,
+        extra={"task_id": task_id},
+    )
 
 
 async def apikley_callback(request: Request) -> Response:
@@ -65,7 +105,15 @@ async def apikley_callback(request: Request) -> Response:
     task_id: str = request.path_params["task_id"]
     if not token_matches(rt.settings.callback_secret or "", task_id, request.path_params["token"]):
         raise ApiError(401, "invalid_token", "callback token does not match")
-    record = _record(await read_json(request, MAX_CALLBACK_BYTES))
+    record, provider_task_id = _apikley_record(await read_json(request, MAX_CALLBACK_BYTES))
+    hmac_key = rt.settings.apikley_webhook_hmac_key
+    if hmac_key:
+        headers = request.headers
+        problem = kie_signature_problem(
+            hmac_key, provider_task_id, headers.get("x-webhook-timestamp"), headers.get("x-webhook-signature"), now_s=time.time()
+        )
+        if problem is not None:
+            raise ApiError(401, "invalid_signature", problem)
     try:
         update = parse_record(record)
     except UnknownState as exc:
@@ -73,24 +121,55 @@ async def apikley_callback(request: Request) -> Response:
     confirm = update.status.terminal and rt.settings.apikley_confirm_callbacks
 
     def check(task: Task) -> None:
-        if task.provider != "apikley":
-            raise ApiError(404, "not_found", "no such Apikley task")
-        if task.provider_task_id is not None and task.provider_task_id != record["taskId"]:
-            raise ApiError(409, "task_mismatch", "callback taskId does not match this task", {"data.taskId": "does not match"})
-        if confirm and not task.status.terminal:
-            raise ConfirmFirst(task)
+        _check_ours(task, "apikley", provider_task_id)
+        if task.provider_task_id is None:
+            raise ConfirmFirst  # adopt the id, then let a poll say where the task stands
+        # Overturning a failure we decided ourselves always takes the provider's own word.
+        if (confirm and not task.status.terminal) or revives(task, update):
+            raise ConfirmFirst
 
     try:
         transition = await rt.store.aapply(task_id, update, check=check)
     except TaskNotFound as exc:
         raise ApiError(404, "not_found", "no such Apikley task") from exc
-    except ConfirmFirst as pending:
-        await run_in_threadpool(_confirm, rt, pending.task, record["taskId"])
+    except ConfirmFirst:
+        await run_in_threadpool(_confirm, rt, task_id, provider_task_id)
         log.info("apikley callback task_id=%s state=%s confirming", task_id, record.get("state"))
-        return JSONResponse({"accepted": True, "changed": False, "confirming": True}, status_code=202)
-    observe_transition(transition)  # logs the transition itself; this line only adds detail
-    log.debug("apikley callback task_id=%s state=%s changed=%s", task_id, record.get("state"), transition is not None)
+        return JSONResponse(_CONFIRMING, status_code=202)
+    observe_transition(transition)  # logs the transition itself
+    if transition is None:
+        _unchanged(task_id, "apikley", provider_task_id, record.get("state"))
     return Response(_ACCEPTED[transition is not None], media_type="application/json")
 
 
-routes = [Route("/callbacks/apikley/{task_id}/{token}", apikley_callback, methods=["POST"])]
+async def novita_callback(request: Request) -> Response:
+    rt = runtime(request)
+    task_id: str = request.path_params["task_id"]
+    if not token_matches(rt.settings.callback_secret or "", task_id, request.path_params["token"], "novita"):
+        raise ApiError(401, "invalid_token", "callback token does not match")
+    body = await read_json(request, MAX_CALLBACK_BYTES)
+    provider_task_id = webhook_task_id(body)
+    if provider_task_id is None:
+        raise ApiError(422, "invalid_callback", "webhook has no payload.task.task_id", {"payload.task.task_id": "required string"})
+
+    def take() -> bool:
+        task = rt.store.get(task_id)
+        if task is None:
+            raise ApiError(404, "not_found", "no such Novita task")
+        _check_ours(task, "novita", provider_task_id)
+        if task.status.terminal and not (task.error is not None and task.error.self_decided):
+            return False
+        _confirm(rt, task_id, provider_task_id)
+        return True
+
+    if not await run_in_threadpool(take):
+        state = body["payload"]["task"].get("status")
+        _unchanged(task_id, "novita", provider_task_id, state)
+        return Response(_ACCEPTED[False], media_type="application/json")
+    return JSONResponse(_CONFIRMING, status_code=202)
+
+
+routes = [
+    Route("/callbacks/apikley/{task_id}/{token}", apikley_callback, methods=["POST"]),
+    Route("/callbacks/novita/{task_id}/{token}", novita_callback, methods=["POST"]),
+]

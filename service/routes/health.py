@@ -15,12 +15,18 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
+    """503 while Redis is unreachable. Ready otherwise, with `warnings` for what works only in
+    part: callbacks that cannot reach us leave tasks to polling alone."""
     rt = runtime(request)
     try:
         await run_in_threadpool(rt.redis.ping)
     except Exception as exc:  # any Redis failure means "not ready", never a 500
         return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    body: dict[str, object] = {"status": "ok"}
+    if rt.callbacks_unreachable:
+        body["callbacks"] = "unreachable"
+        body["warnings"] = [rt.callbacks_unreachable]
+    return JSONResponse(body)
 
 
 routes = [Route("/healthz", healthz), Route("/readyz", readyz)]

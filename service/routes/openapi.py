@@ -73,6 +73,24 @@ IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
 
+# kie.ai's webhook verification; required when APIKLEY_WEBHOOK_HMAC_KEY is set (else 401).
+SIGNATURE_HEADERS = [
+    {
+        "name": "X-Webhook-Timestamp",
+        "in": "header",
+        "required": False,
+        "description": "Unix seconds; within 5 minutes of now",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "X-Webhook-Signature",
+        "in": "header",
+        "required": False,
+        "description": "base64(HMAC-SHA256(\"{taskId}.{timestamp}\", APIKLEY_WEBHOOK_HMAC_KEY))",
+        "schema": {"type": "string"},
+    },
+]
+
 
 def _ref(name: str) -> Schema:
     return {"$ref": REF.format(model=name)}
@@ -256,6 +274,16 @@ def build_spec() -> Schema:
                 {200: callback_answer, 202: callback_answer},
                 [400, 401, 404, 409, 413, 415, 422],
                 body="ApikleyCallback",
+                parameters=[task, _path("token"), *SIGNATURE_HEADERS],
+                secured=False,
+            )
+        },
+        "/callbacks/novita/{task_id}/{token}": {
+            "post": _operation(
+                "Novita's result webhook: a hint (unsigned), confirmed by polling",
+                {200: callback_answer, 202: callback_answer},
+                [400, 401, 404, 409, 413, 415, 422],
+                body="NovitaWebhook",
                 parameters=[task, _path("token")],
                 secured=False,
             )
@@ -264,17 +292,34 @@ def build_spec() -> Schema:
     components = _components()
     components["ApikleyCallback"] = {
         "type": "object",
-        "description": "Apikley's callback: the shape of Get Task Details",
+        "description": "Apikley's callback: the shape of Get Task Details (the task id as `taskId` or `task_id`)",
         "required": ["data"],
         "properties": {
             "code": {"type": "integer"},
             "msg": {"type": "string"},
             "data": {
                 "type": "object",
-                "required": ["taskId", "state"],
+                "required": ["state"],
+                "anyOf": [{"required": ["taskId"]}, {"required": ["task_id"]}],
                 "properties": {
-                    "taskId": {"type": "string"},
+                    "taskId": {"type": "string", "minLength": 1},
+                    "task_id": {"type": "string", "minLength": 1},
                     "state": {"type": "string", "enum": ["waiting", "queuing", "generating", "success", "fail"]},
+                },
+            },
+        },
+    }
+    components["NovitaWebhook"] = {
+        "type": "object",
+        "description": "Novita's ASYNC_TASK_RESULT webhook: the task-result body under `payload`",
+        "required": ["payload"],
+        "properties": {
+            "event_type": {"type": "string"},
+            "payload": {
+                "type": "object",
+                "required": ["task"],
+                "properties": {
+                    "task": {"type": "object", "required": ["task_id"], "properties": {"task_id": {"type": "string", "minLength": 1}}}
                 },
             },
         },

@@ -14,10 +14,11 @@ from starlette.routing import Route
 from service.domain.clock import now_iso
 from service.domain.ids import new_id
 from service.domain.status import TaskStatus
+from service.domain.submission import NoProviderFits, choose_provider
 from service.domain.tasks import (
-    PROVIDERS,
     ProviderName,
     Task,
+    TaskInput,
     TaskRequest,
     limit_violations,
 )
@@ -34,18 +35,20 @@ from service.webhooks.ssrf import UnsafeWebhookURL, check_url_syntax
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def choose_provider(rt: Runtime, requested: str) -> ProviderName:
-    settings = rt.settings
-    if requested != "auto":
-        provider: ProviderName = requested  # type: ignore[assignment]
-        if not settings.provider_configured(provider):
+def provider_for(rt: Runtime, req: TaskRequest, task_input: TaskInput) -> tuple[ProviderName, dict[str, str]]:
+    """The provider this request goes to, and the limits of it that the input breaks."""
+    configured = rt.configured
+    if req.provider != "auto":
+        provider: ProviderName = req.provider
+        if provider not in configured:
             raise ApiError(422, "validation_error", f"{provider} is not configured", {"provider": f"{provider} is not configured on this server"})
-        return provider
-    preferred = settings.default_provider
-    for candidate in (preferred, *[p for p in PROVIDERS if p != preferred]):
-        if settings.provider_configured(candidate):
-            return candidate
-    raise ApiError(503, "no_provider", "no provider is configured on this server")
+        return provider, limit_violations(task_input, provider)
+    if not configured:
+        raise ApiError(503, "no_provider", "no provider is configured on this server")
+    try:
+        return choose_provider(task_input, default=rt.settings.default_provider, configured=configured), {}
+    except NoProviderFits as exc:
+        return configured[0], exc.fields
 
 
 async def create_task(request: Request) -> JSONResponse:
@@ -57,9 +60,8 @@ async def create_task(request: Request) -> JSONResponse:
         req = TaskRequest.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from exc
-    provider = choose_provider(rt, req.provider)
     task_input = req.task_input()
-    problems = limit_violations(task_input, provider)
+    provider, problems = provider_for(rt, req, task_input)
     if req.webhook_url is not None:
         try:
             check_url_syntax(req.webhook_url, allow_private=rt.settings.allow_private_webhooks)
@@ -93,8 +95,9 @@ async def create_task(request: Request) -> JSONResponse:
             task,
             idempotency=claim,
             idempotency_ttl_s=rt.settings.idempotency_ttl_s,
+            # Looked at again after one lease: a worker that takes the job and dies is noticed.
             watchdog_s=rt.settings.submit_lease_s,
-            after=lambda pipe, t: rt.jobs.submit(t.id, pipeline=pipe),
+            after=lambda pipe, t: rt.jobs.submit(t.id, attempt=0, pipeline=pipe),
         )
 
     try:

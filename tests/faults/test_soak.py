@@ -15,7 +15,15 @@ from contextlib import ExitStack
 import pytest
 
 from tests.conftest import Simulator, Stack
-from tests.faults.ledger import Record, Subscriber, add_subscribers, create_tasks, judge, reconcile, settle
+from tests.faults.ledger import (
+    Record,
+    Subscriber,
+    add_subscribers,
+    create_tasks,
+    judge,
+    reconcile,
+    settle,
+)
 from tests.receivers import serve_receiver
 from tests.stacks import owned_stack, simulator_process
 
@@ -34,8 +42,10 @@ SOAK_ENV = {
     "POLL_INITIAL_S": "0.5",
     "POLL_MAX_S": "1",
     "TASK_DEADLINE_S": "600",
-    # Generous leases: under this load a slow job must not be mistaken for a dead one.
-    "SUBMIT_LEASE_S": "30",
+    # Generous leases and grace: under this load a slow job, or one waiting its turn in a long
+    # queue, must not be mistaken for a lost one.
+    "SUBMIT_LEASE_S": "10",
+    "JOB_GRACE_S": "30",
     "WEBHOOK_TIMEOUT_S": "10",
     "WEBHOOK_LEASE_S": "30",
     "SWEEP_INTERVAL_S": "2",

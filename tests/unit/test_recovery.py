@@ -1,0 +1,126 @@
+"""Deadlines, late results and the sweep's decisions (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.domain.clock import iso_to_unix, unix_to_iso
+from service.domain.recovery import (
+    Deadlines,
+    FailUnconfirmed,
+    Forget,
+    Repoll,
+    Resubmit,
+    WaitUntil,
+    decide_recovery,
+    looking_late,
+    next_poll_in,
+    past_deadline,
+    revivable,
+)
+from service.domain.status import TaskStatus
+from service.domain.tasks import SubmitAttempt, Task, TaskError, TaskInput, TaskResult
+from service.domain.transition import ProviderUpdate, apply_update, revives
+
+S = TaskStatus
+T0 = "2026-01-01T00:00:00.000Z"
+START = iso_to_unix(T0)
+DEADLINES = Deadlines(task_s=3600, unconfirmed_s=1800, late_window_s=86400, late_poll_s=300)
+TIMEOUT = TaskError(code="timeout", message="no result within 3600 s")
+UNCONFIRMED = TaskError(code="submit_unconfirmed", message="never heard back")
+PROVIDER_FAIL = TaskError(code="generation_failed", message="nsfw", provider_code="501")
+RESULT = TaskResult(video_url="https://cdn/v.mp4")
+
+
+def make_task(status: TaskStatus, **fields: object) -> Task:
+    base: dict[str, object] = dict(id="task_x", provider="apikley", input=TaskInput(prompt="p"), created_at=T0, updated_at=T0, status=status)
+    base.update(fields)
+    return Task.model_validate(base)
+
+
+def unconfirmed_attempt(at_s: float) -> SubmitAttempt:
+    return SubmitAttempt(id="att_1", provider="apikley", at=unix_to_iso(at_s), outcome="unconfirmed")
+
+
+# --- the one exception to "terminal is final" ----------------------------------------------------
+
+REVIVALS = {
+    "success after our deadline failure wins": (make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1"), True),
+    "success after our unconfirmed failure wins": (make_task(S.FAILED, error=UNCONFIRMED), True),
+    "a failure the provider reported stays final": (make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"), False),
+    "a success stays as it is": (make_task(S.SUCCEEDED, result=RESULT, provider_task_id="p1"), False),
+}
+
+
+@pytest.mark.parametrize(("task", "revived"), REVIVALS.values(), ids=REVIVALS.keys())
+def test_a_verified_success_overturns_only_a_failure_we_decided_ourselves(task: Task, revived: bool) -> None:
+    update = ProviderUpdate(status=S.SUCCEEDED, result=RESULT)
+    assert revives(task, update) is revived
+    transition = apply_update(task.model_copy(update={"sequence": 2}), update, now=T0, event_id="evt_9")
+    if not revived:
+        assert transition is None
+        return
+    assert transition is not None
+    assert (transition.task.status, transition.task.result, transition.task.error) == (S.SUCCEEDED, RESULT, None)
+    assert (transition.event.type, transition.event.sequence) == ("task.succeeded", 3)
+
+
+def test_a_late_failure_report_does_not_reopen_a_failure_we_decided() -> None:
+    task = make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1")
+    assert apply_update(task, ProviderUpdate(status=S.FAILED, error=PROVIDER_FAIL), now=T0, event_id="e") is None
+    assert apply_update(task, ProviderUpdate(status=S.RUNNING), now=T0, event_id="e") is None
+
+
+# --- deadlines and late polling ------------------------------------------------------------------
+
+
+def test_the_deadline_counts_from_creation_and_spares_finished_tasks() -> None:
+    running = make_task(S.RUNNING, provider_task_id="p1")
+    assert not past_deadline(running, START + 3600, DEADLINES)
+    assert past_deadline(running, START + 3601, DEADLINES)
+    assert not past_deadline(make_task(S.SUCCEEDED), START + 9999, DEADLINES)
+
+
+def test_a_task_we_failed_is_asked_about_within_the_late_window_only() -> None:
+    failed = make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1")
+    assert revivable(failed)
+    assert looking_late(failed, START + 86399, DEADLINES)
+    assert not looking_late(failed, START + 86400, DEADLINES)
+    assert not revivable(make_task(S.FAILED, error=UNCONFIRMED))  # no provider task id to ask about
+    assert not revivable(make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"))
+
+
+NEXT_POLLS = {
+    "unfinished: the regular schedule": (make_task(S.RUNNING, provider_task_id="p1"), START + 10, 7.5),
+    "finished: the chain ends": (make_task(S.SUCCEEDED, provider_task_id="p1"), START + 10, None),
+    "failed by the provider: the chain ends": (make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"), START + 10, None),
+    "failed by our deadline: late polls": (make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1"), START + 10, 300),
+    "late window over: the chain ends": (make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1"), START + 90000, None),
+}
+
+
+@pytest.mark.parametrize(("task", "now_s", "delay"), NEXT_POLLS.values(), ids=NEXT_POLLS.keys())
+def test_the_poll_chain_goes_on_while_a_result_may_still_come(task: Task, now_s: float, delay: float | None) -> None:
+    assert next_poll_in(task, regular_s=7.5, now_s=now_s, deadlines=DEADLINES) == delay
+
+
+# --- the sweep -----------------------------------------------------------------------------------
+
+SWEEPS = {
+    "gone": (None, START, Forget()),
+    "queued: its submit may be lost": (make_task(S.QUEUED), START, Resubmit()),
+    "submitted with a provider id: its polls may be lost": (make_task(S.SUBMITTED, provider_task_id="p1"), START, Repoll()),
+    "running: its polls may be lost": (make_task(S.RUNNING, provider_task_id="p1"), START, Repoll()),
+    "unconfirmed within its limit: wait": (
+        make_task(S.SUBMITTED, attempts=[unconfirmed_attempt(START + 10)]), START + 100, WaitUntil(START + 1810),
+    ),
+    "unconfirmed past its limit: fail": (make_task(S.SUBMITTED, attempts=[unconfirmed_attempt(START + 10)]), START + 1810, FailUnconfirmed()),
+    "failed by our deadline, in the late window: poll": (make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1"), START + 60, Repoll()),
+    "failed by the provider: forget": (make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"), START, Forget()),
+    "succeeded: forget": (make_task(S.SUCCEEDED, provider_task_id="p1"), START, Forget()),
+}
+
+
+@pytest.mark.parametrize(("task", "now_s", "action"), SWEEPS.values(), ids=SWEEPS.keys())
+def test_the_sweep_gives_each_task_the_work_it_may_have_lost(task: Task | None, now_s: float, action: object) -> None:
+    assert decide_recovery(task, now_s=now_s, deadlines=DEADLINES) == action
