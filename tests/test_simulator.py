@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import socket
 import threading
@@ -29,6 +33,8 @@ SUBMIT = "/v3/async/kling-v2.1-t2v-master"
 RESULT = "/v3/async/task-result"
 FAST = {"queue_s": 0.05, "generate_s": 0.15}
 SETTLE_S = 0.25
+# Longer than Novita's 5 s webhook timeout, short enough for the receiver to wind down.
+STALL_S = 7.0
 
 T = TypeVar("T")
 
@@ -72,19 +78,36 @@ def wait_until(probe: Callable[[], T | None], timeout: float = 3.0) -> T:
 
 
 class CallbackReceiver:
-    """Records every POST; `/broken` answers 500 to play a failing callback target."""
+    """Records every POST; `/broken` answers 500 to play a failing callback target, `/flaky`
+    answers 500 to its first two POSTs and `/stall` answers its first only after STALL_S."""
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.hits: dict[str, int] = {}
         self.app = Starlette(routes=[Route("/{name}", self.receive, methods=["POST"])])
 
+    def clear(self) -> None:
+        self.received.clear()
+        self.headers.clear()
+        self.hits.clear()
+
     async def receive(self, request: Request) -> Response:
+        name = request.path_params["name"]
         self.received.append(json.loads(await request.body()))
-        status = 500 if request.path_params["name"] == "broken" else 200
+        self.headers.append(dict(request.headers))
+        hit = self.hits[name] = self.hits.get(name, 0) + 1
+        if name == "stall" and hit == 1:
+            await asyncio.sleep(STALL_S)
+        failing = name == "broken" or (name == "flaky" and hit <= 2)
+        status = 500 if failing else 200
         return JSONResponse({"ok": status == 200}, status_code=status)
 
     def states(self) -> list[str]:
         return [body["data"]["state"] for body in self.received]
+
+    def novita_statuses(self) -> list[str]:
+        return [body["payload"]["task"]["status"] for body in self.received]
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +134,13 @@ def sim(sim_url: str) -> Iterator[httpx.Client]:
 @pytest.fixture
 def callbacks(receiver: tuple[CallbackReceiver, str]) -> tuple[CallbackReceiver, str]:
     recorder, base_url = receiver
-    recorder.received.clear()
+    recorder.clear()
     return recorder, f"{base_url}/hook"
+
+
+def sibling(hook: str, name: str) -> str:
+    """Another path of the callback receiver, e.g. `/broken`."""
+    return hook.rsplit("/", 1)[0] + "/" + name
 
 
 def configure(client: httpx.Client, **fields: Any) -> dict[str, Any]:
@@ -137,9 +165,11 @@ def create_apikley(client: httpx.Client, **kwargs: Any) -> str:
     return str(response.json()["data"]["taskId"])
 
 
-def record(client: httpx.Client, task_id: str) -> dict[str, Any]:
+def record(client: httpx.Client, task_id: str, fail_code: int = 501) -> dict[str, Any]:
+    """Get Task Details' record; a failed generation's answer carries `fail_code`, others 200."""
     body = client.get(RECORD, params={"taskId": task_id}).json()
-    assert body["code"] == 200, body
+    failed = isinstance(body["data"], dict) and body["data"]["state"] == "fail"
+    assert body["code"] == (fail_code if failed else 200), body
     return dict(body["data"])
 
 
@@ -155,6 +185,16 @@ def wait_for_state(client: httpx.Client, task_id: str, *states: str) -> dict[str
 
 def submit_novita(client: httpx.Client, prompt: str = "a cat surfing") -> str:
     response = client.post(SUBMIT, json={"prompt": prompt})
+    assert response.status_code == 200, response.text
+    return str(response.json()["task_id"])
+
+
+def submit_novita_webhook(
+    client: httpx.Client, url: str, prompt: str = "a cat surfing", **extra: Any
+) -> str:
+    """Submit a Novita task asking for a webhook at `url`; `extra` adds keys beside `webhook`."""
+    body = {"prompt": prompt, "extra": {"webhook": {"url": url}, **extra}}
+    response = client.post(SUBMIT, json=body)
     assert response.status_code == 200, response.text
     return str(response.json()["task_id"])
 
@@ -176,7 +216,9 @@ def wait_for_novita(client: httpx.Client, task_id: str) -> dict[str, Any]:
     return wait_until(terminal)
 
 
-def settled_callbacks(client: httpx.Client, count: int) -> list[dict[str, Any]]:
+def settled_callbacks(
+    client: httpx.Client, count: int, timeout: float = 3.0
+) -> list[dict[str, Any]]:
     """Wait until `count` logged callback attempts have a response status or an error."""
 
     def settled() -> list[dict[str, Any]] | None:
@@ -184,7 +226,7 @@ def settled_callbacks(client: httpx.Client, count: int) -> list[dict[str, Any]]:
         done = [entry for entry in log if entry["status_code"] or entry["error"]]
         return done if len(done) == count else None
 
-    return wait_until(settled)
+    return wait_until(settled, timeout)
 
 
 def test_apikley_task_progresses_to_success_and_calls_back_once(
@@ -536,3 +578,470 @@ def test_any_key_is_accepted_when_no_key_is_configured() -> None:
         ok = httpx.post(url, json=body, headers={"Authorization": "Bearer anything"})
         empty = httpx.post(url, json=body, headers={"Authorization": "Bearer"})
     assert ok.status_code == 200 and empty.status_code == 401
+
+
+def logged_callbacks(client: httpx.Client, task_id: str | None = None) -> list[dict[str, Any]]:
+    """The simulator's callback log, optionally only one task's attempts."""
+    log: list[dict[str, Any]] = client.get("/_sim/callbacks").json()["callbacks"]
+    return [entry for entry in log if task_id is None or entry["task_id"] == task_id]
+
+
+def listed_tasks(client: httpx.Client) -> dict[str, dict[str, Any]]:
+    return {task["task_id"]: task for task in client.get("/_sim/tasks").json()["tasks"]}
+
+
+def test_slow_apikley_answer_times_out_the_client_yet_the_task_exists_and_calls_back(
+    sim_url: str, sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, answer_delay_s=1)
+    body = apikley_body(callback_url=hook)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(sim_url + CREATE, json=body, headers=AUTH, timeout=0.3)
+
+    (task,) = wait_until(lambda: list(listed_tasks(sim).values()))
+    assert task["provider"] == "apikley" and task["request"] == body
+    (callback,) = wait_until(lambda: recorder.received, timeout=10)
+    assert callback["data"]["taskId"] == task["task_id"]
+    assert callback["data"]["state"] == "success"
+
+
+def test_slow_novita_answer_times_out_the_client_yet_the_task_exists_and_sends_its_webhook(
+    sim_url: str, sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, answer_delay_s=1)
+    body = {"prompt": "a cat", "extra": {"webhook": {"url": hook}}}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(sim_url + SUBMIT, json=body, headers=AUTH, timeout=0.3)
+
+    (task,) = wait_until(lambda: list(listed_tasks(sim).values()))
+    assert task["provider"] == "novita" and task["callback_url"] == hook
+    (webhook,) = wait_until(lambda: recorder.received, timeout=10)
+    assert webhook["payload"]["task"]["task_id"] == task["task_id"]
+
+
+def test_answer_delay_holds_back_the_answer_but_not_the_task(sim: httpx.Client) -> None:
+    configure(sim, answer_delay_s=0.5)
+    task_id = create_apikley(sim)
+    # The task was created half a second before the answer: it is done when the answer comes.
+    assert record(sim, task_id)["state"] in ("generating", "success")
+
+
+@pytest.mark.parametrize(
+    ("configured", "code", "text"),
+    [(None, 501, "blocked by policy"), (422, 422, "blocked by policy"), (200, 200, "success")],
+)
+def test_failed_task_details_answer_carries_the_configured_code_with_the_record(
+    sim: httpx.Client, configured: int | None, code: int, text: str
+) -> None:
+    configure(sim, outcome="fail", fail_code="content_policy", fail_msg="blocked by policy")
+    if configured is not None:
+        configure(sim, apikley_record_fail_code=configured)
+    task_id = create_apikley(sim)
+    wait_until(lambda: record(sim, task_id, fail_code=code)["state"] == "fail")
+
+    answer = sim.get(RECORD, params={"taskId": task_id})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert set(body) == {"code", "msg", "data"}
+    assert (body["code"], body["msg"]) == (code, text)
+    data = body["data"]
+    assert (data["taskId"], data["state"], data["resultJson"]) == (task_id, "fail", "")
+    assert (data["failCode"], data["failMsg"]) == ("content_policy", "blocked by policy")
+
+
+def test_message_key_names_the_text_field_of_apikley_answers_and_callbacks(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    forced = [{"code": 429, "msg": "slow down"}]
+    configure(sim, apikley_message_key="message", outcome="fail", fail_msg="blocked")
+    configure(sim, apikley_create_responses=forced, apikley_record_responses=forced)
+
+    answers = [sim.post(CREATE, json=apikley_body()).json()]
+    answers.append(sim.get(RECORD, params={"taskId": "task_kling_0"}).json())
+    created = sim.post(CREATE, json=apikley_body(callback_url=hook)).json()
+    task_id = created["data"]["taskId"]
+    answers += [created, sim.get(RECORD, params={"taskId": "task_kling_0"}).json()]
+    wait_until(lambda: record(sim, task_id)["state"] == "fail")
+    answers.append(sim.get(RECORD, params={"taskId": task_id}).json())
+    answers.append(wait_until(lambda: recorder.received)[0])
+
+    assert all("msg" not in answer for answer in answers), answers
+    texts = [(answer["code"], answer["message"]) for answer in answers]
+    assert texts == [
+        (429, "slow down"),
+        (429, "slow down"),
+        (200, "success"),
+        (404, "task not found: task_kling_0"),
+        (501, "blocked"),
+        (501, "blocked"),
+    ]
+
+
+GATEWAY_CASES = [
+    ("apikley_create_responses", "POST", CREATE, 502, "502 Bad Gateway"),
+    ("apikley_record_responses", "GET", RECORD, 504, "504 Gateway Timeout"),
+    ("novita_submit_responses", "POST", SUBMIT, 503, "503 Service Unavailable"),
+    ("novita_result_responses", "GET", RESULT, 502, "502 Bad Gateway"),
+]
+
+
+@pytest.mark.parametrize(("queue", "method", "path", "status", "title"), GATEWAY_CASES)
+def test_forced_gateway_error_is_an_nginx_html_page_then_the_real_answer(
+    sim: httpx.Client, queue: str, method: str, path: str, status: int, title: str
+) -> None:
+    if path == RECORD:
+        request: dict[str, Any] = {"params": {"taskId": create_apikley(sim)}}
+    elif path == RESULT:
+        request = {"params": {"task_id": submit_novita(sim)}}
+    else:
+        request = {"json": apikley_body() if path == CREATE else {"prompt": "a cat"}}
+    configure(sim, **{queue: [{"html": True, "http_status": status}]})
+
+    page = sim.request(method, path, **request)
+    assert page.status_code == status and page.headers["content-type"] == "text/html"
+    assert f"<title>{title}</title>" in page.text and f"<h1>{title}</h1>" in page.text
+    assert "<center>nginx</center>" in page.text
+    with pytest.raises(ValueError):
+        page.json()
+
+    again = sim.request(method, path, **request)
+    assert again.status_code == 200 and again.headers["content-type"] == "application/json"
+
+
+def test_forced_answers_html_included_are_consumed_in_order(sim: httpx.Client) -> None:
+    queue = [
+        {"html": True, "http_status": 502},
+        {"code": 429, "msg": "slow down"},
+        {"code": 500, "msg": "not sent", "http_status": 503, "html": True},
+    ]
+    configure(sim, apikley_create_responses=queue)
+    answers = [sim.post(CREATE, json=apikley_body()) for _ in range(4)]
+    assert [a.status_code for a in answers] == [502, 200, 503, 200]
+    assert [a.headers["content-type"] for a in answers] == [
+        "text/html", "application/json", "text/html", "application/json"
+    ]
+    assert "not sent" not in answers[2].text and "503 Service Unavailable" in answers[2].text
+    assert [answers[1].json()["code"], answers[3].json()["code"]] == [429, 200]
+
+
+def test_forced_answer_needs_its_body_fields_unless_it_is_html(sim: httpx.Client) -> None:
+    for patch in (
+        {"apikley_create_responses": [{"msg": "no code"}]},
+        {"apikley_record_responses": [{"code": 500}]},
+        {"novita_submit_responses": [{"http_status": 503}]},
+    ):
+        response = sim.patch("/_sim/config", json=patch)
+        assert response.status_code == 422, patch
+        assert "required unless html is true" in json.dumps(response.json()["details"])
+    html = [{"html": True, "http_status": 502}]
+    config = configure(sim, apikley_create_responses=html, novita_result_responses=html)
+    assert config["apikley_create_responses"][0]["code"] is None
+    assert config["novita_result_responses"][0]["html"] is True
+
+
+def kie_signature(key: str, task_id: str, timestamp: str) -> str:
+    """kie.ai's documented signature, computed here independently of the simulator."""
+    message = f"{task_id}.{timestamp}".encode()
+    return base64.b64encode(hmac.new(key.encode(), message, hashlib.sha256).digest()).decode()
+
+
+@pytest.mark.parametrize("task_id_key", ["taskId", "task_id"])
+def test_signed_callback_carries_timestamp_and_hmac_of_task_id_and_time(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str], task_id_key: str
+) -> None:
+    recorder, hook = callbacks
+    key = "whsec-clé-🔑"
+    configure(sim, webhook_hmac_key=key, callback_task_id_key=task_id_key)
+    before = int(time.time())
+    task_id = create_apikley(sim, callback_url=hook)
+    (callback,) = wait_until(lambda: recorder.received)
+    after = int(time.time())
+
+    assert callback["data"][task_id_key] == task_id
+    (headers,) = recorder.headers
+    timestamp = headers["x-webhook-timestamp"]
+    assert timestamp.isdigit() and before <= int(timestamp) <= after
+    assert headers["x-webhook-signature"] == kie_signature(key, task_id, timestamp)
+    (logged,) = logged_callbacks(sim)
+    assert logged["headers"] == {
+        "Content-Type": "application/json",
+        "X-Webhook-Timestamp": timestamp,
+        "X-Webhook-Signature": headers["x-webhook-signature"],
+    }
+
+
+def test_callbacks_are_unsigned_without_an_hmac_key(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    create_apikley(sim, callback_url=hook)
+    wait_until(lambda: recorder.received)
+    (headers,) = recorder.headers
+    assert not [name for name in headers if name.startswith("x-webhook-")]
+    (logged,) = logged_callbacks(sim)
+    assert logged["headers"] == {"Content-Type": "application/json"}
+
+
+def test_callback_task_id_key_names_the_task_id_in_callback_data_only(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, callback_task_id_key="task_id")
+    task_id = create_apikley(sim, callback_url=hook)
+    (callback,) = wait_until(lambda: recorder.received)
+    assert callback["data"]["task_id"] == task_id and "taskId" not in callback["data"]
+    assert record(sim, task_id)["taskId"] == task_id
+
+
+def test_apikley_callback_to_a_failing_receiver_is_not_retried(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, novita_webhook_retry_s=0.05)
+    create_apikley(sim, callback_url=sibling(hook, "broken"))
+    (attempt,) = settled_callbacks(sim, count=1)
+    assert attempt["status_code"] == 500
+    time.sleep(1)
+    assert len(logged_callbacks(sim)) == 1 and len(recorder.received) == 1
+
+
+@pytest.mark.parametrize("outcome", ["success", "fail"])
+def test_novita_webhook_posts_the_task_result_once_it_is_terminal(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str], outcome: str
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, outcome=outcome, fail_msg="content moderation")
+    task_id = submit_novita_webhook(sim, hook, response_video_type="mp4")
+    done = wait_for_novita(sim, task_id)
+    wait_until(lambda: recorder.received)
+    time.sleep(SETTLE_S)
+
+    (webhook,) = recorder.received
+    assert webhook == {"event_type": "ASYNC_TASK_RESULT", "payload": done}
+    expected = "TASK_STATUS_SUCCEED" if outcome == "success" else "TASK_STATUS_FAILED"
+    assert done["task"]["status"] == expected
+    (headers,) = recorder.headers
+    assert not [name for name in headers if name.startswith("x-webhook-")]
+    (logged,) = logged_callbacks(sim)
+    assert (logged["task_id"], logged["url"], logged["status_code"]) == (task_id, hook, 200)
+    assert logged["body"] == webhook
+    task = listed_tasks(sim)[task_id]
+    assert task["callback_url"] == hook and task["callbacks"] == [logged]
+
+
+NOVITA_WEBHOOK_CASES = [
+    ({"callback_mode": "normal"}, ["TASK_STATUS_SUCCEED"]),
+    ({"callback_mode": "drop"}, []),
+    ({"callback_mode": "duplicate"}, ["TASK_STATUS_SUCCEED", "TASK_STATUS_SUCCEED"]),
+    ({"callback_mode": "out_of_order"}, ["TASK_STATUS_SUCCEED", "TASK_STATUS_PROCESSING"]),
+    # Novita's webhook reports the result only, never progress.
+    ({"progress_callbacks": True}, ["TASK_STATUS_SUCCEED"]),
+]
+
+
+@pytest.mark.parametrize(("config", "statuses"), NOVITA_WEBHOOK_CASES)
+def test_novita_webhooks_follow_the_callback_mode(
+    sim: httpx.Client,
+    callbacks: tuple[CallbackReceiver, str],
+    config: dict[str, Any],
+    statuses: list[str],
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, **config)
+    task_id = submit_novita_webhook(sim, hook)
+    wait_for_novita(sim, task_id)
+    wait_until(lambda: len(recorder.received) >= len(statuses))
+    time.sleep(SETTLE_S)
+    assert recorder.novita_statuses() == statuses
+    assert all(body["payload"]["task"]["task_id"] == task_id for body in recorder.received)
+
+
+def test_novita_webhook_waits_for_the_callback_delay(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, callback_delay_s=1.0)
+    task_id = submit_novita_webhook(sim, hook)
+    wait_for_novita(sim, task_id)
+    assert recorder.received == []
+    wait_until(lambda: recorder.received)
+
+
+def test_novita_webhook_is_retried_until_the_receiver_answers_2xx(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, novita_webhook_retry_s=0.05)
+    flaky = sibling(hook, "flaky")
+    task_id = submit_novita_webhook(sim, flaky)
+    attempts = settled_callbacks(sim, count=3)
+    time.sleep(SETTLE_S)
+    assert [a["status_code"] for a in logged_callbacks(sim)] == [500, 500, 200]
+    assert {a["task_id"] for a in attempts} == {task_id}
+    first = recorder.received[0]
+    assert first["payload"]["task"]["status"] == "TASK_STATUS_SUCCEED"
+    assert recorder.received == [first, first, first]
+
+
+def test_novita_webhook_gives_up_after_five_retries(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, novita_webhook_retry_s=0.05)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    unreachable = f"http://127.0.0.1:{closed.getsockname()[1]}/hook"
+    closed.close()
+    broken = sibling(hook, "broken")
+    broken_id = submit_novita_webhook(sim, broken)
+    unreachable_id = submit_novita_webhook(sim, unreachable)
+    settled_callbacks(sim, count=12, timeout=10)
+    time.sleep(1)
+
+    to_broken = logged_callbacks(sim, broken_id)
+    assert [a["status_code"] for a in to_broken] == [500] * 6
+    to_unreachable = logged_callbacks(sim, unreachable_id)
+    assert len(to_unreachable) == 6
+    assert all(a["status_code"] is None and a["error"] for a in to_unreachable)
+    assert len(recorder.received) == 6
+
+
+def test_novita_webhook_is_retried_when_the_receiver_does_not_answer_within_5s(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, novita_webhook_retry_s=0.05)
+    task_id = submit_novita_webhook(sim, sibling(hook, "stall"))
+    first, second = settled_callbacks(sim, count=2, timeout=30)
+    assert first["task_id"] == second["task_id"] == task_id
+    assert first["status_code"] is None and "TimeoutError" in first["error"]
+    assert second["status_code"] == 200 and second["body"] == first["body"]
+    assert len(recorder.received) == 2
+
+
+def test_novita_webhooks_can_be_switched_off(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, novita_webhooks=False)
+    task_id = submit_novita_webhook(sim, hook)
+    wait_for_novita(sim, task_id)
+    time.sleep(SETTLE_S)
+    assert recorder.received == [] and logged_callbacks(sim) == []
+    assert listed_tasks(sim)[task_id]["callback_url"] == hook
+
+
+def test_novita_refuses_extra_when_it_does_not_accept_it(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    _, hook = callbacks
+    configure(sim, novita_accepts_extra=False)
+    body = {"prompt": "a cat", "extra": {"webhook": {"url": hook}}}
+    response = sim.post(SUBMIT, json=body)
+    assert response.status_code == 400
+    assert response.json() == {
+        "code": 400,
+        "reason": "INVALID_REQUEST_BODY",
+        "message": "extra: unknown field",
+        "metadata": {"field": "extra"},
+    }
+    assert listed_tasks(sim) == {}
+    plain = submit_novita(sim)
+    assert list(listed_tasks(sim)) == [plain]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"webhook": {"url": "not a url"}}, "extra.webhook.url"),
+        ({"webhook": {"url": "ftp://127.0.0.1/hook"}}, "extra.webhook.url"),
+        ({"webhook": {"url": 5}}, "extra.webhook.url"),
+        ({"webhook": {}}, "extra.webhook.url"),
+        ({"webhook": "http://127.0.0.1/hook"}, "extra.webhook"),
+        ("webhook", "extra"),
+    ],
+)
+def test_novita_webhook_url_must_be_an_absolute_http_url(
+    sim: httpx.Client, extra: Any, field: str
+) -> None:
+    response = sim.post(SUBMIT, json={"prompt": "a cat", "extra": extra})
+    assert response.status_code == 400
+    error = response.json()
+    assert error["reason"] == "INVALID_REQUEST_BODY" and error["metadata"] == {"field": field}
+    assert listed_tasks(sim) == {}
+
+
+def test_novita_extra_without_webhook_is_accepted_and_ignored(sim: httpx.Client) -> None:
+    body = {"prompt": "a cat", "extra": {"response_video_type": "mp4"}}
+    task_id = sim.post(SUBMIT, json=body).json()["task_id"]
+    task = listed_tasks(sim)[task_id]
+    assert task["request"] == body and task["callback_url"] is None
+
+
+def test_reset_cancels_pending_novita_webhooks_and_retries(
+    sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
+) -> None:
+    recorder, hook = callbacks
+    configure(sim, novita_webhook_retry_s=2.0)
+    retrying_id = submit_novita_webhook(sim, sibling(hook, "broken"))
+    configure(sim, callback_delay_s=2.0)
+    submit_novita_webhook(sim, hook)
+    (attempt,) = settled_callbacks(sim, count=1)
+    assert attempt["task_id"] == retrying_id and attempt["status_code"] == 500
+
+    sim.post("/_sim/reset").raise_for_status()
+    time.sleep(3)
+    assert len(recorder.received) == 1
+    assert logged_callbacks(sim) == [] and listed_tasks(sim) == {}
+
+
+NEW_DEFAULTS = {
+    "answer_delay_s": 0.0,
+    "apikley_record_fail_code": 501,
+    "apikley_message_key": "msg",
+    "webhook_hmac_key": None,
+    "callback_task_id_key": "taskId",
+    "novita_accepts_extra": True,
+    "novita_webhooks": True,
+    "novita_webhook_retry_s": 1.0,
+}
+
+
+def test_reset_restores_the_provider_case_defaults(sim: httpx.Client) -> None:
+    changed = configure(
+        sim,
+        answer_delay_s=0.5,
+        apikley_record_fail_code=422,
+        apikley_message_key="message",
+        webhook_hmac_key="k",
+        callback_task_id_key="task_id",
+        novita_accepts_extra=False,
+        novita_webhooks=False,
+        novita_webhook_retry_s=0.1,
+    )
+    assert all(changed[name] != default for name, default in NEW_DEFAULTS.items())
+    defaults = sim.post("/_sim/reset").json()
+    assert {name: defaults[name] for name in NEW_DEFAULTS} == NEW_DEFAULTS
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"answer_delay_s": -1},
+        {"apikley_message_key": "text"},
+        {"callback_task_id_key": "id"},
+        {"novita_webhook_retry_s": -0.5},
+        {"apikley_record_fail_code": "often"},
+        {"novita_webhook": True},
+        {"apikley_create_responses": [{"code": 500, "msg": "x", "html": True, "page": "<p>"}]},
+    ],
+)
+def test_invalid_or_unknown_config_is_refused_with_422(
+    sim: httpx.Client, patch: dict[str, Any]
+) -> None:
+    before = sim.get("/_sim/config").json()
+    assert sim.patch("/_sim/config", json=patch).status_code == 422
+    assert sim.get("/_sim/config").json() == before

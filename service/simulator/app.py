@@ -27,11 +27,16 @@ from service.simulator.schemas import (
     validate,
 )
 from service.simulator.state import (
+    ApikleyForcedResponse,
+    MessageKey,
+    NovitaForcedResponse,
     Phase,
     Provider,
     SimStore,
     SimTask,
-    apikley_record,
+    apikley_envelope,
+    apikley_record_answer,
+    gateway_error_page,
     novita_result,
     pop_first,
     unix_ms,
@@ -41,9 +46,12 @@ from service.simulator.state import (
 FAKE_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 
 
-def apikley_answer(code: int, msg: str, http_status: int = 200) -> JSONResponse:
+def apikley_answer(
+    code: int, msg: str, http_status: int = 200, message_key: MessageKey = "msg"
+) -> JSONResponse:
     """Apikley reports errors in the body's `code`, normally on an HTTP 200."""
-    return JSONResponse({"code": code, "msg": msg, "data": None}, status_code=http_status)
+    body = apikley_envelope(code, msg, None, message_key)
+    return JSONResponse(body, status_code=http_status)
 
 
 def novita_error(
@@ -52,6 +60,27 @@ def novita_error(
     """Novita reports errors as the HTTP status, repeated in the body's `code`."""
     body = {"code": status, "reason": reason, "message": message, "metadata": metadata or {}}
     return JSONResponse(body, status_code=status)
+
+
+def gateway_error(status: int) -> Response:
+    """A gateway's HTML error page, as an nginx in front of a provider sends when it is down."""
+    # The header given explicitly so Starlette does not append a charset nginx would not send.
+    headers = {"Content-Type": "text/html"}
+    return Response(gateway_error_page(status), status_code=status, headers=headers)
+
+
+def apikley_forced(forced: ApikleyForcedResponse, message_key: MessageKey) -> Response:
+    # Validation guarantees code and msg whenever html is false.
+    if forced.html or forced.code is None or forced.msg is None:
+        return gateway_error(forced.http_status)
+    return apikley_answer(forced.code, forced.msg, forced.http_status, message_key)
+
+
+def novita_forced(forced: NovitaForcedResponse) -> Response:
+    # Validation guarantees reason and message whenever html is false.
+    if forced.html or forced.reason is None or forced.message is None:
+        return gateway_error(forced.http_status)
+    return novita_error(forced.http_status, forced.reason, forced.message)
 
 
 class Simulator:
@@ -73,55 +102,80 @@ class Simulator:
         if self.store.config.latency_s > 0:
             await asyncio.sleep(self.store.config.latency_s)
 
+    async def answer_delay(self) -> None:
+        """Hold back the answer to a request whose task already exists."""
+        if self.store.config.answer_delay_s > 0:
+            await asyncio.sleep(self.store.config.answer_delay_s)
+
+    def apikley_answer(self, code: int, msg: str) -> JSONResponse:
+        return apikley_answer(code, msg, message_key=self.store.config.apikley_message_key)
+
     @staticmethod
     def video_url(request: Request, task: SimTask) -> str:
         return str(request.url_for("sim_video", task_id=task.task_id))
 
     async def apikley_create(self, request: Request) -> Response:
         await self.provider_latency()
+        config = self.store.config
         if not self.authorized(request):
-            return apikley_answer(401, "Unauthorized: missing or invalid API key")
-        if forced := pop_first(self.store.config.apikley_create_responses):
-            return apikley_answer(forced.code, forced.msg, forced.http_status)
+            return self.apikley_answer(401, "Unauthorized: missing or invalid API key")
+        if forced := pop_first(config.apikley_create_responses):
+            return apikley_forced(forced, config.apikley_message_key)
         try:
             data = decode_object(await request.body())
             body = validate(ApikleyCreateTask, data)
         except InvalidBody as exc:
-            return apikley_answer(422, str(exc))
+            return self.apikley_answer(422, str(exc))
         task = self.store.add_task(
             Provider.APIKLEY, data, body.input.prompt, time.time(), body.callBackUrl
         )
         if body.callBackUrl:
             self.sender.schedule(task, body.callBackUrl, self.video_url(request, task))
-        return JSONResponse({"code": 200, "msg": "success", "data": {"taskId": task.task_id}})
+        await self.answer_delay()
+        data = {"taskId": task.task_id}
+        return JSONResponse(apikley_envelope(200, "success", data, config.apikley_message_key))
 
     async def apikley_record_info(self, request: Request) -> Response:
         await self.provider_latency()
+        config = self.store.config
         if not self.authorized(request):
-            return apikley_answer(401, "Unauthorized: missing or invalid API key")
-        if forced := pop_first(self.store.config.apikley_record_responses):
-            return apikley_answer(forced.code, forced.msg, forced.http_status)
+            return self.apikley_answer(401, "Unauthorized: missing or invalid API key")
+        if forced := pop_first(config.apikley_record_responses):
+            return apikley_forced(forced, config.apikley_message_key)
         task_id = request.query_params.get("taskId", "")
         if not task_id:
-            return apikley_answer(422, "taskId: is required")
+            return self.apikley_answer(422, "taskId: is required")
         task = self.store.find(Provider.APIKLEY, task_id)
         if task is None:
-            return apikley_answer(404, f"task not found: {task_id}")
-        record = apikley_record(task, time.time() - task.created_at, self.video_url(request, task))
-        return JSONResponse({"code": 200, "msg": "success", "data": record})
+            return self.apikley_answer(404, f"task not found: {task_id}")
+        answer = apikley_record_answer(
+            task,
+            time.time() - task.created_at,
+            self.video_url(request, task),
+            config.apikley_record_fail_code,
+            config.apikley_message_key,
+        )
+        return JSONResponse(answer)
 
     async def novita_submit(self, request: Request) -> Response:
         await self.provider_latency()
+        config = self.store.config
         if not self.authorized(request):
             return novita_error(401, "INVALID_API_KEY", "missing or invalid API key")
-        if forced := pop_first(self.store.config.novita_submit_responses):
-            return novita_error(forced.http_status, forced.reason, forced.message)
+        if forced := pop_first(config.novita_submit_responses):
+            return novita_forced(forced)
         try:
             data = decode_object(await request.body())
+            if "extra" in data and not config.novita_accepts_extra:
+                raise InvalidBody("extra", "unknown field")
             body = validate(NovitaSubmit, data)
         except InvalidBody as exc:
             return novita_error(400, "INVALID_REQUEST_BODY", str(exc), {"field": exc.field})
-        task = self.store.add_task(Provider.NOVITA, data, body.prompt, time.time())
+        webhook_url = body.webhook_url
+        task = self.store.add_task(Provider.NOVITA, data, body.prompt, time.time(), webhook_url)
+        if webhook_url and config.novita_webhooks:
+            self.sender.schedule_novita(task, webhook_url, self.video_url(request, task))
+        await self.answer_delay()
         return JSONResponse({"task_id": task.task_id})
 
     async def novita_task_result(self, request: Request) -> Response:
@@ -129,7 +183,7 @@ class Simulator:
         if not self.authorized(request):
             return novita_error(401, "INVALID_API_KEY", "missing or invalid API key")
         if forced := pop_first(self.store.config.novita_result_responses):
-            return novita_error(forced.http_status, forced.reason, forced.message)
+            return novita_forced(forced)
         task_id = request.query_params.get("task_id", "")
         if not task_id:
             return novita_error(400, "INVALID_REQUEST_PARAMS", "task_id: is required")

@@ -55,12 +55,28 @@ class ApikleyCreateTask(BaseModel):
     input: ApikleyInput
 
 
+class NovitaWebhook(BaseModel):
+    url: CallbackUrl
+
+
+class NovitaExtra(BaseModel):
+    """Novita's common `extra` object; keys other than `webhook` are accepted and ignored."""
+
+    webhook: NovitaWebhook | None = None
+
+
 class NovitaSubmit(BaseModel):
     prompt: NovitaText
     duration: Duration = "5"
     aspect_ratio: AspectRatio = "16:9"
     guidance_scale: Scale | None = None
     negative_prompt: NovitaText = ""
+    extra: NovitaExtra | None = None
+
+    @property
+    def webhook_url(self) -> str | None:
+        webhook = self.extra.webhook if self.extra is not None else None
+        return webhook.url if webhook is not None else None
 
 
 M = TypeVar("M", bound=BaseModel)

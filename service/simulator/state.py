@@ -11,14 +11,25 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from http import HTTPStatus
+from typing import Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    model_validator,
+)
 
 Outcome = Literal["success", "fail"]
 CallbackMode = Literal["normal", "drop", "duplicate", "out_of_order"]
+MessageKey = Literal["msg", "message"]
+TaskIdKey = Literal["taskId", "task_id"]
 
 NOVITA_TASK_TYPE = "KLING_V2.1_T2V_MASTER"
 SLOW_FACTOR = 10
@@ -32,21 +43,42 @@ CALLBACK_DIRECTIVES: dict[str, CallbackMode] = {
 
 
 class ApikleyForcedResponse(BaseModel):
-    """An Apikley answer returned instead of doing the real work (the code rides in the body)."""
+    """An Apikley answer returned instead of doing the real work (the code rides in the body).
+
+    With `html` a gateway's HTML error page at `http_status` is sent instead of any JSON, so
+    `code` and `msg` are only required without it.
+    """
 
     model_config = ConfigDict(extra="forbid")
-    code: int
-    msg: str
+    code: int | None = None
+    msg: str | None = None
     http_status: int = Field(default=200, ge=100, le=599)
+    html: bool = False
+
+    @model_validator(mode="after")
+    def _body_fields_unless_html(self) -> Self:
+        if not self.html and (self.code is None or self.msg is None):
+            raise ValueError("code and msg are required unless html is true")
+        return self
 
 
 class NovitaForcedResponse(BaseModel):
-    """A Novita error returned instead of doing the real work (the status is the HTTP status)."""
+    """A Novita error returned instead of doing the real work (the status is the HTTP status).
+
+    With `html` a gateway's HTML error page is sent instead of the JSON error body.
+    """
 
     model_config = ConfigDict(extra="forbid")
     http_status: int = Field(ge=100, le=599)
-    reason: str
-    message: str
+    reason: str | None = None
+    message: str | None = None
+    html: bool = False
+
+    @model_validator(mode="after")
+    def _body_fields_unless_html(self) -> Self:
+        if not self.html and (self.reason is None or self.message is None):
+            raise ValueError("reason and message are required unless html is true")
+        return self
 
 
 class SimConfig(BaseModel):
@@ -69,6 +101,19 @@ class SimConfig(BaseModel):
     apikley_record_responses: list[ApikleyForcedResponse] = []
     novita_submit_responses: list[NovitaForcedResponse] = []
     novita_result_responses: list[NovitaForcedResponse] = []
+    # Unlike latency_s, waited after the task exists: a paid task whose answer comes too late.
+    answer_delay_s: NonNegativeFloat = 0.0
+    # The docs list non-200 codes (501, 422) for Get Task Details of a failed generation.
+    apikley_record_fail_code: int = 501
+    # Some kie.ai pages spell the error text `message`.
+    apikley_message_key: MessageKey = "msg"
+    # kie.ai's account-level webhookHmacKey: when set, Apikley callbacks are signed.
+    webhook_hmac_key: str | None = None
+    callback_task_id_key: TaskIdKey = "taskId"
+    novita_accepts_extra: bool = True
+    # Whether Novita's webhooks fire for this model is unconfirmed upstream.
+    novita_webhooks: bool = True
+    novita_webhook_retry_s: NonNegativeFloat = 1.0
 
     def merged(self, patch: dict[str, Any]) -> SimConfig:
         """Return a new config with the top-level keys of `patch` replaced (lists replace whole)."""
@@ -100,6 +145,7 @@ class TaskPlan:
     progress_callbacks: bool
     video_url_ttl: int
     eta_s: int | None
+    webhook_retry_s: float
 
     @property
     def done_after(self) -> float:
@@ -122,6 +168,7 @@ def plan_task(config: SimConfig, prompt: str) -> TaskPlan:
         progress_callbacks=config.progress_callbacks,
         video_url_ttl=config.video_url_ttl,
         eta_s=config.eta_s,
+        webhook_retry_s=config.novita_webhook_retry_s,
     )
 
 
@@ -221,13 +268,59 @@ def apikley_record(task: SimTask, elapsed: float, video_url: str) -> dict[str, A
     }
 
 
-def apikley_callback_body(task: SimTask, elapsed: float, video_url: str) -> dict[str, Any]:
-    """A callback body: the record `elapsed` seconds after creation; code 501 means failed."""
+def apikley_envelope(
+    code: int, text: str, data: Any, message_key: MessageKey = "msg"
+) -> dict[str, Any]:
+    """An Apikley answer body; `message_key` is how the provider spells its text field."""
+    return {"code": code, message_key: text, "data": data}
+
+
+def apikley_record_answer(
+    task: SimTask,
+    elapsed: float,
+    video_url: str,
+    fail_code: int = 501,
+    message_key: MessageKey = "msg",
+) -> dict[str, Any]:
+    """Get Task Details' answer; a failed generation carries `fail_code` beside its record."""
     record = apikley_record(task, elapsed, video_url)
+    if record["state"] == Phase.FAIL and fail_code != 200:
+        return apikley_envelope(fail_code, task.plan.fail_msg, record, message_key)
+    return apikley_envelope(200, "success", record, message_key)
+
+
+def apikley_callback_body(
+    task: SimTask,
+    elapsed: float,
+    video_url: str,
+    message_key: MessageKey = "msg",
+    task_id_key: TaskIdKey = "taskId",
+) -> dict[str, Any]:
+    """A callback body: the record `elapsed` seconds after creation; code 501 means failed.
+
+    `task_id_key` names the task id inside `data`: market callbacks say `taskId`, kie.ai's
+    sample `task_id`.
+    """
+    record = apikley_record(task, elapsed, video_url)
+    if task_id_key != "taskId":
+        record = {task_id_key if k == "taskId" else k: v for k, v in record.items()}
     if record["state"] == Phase.FAIL:
-        return {"code": 501, "msg": task.plan.fail_msg, "data": record}
+        return apikley_envelope(501, task.plan.fail_msg, record, message_key)
     msg = "success" if record["state"] == Phase.SUCCESS else record["state"]
-    return {"code": 200, "msg": msg, "data": record}
+    return apikley_envelope(200, msg, record, message_key)
+
+
+def gateway_error_page(status: int) -> str:
+    """The HTML error page an nginx gateway in front of a provider answers with."""
+    try:
+        title = f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        title = str(status)
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -260,6 +353,11 @@ def callback_schedule(plan: TaskPlan) -> list[ScheduledCallback]:
     return schedule
 
 
+def novita_webhook_schedule(plan: TaskPlan) -> list[ScheduledCallback]:
+    """Novita's webhooks: only the task's result (no progress), in the task's callback mode."""
+    return callback_schedule(replace(plan, progress_callbacks=False))
+
+
 def novita_result(task: SimTask, elapsed: float, video_url: str) -> dict[str, Any]:
     """The Task Result API answer, `elapsed` seconds after the task's creation."""
     plan = task.plan
@@ -290,9 +388,17 @@ def novita_result(task: SimTask, elapsed: float, video_url: str) -> dict[str, An
     }
 
 
+def novita_webhook_body(task: SimTask, elapsed: float, video_url: str) -> dict[str, Any]:
+    """Novita's webhook: the Task Result API answer `elapsed` seconds after creation, wrapped."""
+    return {"event_type": "ASYNC_TASK_RESULT", "payload": novita_result(task, elapsed, video_url)}
+
+
 @dataclass
 class CallbackAttempt:
-    """One callback POST as sent, with the receiver's status or the transport error."""
+    """One callback or webhook POST as sent, with the receiver's status or the transport error.
+
+    `task_id` is the id the provider gave the task; `headers` are those the simulator set.
+    """
 
     task_id: str
     url: str
@@ -300,6 +406,7 @@ class CallbackAttempt:
     sent_at: int
     status_code: int | None = None
     error: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
