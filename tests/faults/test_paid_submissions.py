@@ -14,6 +14,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 import httpx
@@ -108,7 +109,7 @@ def outcomes(task: dict[str, Any]) -> list[tuple[str, str]]:
 
 def worker_metric(stack: Stack, name: str, **labels: str) -> float:
     port = stack.env["WORKER_METRICS_PORT"]
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    text = wait_for(partial(_scrape, f"http://127.0.0.1:{port}/metrics"), what="the worker's /metrics")
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     total = 0.0
     for line in text.splitlines():
@@ -117,6 +118,13 @@ def worker_metric(stack: Stack, name: str, **labels: str) -> float:
             if ",".join(sorted(found.split(","))) == want:
                 total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _scrape(url: str) -> str | None:
+    try:
+        return httpx.get(url, timeout=5).text
+    except httpx.TransportError:
+        return None  # the worker is still starting
 
 
 def paid(record: PaidRecord, scenario: str, injection: str, task: dict[str, Any], created: list[dict[str, Any]]) -> None:
