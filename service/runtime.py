@@ -22,7 +22,7 @@ from service.providers.novita import NovitaClient
 from service.reachability import callbacks_unreachable
 from service.redis_client import connect_redis
 from service.settings import Settings
-from service.store import Amend, Decide, TaskStore, confirm_key
+from service.store import Decide, TaskStore, confirm_key
 
 
 class ProviderNotConfigured(RuntimeError):
@@ -82,12 +82,14 @@ class Runtime:
             return self.settings.apikley_callback_grace_s
         return self.settings.poll_initial_s
 
-    def apply(self, task_id: str, update: ProviderUpdate | None, *, amend: Amend | None = None) -> Transition | None:
-        """Apply a provider report (polls, submit outcomes); no-op if it changes nothing."""
-        return observe_transition(self.store.apply(task_id, update, amend=amend))
+    def apply(self, task_id: str, update: ProviderUpdate) -> Transition | None:
+        """Apply a provider report (polls, our own decisions); no-op if it changes nothing."""
+        return observe_transition(self.store.apply(task_id, update))
 
-    def change(self, task_id: str, decide: Decide) -> Transition | None:
-        return observe_transition(self.store.change(task_id, decide)[0])
+    def change(self, task_id: str, decide: Decide) -> tuple[Transition | None, Task | None]:
+        """`TaskStore.change`, with the transition counted and logged."""
+        transition, written = self.store.change(task_id, decide)
+        return observe_transition(transition), written
 
     def request_confirmation(self, task_id: str) -> bool:
         """Poll the provider about this task soon, unless a poll for that is already pending:

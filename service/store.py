@@ -39,11 +39,6 @@ AfterWrite = Callable[[Pipeline, Task], None]
 # Sees the stored task before an update is decided; raises to refuse it.
 Check = Callable[[Task], None]
 
-# Bookkeeping on the stored task (attempts, an adopted provider task id) made with an update;
-# returns the task itself when it has nothing to change.
-Amend = Callable[[Task], Task]
-
-
 @dataclass(frozen=True)
 class Change:
     """What a writer wants done to a task, decided from the task as stored.
@@ -203,18 +198,9 @@ class TaskStore:
             if self._cas(key, raw, commands):
                 return transition, written
 
-    def apply(
-        self, task_id: str, update: ProviderUpdate | None, *, check: Check | None = None, amend: Amend | None = None
-    ) -> Transition | None:
-        """Apply a provider report (and bookkeeping with it) atomically. `check` sees the stored
-        task first and may raise to refuse the update."""
-
-        def decide(task: Task) -> Change:
-            if check is not None:
-                check(task)
-            return Change(amend(task) if amend is not None else task, update)
-
-        return self.change(task_id, decide)[0]
+    def apply(self, task_id: str, update: ProviderUpdate) -> Transition | None:
+        """Apply a provider report atomically (polls, our own decisions)."""
+        return self.change(task_id, lambda task: Change(task, update))[0]
 
     async def aapply(self, task_id: str, update: ProviderUpdate, *, check: Check | None = None) -> Transition | None:
         """`apply` for the async web process (the callback receiver's hot path)."""

@@ -83,8 +83,7 @@ def _confirm(rt: Runtime, task_id: str, provider_task_id: str) -> None:
         adopted = adopt(task, provider_task_id)
         return Change(adopted, ProviderUpdate(TaskStatus.SUBMITTED, provider_task_id=provider_task_id)) if adopted is not task else None
 
-    transition, written = rt.store.change(task_id, decide)
-    observe_transition(transition)
+    _, written = rt.change(task_id, decide)
     if written is not None:
         observe_submit_attempt(written.provider, "adopted")
         log.info("adopted provider task task_id=%s provider_task_id=%s", task_id, provider_task_id, extra={"task_id": task_id})
