@@ -205,3 +205,47 @@ def test_a_worker_told_to_stop_while_redis_is_down_exits(simulator: Simulator, t
         wait_for(partial(_logged, owned.stack, "worker", "unavailable"), what="the worker to notice Redis is gone")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
+
+
+# --- providers' answers as they come ------------------------------------------------------------
+
+
+def test_novita_refusing_the_webhook_field_is_submitted_again_without_it_and_paid_once(stack: Stack, sim: Simulator) -> None:
+    sim.configure(novita_accepts_extra=False)
+    text = f"no webhooks {uuid.uuid4().hex[:8]}"
+    with stack.client() as api:
+        task_id = api.post("/v1/tasks", json={"prompt": text, "provider": "novita"}).json()["id"]
+    done = wait_status(stack, task_id, TERMINAL)
+    assert done["status"] == "succeeded", done
+    [created] = [t for t in sim.tasks() if t["request"].get("prompt") == text]
+    assert "extra" not in created["request"]
+    assert [(a["provider"], a["outcome"]) for a in done["attempts"]] == [("novita", "accepted")]
+
+
+def test_a_callback_naming_its_task_as_task_id_is_taken(stack: Stack, sim: Simulator) -> None:
+    sim.configure(callback_task_id_key="task_id")
+    task_id = create(stack, provider="apikley").json()["id"]
+    done = wait_status(stack, task_id, TERMINAL)
+    assert done["status"] == "succeeded"
+    [callback] = [c for c in sim.callbacks() if c["task_id"] == done["provider_task_id"]]
+    assert "task_id" in callback["body"]["data"] and "taskId" not in callback["body"]["data"]
+    assert callback["status_code"] == 202
+
+
+def test_a_refusal_spelling_its_text_message_is_read(stack: Stack, sim: Simulator) -> None:
+    sim.configure(apikley_message_key="message", apikley_create_responses=[{"code": 402, "msg": "top up your credits"}])
+    task_id = create(stack, provider="apikley").json()["id"]
+    done = wait_status(stack, task_id, TERMINAL)
+    assert done["error"] == {"code": "insufficient_credits", "message": "top up your credits", "provider_code": "402"}
+
+
+def test_a_callback_that_changes_nothing_is_logged_with_its_provider_task_id(stack: Stack, sim: Simulator) -> None:
+    task_id = create(stack, provider="apikley").json()["id"]
+    done = wait_status(stack, task_id, TERMINAL)
+    [callback] = wait_for(lambda: [c for c in sim.callbacks() if c["task_id"] == done["provider_task_id"] and c["status_code"]], what="the callback answered")
+    # The provider sends it again, late: accepted, changes nothing, and says so in the log.
+    with httpx.Client(base_url=stack.url, timeout=10) as receiver:
+        again = receiver.post(f"/callbacks/apikley/{task_id}/{callback_token(CALLBACK_SECRET, task_id)}", json=callback["body"])
+    assert again.status_code == 200 and again.json() == {"accepted": True, "changed": False}
+    line = f"callback changed nothing task_id={task_id} provider=apikley provider_task_id={done['provider_task_id']}"
+    wait_for(partial(_logged, stack, "web", line), what="the unchanged callback's log line")
