@@ -145,7 +145,7 @@ def render(book: dict[str, Any], counts: dict[str, Counter[str]] | None) -> str:
             "",
             "Two provider tasks appear only where the operator asked for them (`RESUBMIT_UNCONFIRMED=true`).",
             "`submit_unconfirmed` means the provider's answer was never read and no callback came in time;",
-            "a callback that comes later still delivers the result ("answer lost, callback after the limit").",
+            'a callback that comes later still delivers the result ("answer lost, callback after the limit").',
         ]
     lines += ["", "## Bad input and security suites", "", "| Suite | What it proves | Passed | Failed |", "|---|---|---:|---:|"]
     for module, what in SUITES.items():
