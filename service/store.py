@@ -245,12 +245,12 @@ class TaskStore:
         commands.append(("RPUSH", outbox.OUTBOX, outbox.entry(task.id, event.id)))
         return spelled(*commands)
 
-    def record(self, task_id: str, amend: Callable[[Task], Task | None], *, after: AfterWrite | None = None) -> Task | None:
+    def record(self, task_id: str, amend: Callable[[Task], Task | None]) -> Task | None:
         """Save a bookkeeping change (no status move, no event); `amend` returns None to make none."""
 
         def decide(task: Task) -> Change | None:
             amended = amend(task)
-            return Change(amended, after=after) if amended is not None else None
+            return Change(amended) if amended is not None else None
 
         try:
             return self.change(task_id, decide)[1]

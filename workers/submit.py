@@ -37,6 +37,7 @@ from service.domain.submission import (
     closing_outcome,
     decide_submit_error,
     open_attempt,
+    paid_attempts,
     plan_submit,
     start_attempt,
 )
@@ -99,6 +100,9 @@ def _send(rt: Runtime, task: Task, step: Send, lease: Lease) -> bool:
     started = rt.store.record(task.id, lambda t: start_attempt(t, attempt))
     if started is None:
         return False  # another job moved the task on
+    if paid_attempts(started) > 1:
+        # Only after a lost answer with RESUBMIT_UNCONFIRMED: the operator's choice, never silent.
+        log.warning("second paid submit for one task task_id=%s attempts=%d", task.id, paid_attempts(started))
     try:
         provider_task_id = client.submit(started, rt.callback_url(started.id, started.provider))
     except ProviderError as err:
