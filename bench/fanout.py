@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service import outbox  # noqa: E402
-from service.domain.events import make_event  # noqa: E402
-from service.domain.status import TaskStatus  # noqa: E402
-from service.domain.ids import new_id  # noqa: E402
 from service.domain.clock import now_iso  # noqa: E402
+from service.domain.events import make_event  # noqa: E402
+from service.domain.ids import new_id  # noqa: E402
+from service.domain.status import TaskStatus  # noqa: E402
 from service.domain.tasks import Task, TaskInput, TaskResult  # noqa: E402
 from service.redis_server import RedisServer, free_port  # noqa: E402
 from service.store import events_key  # noqa: E402

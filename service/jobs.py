@@ -76,9 +76,12 @@ class Jobs:
         delay_s: float = 0,
         pipeline: Pipeline | None = None,
         job_id: str | None = None,
+        replay: tuple[str, str] | None = None,
     ) -> str:
-        """Attempt these webhook deliveries now, or after `delay_s` via the RQ scheduler (a retry)."""
-        return self._put(DELIVER, "workers.deliver.send", (delivery_ids,), delay_s=delay_s, pipeline=pipeline, job_id=job_id)
+        """Attempt these webhook deliveries now, or after `delay_s` via the RQ scheduler (a retry);
+        `replay`: the (subscription id, replay id) whose batch this is."""
+        args: tuple[object, ...] = (delivery_ids, *([list(replay)] if replay else []))
+        return self._put(DELIVER, "workers.deliver.send", args, delay_s=delay_s, pipeline=pipeline, job_id=job_id)
 
 
 def submit_job_id(task_id: str, attempt: int) -> str:

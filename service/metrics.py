@@ -102,8 +102,10 @@ def observe_transition(transition: T) -> T:
     if transition is not None:
         task, event = transition.task, transition.event
         _child(TRANSITIONS, task.provider, task.status.value).inc()
+        # A failure names its code: a refused result (invalid_result_url) is found by grepping for it.
+        error = f" error={task.error.code}" if task.error is not None and event.type == "task.failed" else ""
         log.info(
-            "%s task_id=%s event_id=%s provider=%s", event.type, task.id, event.id, task.provider,
+            "%s task_id=%s event_id=%s provider=%s%s", event.type, task.id, event.id, task.provider, error,
             extra={"task_id": task.id, "event_id": event.id},
         )
     return transition

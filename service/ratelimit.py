@@ -1,6 +1,6 @@
-"""Per-API-key rate limit on task creation: a sliding-window log in Redis.
+"""Per-API-key rate limits (task creation, replays): a sliding-window log in Redis.
 
-Each key has a sorted set of the times of its recent creations. One Lua script trims entries
+Each (action, key) has a sorted set of the times of its recent uses. One Lua script trims entries
 older than the window, counts what is left and, under the limit, records this request, so
 concurrent web processes cannot both take the last slot. Time comes from Redis (`TIME`), so web
 processes with skewed clocks share one window. A sliding log rather than a fixed per-minute
@@ -10,7 +10,6 @@ counter: a client can never get twice the limit by straddling a minute boundary,
 
 from __future__ import annotations
 
-import hashlib
 import math
 import uuid
 from dataclasses import dataclass
@@ -48,9 +47,9 @@ class Verdict:
     retry_after_s: int
 
 
-def log_key(api_key: str) -> str:
-    # Hashed: the key itself must never be written anywhere, Redis included.
-    return f"kr:ratelimit:create:{hashlib.sha256(api_key.encode()).hexdigest()[:32]}"
+def log_key(action: str, key_id: str) -> str:
+    # By key id: the key itself must never be written anywhere, Redis included.
+    return f"kr:ratelimit:{action}:{key_id}"
 
 
 @lru_cache(maxsize=8)
@@ -58,22 +57,21 @@ def _script(redis: Redis) -> Script:
     return redis.register_script(_TAKE)
 
 
-def take(redis: Redis, api_key: str, limit: int, window_s: int = WINDOW_S) -> Verdict:
-    """Record one creation for `api_key` if it is under `limit` per `window_s`."""
-    allowed, wait_ms = _script(redis)(keys=[log_key(api_key)], args=[limit, window_s * 1000, uuid.uuid4().hex])
+def take(redis: Redis, log: str, limit: int, window_s: int = WINDOW_S) -> Verdict:
+    """Record one use in the log `log` if it holds fewer than `limit` within `window_s`."""
+    allowed, wait_ms = _script(redis)(keys=[log], args=[limit, window_s * 1000, uuid.uuid4().hex])
     return Verdict(bool(allowed), 0 if allowed else max(math.ceil(int(wait_ms) / 1000), 1))
 
 
-async def enforce_task_create_rate(rt: Runtime, api_key: str) -> None:
-    """Raise a 429 with `Retry-After` when `api_key` has used its task creations for now."""
-    limit = rt.settings.task_create_rate_per_min
+async def enforce(rt: Runtime, action: str, key_id: str, limit: int, window_s: int = WINDOW_S) -> None:
+    """Raise a 429 with `Retry-After` when the key has used its `limit` of `action` for now (0: no limit)."""
     if limit <= 0:
         return
-    verdict = await run_in_threadpool(take, rt.redis, api_key, limit)
+    verdict = await run_in_threadpool(take, rt.redis, log_key(action, key_id), limit, window_s)
     if not verdict.allowed:
         raise ApiError(
             429,
             "rate_limited",
-            f"at most {limit} tasks per minute per API key; retry in {verdict.retry_after_s} s",
+            f"at most {limit} {action}s per {window_s} s per API key; retry in {verdict.retry_after_s} s",
             headers={"Retry-After": str(verdict.retry_after_s)},
         )

@@ -19,7 +19,17 @@ from service.redis_async import PipelinedRedis
 from service.settings import Settings
 
 # Keep idle connections honest across NATs and load balancers; find dead ones before using them.
-CLIENT_OPTIONS: dict[str, Any] = {"health_check_interval": 30, "socket_keepalive": True}
+# Explicit timeouts: an unreachable or hung Redis fails a command in seconds (503 on the API,
+# a retry in the worker) instead of holding a thread forever. RQ raises the read timeout of its
+# own client to outlast its blocking dequeue (workers/main.py gives RQ a client of its own).
+CONNECT_TIMEOUT_S = 2.0
+SOCKET_TIMEOUT_S = 5.0
+CLIENT_OPTIONS: dict[str, Any] = {
+    "health_check_interval": 30,
+    "socket_keepalive": True,
+    "socket_connect_timeout": CONNECT_TIMEOUT_S,
+    "socket_timeout": SOCKET_TIMEOUT_S,
+}
 
 
 def sentinel_addresses(settings: Settings) -> list[tuple[str, int]]:
@@ -54,7 +64,7 @@ def connect_redis(settings: Settings) -> tuple[Redis, PipelinedRedis]:
     if settings.redis_sentinels:
         options = {**CLIENT_OPTIONS, **master_options(settings.redis_url)}
         # Sentinels themselves take no database, and usually no password of the master's.
-        sentinel_options = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+        sentinel_options = {"socket_timeout": CONNECT_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
         addresses = sentinel_addresses(settings)
         name = settings.redis_sentinel_master
         sentinel = Sentinel(addresses, sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
@@ -66,7 +76,7 @@ def connect_redis(settings: Settings) -> tuple[Redis, PipelinedRedis]:
             host, port = await asyncio.to_thread(sentinel.discover_master, name)
             return str(host), int(port)
 
-        return redis, PipelinedRedis(current_master, **master_options(settings.redis_url))
+        return redis, PipelinedRedis(current_master, timeout_s=SOCKET_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S, **master_options(settings.redis_url))
     settings.require("redis_url")
     url = settings.redis_url or ""
     parts = urlsplit(url)
@@ -75,4 +85,5 @@ def connect_redis(settings: Settings) -> tuple[Redis, PipelinedRedis]:
     async def fixed() -> tuple[str, int]:
         return address
 
-    return Redis.from_url(url, **CLIENT_OPTIONS), PipelinedRedis(fixed, **master_options(url))
+    aredis = PipelinedRedis(fixed, timeout_s=SOCKET_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S, **master_options(url))
+    return Redis.from_url(url, **CLIENT_OPTIONS), aredis

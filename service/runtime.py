@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from redis import Redis
 from redis.client import Pipeline
 
+from service.auth import Keys
 from service.cas import CompareAndSet, recorded
 from service.domain.recovery import Deadlines
 from service.domain.submission import SubmitPolicy
@@ -57,6 +58,7 @@ class Runtime:
         # Why Apikley cannot call us back (None: it can); then we poll from the first check.
         self.callbacks_unreachable = callbacks_unreachable(s)
         self._cas = CompareAndSet(self.redis)
+        self.keys = Keys(s.kling_relay_api_keys, s.kling_relay_admin_keys)
 
     def provider(self, name: ProviderName) -> ProviderClient:
         if name not in self._providers:

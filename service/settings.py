@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     kling_relay_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Keys that see and manage every key's tasks and subscriptions (and data from before keys owned any).
+    kling_relay_admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     callback_secret: str | None = None
 
     apikley_api_key: str | None = None
@@ -99,6 +101,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     # Task creations one API key may make in any 60 s (a sliding window); 0 turns the limit off.
     task_create_rate_per_min: int = Field(default=600, ge=0)
+    # Replays one API key may start in any hour (each re-sends up to 10,000 deliveries); 0: no limit.
+    replay_rate_per_hour: int = Field(default=30, ge=0)
 
     # Subscriber webhooks. One attempt (connect, send, first 1 KB of the answer) must end within this.
     webhook_timeout_s: float = 15.0
@@ -122,7 +126,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = None
     worker_metrics_host: str = "127.0.0.1"
 
-    @field_validator("kling_relay_api_keys", "redis_sentinels", mode="before")
+    @field_validator("kling_relay_api_keys", "kling_relay_admin_keys", "redis_sentinels", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         return _csv(value)

@@ -84,8 +84,14 @@ def events_key(task_id: str) -> str:
     return f"{PREFIX}:events:{task_id}"
 
 
-def index_key(status: TaskStatus | None) -> str:
-    return f"{PREFIX}:idx:{status.value if status else 'all'}"
+def index_key(status: TaskStatus | None, owner: str | None = None) -> str:
+    """Task ids by creation: every task's (admins list these), or one owner's."""
+    scope = f"{owner}:" if owner else ""
+    return f"{PREFIX}:idx:{scope}{status.value if status else 'all'}"
+
+
+# The key ids that own tasks: whose indexes the retention trim walks.
+OWNERS = f"{PREFIX}:owners"
 
 
 def submit_lease_key(task_id: str) -> str:
@@ -99,10 +105,19 @@ def confirm_key(task_id: str) -> str:
     return f"{PREFIX}:confirm:{task_id}"
 
 
-def idempotency_key(api_key: str, key: str) -> str:
-    owner = hashlib.sha256(api_key.encode()).hexdigest()[:16]
+def idempotency_key(owner: str, key: str) -> str:
+    """One API key's (by key id) use of an Idempotency-Key: another key's same header is its own."""
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{PREFIX}:idem:{owner}:{digest}"
+
+
+def _scopes(task: Task) -> tuple[str | None, ...]:
+    """The indexes a task is listed in: everyone's, and its owner's."""
+    return (None, task.owner) if task.owner else (None,)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _call_after(after: AfterWrite, task: Task, pipe: Pipeline) -> None:
@@ -133,8 +148,11 @@ class TaskStore:
                 claim = orjson.dumps({"task_id": task.id, "fingerprint": idempotency.fingerprint})
                 pipe.set(idempotency.key, claim, ex=idempotency_ttl_s)
             pipe.set(task_key(task.id), task.dumps())
-            pipe.zadd(index_key(None), {task.id: 0})
-            pipe.zadd(index_key(task.status), {task.id: 0})
+            for owner in _scopes(task):
+                pipe.zadd(index_key(None, owner), {task.id: 0})
+                pipe.zadd(index_key(task.status, owner), {task.id: 0})
+            if task.owner:
+                pipe.sadd(OWNERS, task.owner)
             pipe.zadd(WATCHDOG, {task.id: time.time() + watchdog_s})
             after(pipe, task)
 
@@ -160,11 +178,12 @@ class TaskStore:
         raw = self.redis.get(task_key(task_id))
         return Task.loads(raw) if raw is not None else None
 
-    def page(self, *, status: TaskStatus | None, cursor: str | None, limit: int) -> Page:
-        """Newest first. Ids sort by creation time, so the index is a lexicographic sorted set."""
+    def page(self, *, status: TaskStatus | None, cursor: str | None, limit: int, owner: str | None = None) -> Page:
+        """Newest first (of one owner's tasks, or everyone's with None). Ids sort by creation
+        time, so the index is a lexicographic sorted set."""
         upper = f"({cursor}" if cursor else "+"
-        ids = self.redis.zrevrangebylex(index_key(status), upper, "-", start=0, num=limit + 1)
-        ids = [i.decode() if isinstance(i, bytes) else i for i in ids]
+        ids = self.redis.zrevrangebylex(index_key(status, owner), upper, "-", start=0, num=limit + 1)
+        ids = [_text(i) for i in ids]
         more = len(ids) > limit
         ids = ids[:limit]
         raws = self.redis.mget([task_key(i) for i in ids]) if ids else []
@@ -238,7 +257,11 @@ class TaskStore:
         key, events = task_key(task.id), events_key(task.id)
         commands: list[tuple[Arg, ...]] = [("SET", key, task.dumps()), ("RPUSH", events, event.dumps())]
         if task.status is not transition.previous_status:
-            commands += [("ZREM", index_key(transition.previous_status), task.id), ("ZADD", index_key(task.status), 0, task.id)]
+            for owner in _scopes(task):
+                commands += [
+                    ("ZREM", index_key(transition.previous_status, owner), task.id),
+                    ("ZADD", index_key(task.status, owner), 0, task.id),
+                ]
         if task.status.terminal:
             # A finished task and its events live on for the retention period, then go.
             commands += [("ZREM", WATCHDOG, task.id), ("EXPIRE", key, self.retention_s), ("EXPIRE", events, self.retention_s)]
@@ -263,9 +286,11 @@ class TaskStore:
         Ids sort by creation time, so everything below the id floor of `now - retention` goes.
         """
         floor = id_floor("task", now - self.retention_s)
+        owners = [None, *(_text(o) for o in self.redis.smembers(OWNERS))]
         with self.redis.pipeline(transaction=False) as pipe:
-            for status in (None, *TaskStatus):
-                pipe.zremrangebylex(index_key(status), "-", f"({floor}")
+            for owner in owners:
+                for status in (None, *TaskStatus):
+                    pipe.zremrangebylex(index_key(status, owner), "-", f"({floor}")
             pipe.execute()
 
     def set_watchdog(self, task_id: str, due_in_s: float, pipeline: Pipeline | Redis | None = None) -> None:
@@ -277,5 +302,5 @@ class TaskStore:
 
     def due_tasks(self, limit: int = 500) -> list[str]:
         ids = self.redis.zrangebyscore(WATCHDOG, "-inf", time.time(), start=0, num=limit)
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        return [_text(i) for i in ids]
 

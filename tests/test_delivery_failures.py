@@ -11,7 +11,14 @@ import httpx
 import pytest
 
 from tests.conftest import Simulator, wait_for
-from tests.receivers import Receiver, run_task, serve_receiver, subscribe, verify_both, wait_for_deliveries
+from tests.receivers import (
+    Receiver,
+    run_task,
+    serve_receiver,
+    subscribe,
+    verify_both,
+    wait_for_deliveries,
+)
 
 # Five attempts a round (~1 s apart: RQ's scheduler ticks each second); a subscription failing for 1.5 s without a success is disabled.
 STACK_ENV = {

@@ -11,7 +11,13 @@ import httpx
 
 from service import outbox
 from tests.conftest import Simulator, Stack, wait_for
-from tests.receivers import deliveries_of, events_of, serve_receiver, subscribe, verify_both
+from tests.receivers import (
+    deliveries_of,
+    events_of,
+    serve_receiver,
+    subscribe,
+    verify_both,
+)
 
 # A short lease, so the sweep re-sends the dead worker's in-flight deliveries within seconds.
 STACK_ENV = {"WEBHOOK_LEASE_S": "3", "WEBHOOK_TIMEOUT_S": "2"}

@@ -27,9 +27,25 @@ from service import outbox
 from service.domain.clock import unix_to_iso
 from service.domain.events import Event
 from service.runtime import Runtime
-from service.webhooks.deliveries import DeliveryStore, Finished, IndexedEvent, Target, new_deliveries
+from service.webhooks.deliveries import (
+    DeliveryStore,
+    Finished,
+    IndexedEvent,
+    Target,
+    new_deliveries,
+)
 from service.webhooks.models import TASK_WEBHOOK, Attempt, Delivery, Subscription
-from service.webhooks.policy import DeliveryStatus, DisableReason, Outcome, classify, decide, matches, truncate_body
+from service.webhooks.policy import (
+    DeliveryStatus,
+    DisableReason,
+    Outcome,
+    classify,
+    decide,
+    matches,
+    receives,
+    truncate_body,
+)
+from service.webhooks.replays import PendingReplays
 from service.webhooks.sender import WebhookSender
 from service.webhooks.store import SubscriptionStore, failing_key
 from workers.context import get_runtime
@@ -82,6 +98,7 @@ def fan_out(batch: Batch) -> None:
     deliveries already recorded are left to their own retries, the rest are sent again."""
     ctx = get_context()
     enabled = ctx.subscriptions.enabled()
+    admin_ids = ctx.rt.keys.admin_ids
     pairs = [outbox.parse(e) for e in batch.entries]
     bodies = ctx.deliveries.event_bodies(pairs)
     now = time.time()
@@ -94,12 +111,15 @@ def fan_out(batch: Batch) -> None:
             log.warning("fan-out of a missing event subject=%s event_id=%s", subject_id, event_id)
             continue
         event = orjson.loads(body)
-        matching = {s.id: s for s in enabled if matches(s.event_types, event["type"])}
-        targets = [Target(sub_id, subscription_id=sub_id) for sub_id in matching]
+        owner = event["data"].get("owner")
+        matching = {
+            s.id: s for s in enabled if matches(s.event_types, event["type"]) and receives(s.owner, owner, admin_ids)
+        }
+        targets = [Target(sub_id, subscription_id=sub_id, owner=sub.owner) for sub_id, sub in matching.items()]
         webhook_url = event["data"].get("webhook_url") if event["type"].startswith("task.") else None
         if webhook_url:
-            targets.append(Target(TASK_WEBHOOK, webhook_url=webhook_url))
-        indexed = IndexedEvent(event_id, subject_id, event["type"])
+            targets.append(Target(TASK_WEBHOOK, webhook_url=webhook_url, owner=owner))
+        indexed = IndexedEvent(event_id, subject_id, event["type"], owner)
         events.append(indexed)
         planned += new_deliveries(indexed, targets, now=now, created_at=event["created_at"])
         subs.update(matching)
@@ -147,10 +167,13 @@ class FirstAttempts:
                 self.batch.failed(self.error)
 
 
-def send(delivery_ids: list[str]) -> None:
-    """Attempt these deliveries if they are still due (a retry, manual retry, replay or sweep)."""
+def send(delivery_ids: list[str], replay: list[str] | None = None) -> None:
+    """Attempt these deliveries if they are still due (a retry, manual retry, replay or sweep);
+    `replay`: [subscription id, replay id] of the replay this batch belongs to."""
     ctx = get_context()
     attempt(ctx, ctx.deliveries.get_many(delivery_ids))
+    if replay:
+        PendingReplays(ctx.rt.redis).batch_done(*replay)
 
 
 def lease_for(ctx: DeliveryContext, count: int) -> float:
@@ -178,7 +201,10 @@ def attempt(ctx: DeliveryContext, deliveries: list[Delivery]) -> int:
 def _prepare(
     ctx: DeliveryContext, claimed: list[Delivery], bodies: dict[str, bytes], subs: dict[str, Subscription], now: float
 ) -> tuple[list[Outgoing], list[Delivery]]:
-    default_secret = ctx.subscriptions.default_secret() if any(d.subscription_id is None for d in claimed) else ""
+    # A task's own webhook_url is signed with its owner's default secret (one read per owner).
+    default_secrets = {d.owner: "" for d in claimed if d.subscription_id is None}
+    for owner in default_secrets:
+        default_secrets[owner] = ctx.subscriptions.default_secret(owner)
     outgoing: list[Outgoing] = []
     abandoned: list[Delivery] = []
     for d in claimed:
@@ -189,7 +215,7 @@ def _prepare(
                 continue
             bodies[d.event_id] = body
         if d.subscription_id is None:
-            outgoing.append(Outgoing(d, d.webhook_url or "", bodies[d.event_id], [default_secret]))
+            outgoing.append(Outgoing(d, d.webhook_url or "", bodies[d.event_id], [default_secrets[d.owner]]))
             continue
         sub = subs.get(d.subscription_id)
         if sub is None:
@@ -212,7 +238,8 @@ def record(
     sub_ids = [item.outgoing.delivery.subscription_id for item in landed]
     succeeded = {sub for sub, o in zip(sub_ids, outcomes) if sub and o is Outcome.DELIVERED}
     # Any success in the batch ends the subscription's failure run.
-    failing = ctx.subscriptions.failing_for({sub for sub in sub_ids if sub} - succeeded, now)
+    run_ttl = int(2 * s.webhook_disable_after_s)
+    failing = ctx.subscriptions.failing_for({sub for sub in sub_ids if sub} - succeeded, now, run_ttl_s=run_ttl)
     finished: list[Finished] = []
     to_disable: dict[str, DisableReason] = {}
     for item, outcome, sub_id in zip(landed, outcomes, sub_ids):

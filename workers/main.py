@@ -13,10 +13,11 @@ import time
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
 from rq.scheduler import RQScheduler
 
 from service.jobs import QUEUES
+from service.redis_client import connect_redis
 from workers.context import STOPPING, get_runtime
 from workers.deliver import fan_out, sweep_deliveries
 from workers.dispatch import Dispatcher, requeue_orphans
@@ -93,12 +94,15 @@ def run_worker(*, burst: bool = False) -> None:
     settings.require("redis_url", "callback_secret")
     if rt.callbacks_unreachable:
         log.warning(rt.callbacks_unreachable)
+    # RQ's own client: RQ raises its read timeout to outlast a blocking dequeue, which must not
+    # loosen the timeouts of the client the jobs and threads share.
+    rq_redis, _ = connect_redis(settings)
     scheduler: ThreadScheduler | None = None
     while not STOPPING.is_set():
         try:
             worker = RelayWorker(
-                [rt.jobs.queue(name) for name in QUEUES],
-                connection=rt.redis,
+                [Queue(name, connection=rq_redis) for name in QUEUES],
+                connection=rq_redis,
                 worker_ttl=settings.worker_ttl_s,
                 maintenance_interval=RQ_MAINTENANCE_S,
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -13,7 +14,28 @@ from service.domain.status import TaskStatus
 
 ProviderName = Literal["apikley", "novita"]
 PROVIDERS: tuple[ProviderName, ...] = ("apikley", "novita")
+# Metadata is echoed back in every task and event: small, and shallow enough for every JSON
+# encoder on the way (orjson stops at 255 levels; receivers' parsers often sooner).
 MAX_METADATA_BYTES = 2048
+MAX_METADATA_DEPTH = 16
+
+
+def small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`value` if it nests at most MAX_METADATA_DEPTH deep and encodes in MAX_METADATA_BYTES."""
+    if value is None:
+        return None
+    # Depth first, iteratively: what is too deep to encode must not reach the encoder.
+    level: list[Any] = [value]
+    for _ in range(MAX_METADATA_DEPTH):
+        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())]
+        if not level:
+            break
+    else:
+        if any(isinstance(item, (dict, list)) for item in level):
+            raise ValueError(f"must nest at most {MAX_METADATA_DEPTH} levels deep")
+    if len(orjson.dumps(value)) > MAX_METADATA_BYTES:
+        raise ValueError(f"must serialize to at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
 
 
 @dataclass(frozen=True)
@@ -83,9 +105,7 @@ class TaskRequest(TaskInput):
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(orjson.dumps(value)) > MAX_METADATA_BYTES:
-            raise ValueError(f"must serialize to at most {MAX_METADATA_BYTES} bytes of JSON")
-        return value
+        return small_metadata(value)
 
     def task_input(self) -> TaskInput:
         return TaskInput(
@@ -106,6 +126,13 @@ def limit_violations(task_input: TaskInput, provider: ProviderName) -> dict[str,
     if task_input.negative_prompt is not None and len(task_input.negative_prompt) > limits.negative_prompt:
         problems["negative_prompt"] = f"must be at most {limits.negative_prompt} characters for {provider}"
     return problems
+
+
+def is_web_url(url: str) -> bool:
+    """An absolute http(s) URL: the only kind of result URL we take from a provider (a
+    `javascript:` or `file:` one would be handed to every subscriber and browser)."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 class TaskResult(BaseModel):
@@ -153,6 +180,9 @@ class SubmitAttempt(BaseModel):
 
 class Task(BaseModel):
     id: str
+    # The id of the API key that created it (a hash prefix, never the key); None before
+    # ownership was recorded (such tasks are the admins').
+    owner: str | None = None
     provider: ProviderName
     # What the client asked for: only `auto` tasks may fail over to the other provider.
     requested_provider: Literal["apikley", "novita", "auto"] = "auto"

@@ -16,7 +16,7 @@ import orjson
 from service.domain.status import TaskStatus
 from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult
 from service.domain.transition import ProviderUpdate
-from service.providers.base import ProviderError
+from service.providers.base import ProviderError, result_url_problem
 from service.providers.http import send
 
 MODEL = "kling/v2-1-master-text-to-video"
@@ -139,13 +139,12 @@ def parse_record(record: dict[str, Any]) -> ProviderUpdate:
     if status is TaskStatus.SUCCEEDED:
         result = _json_field(record.get("resultJson")) or {}
         urls = result.get("resultUrls") if isinstance(result, dict) else None
-        if not urls or not isinstance(urls[0], str):
-            return ProviderUpdate(
-                status=TaskStatus.FAILED,
-                provider_task_id=provider_task_id,
-                error=TaskError(code="no_result", message="provider reported success without a video URL"),
-            )
-        return ProviderUpdate(status=status, provider_task_id=provider_task_id, result=TaskResult(video_url=urls[0]))
+        url = urls[0] if isinstance(urls, list) and urls and isinstance(urls[0], str) else None
+        problem = result_url_problem(url)
+        if problem is not None:
+            return ProviderUpdate(status=TaskStatus.FAILED, provider_task_id=provider_task_id, error=problem)
+        assert url is not None
+        return ProviderUpdate(status=status, provider_task_id=provider_task_id, result=TaskResult(video_url=url))
     if status is TaskStatus.FAILED:
         fail_code = record.get("failCode")
         return ProviderUpdate(

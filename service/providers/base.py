@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from service.domain.tasks import ProviderName, Task, TaskError
+from service.domain.tasks import ProviderName, Task, TaskError, is_web_url
 from service.domain.transition import ProviderUpdate
 
 
@@ -39,6 +39,16 @@ class ProviderError(Exception):
 
     def as_task_error(self) -> TaskError:
         return TaskError(code=self.code, message=self.message, provider_code=self.provider_code)
+
+
+def result_url_problem(url: str | None) -> TaskError | None:
+    """Why a provider's reported result cannot be taken, or None: there must be a URL, and an
+    http(s) one (subscribers, dashboards and downloads would follow anything else)."""
+    if not url:
+        return TaskError(code="no_result", message="provider reported success without a video URL")
+    if not is_web_url(url):
+        return TaskError(code="invalid_result_url", message="provider reported a result URL that is not http(s)")
+    return None
 
 
 class ProviderClient(Protocol):

@@ -12,7 +12,7 @@ from service.domain.clock import isoformat
 from service.domain.status import TaskStatus
 from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult
 from service.domain.transition import ProviderUpdate
-from service.providers.base import ProviderError
+from service.providers.base import ProviderError, result_url_problem
 from service.providers.http import send
 
 log = logging.getLogger(__name__)
@@ -88,11 +88,10 @@ def parse_result(body: Any, *, unfinished_at: datetime) -> ProviderUpdate:
         videos = body.get("videos") or []
         video = videos[0] if videos and isinstance(videos[0], dict) else {}
         url = video.get("video_url")
-        if not isinstance(url, str) or not url:
-            return ProviderUpdate(
-                status=TaskStatus.FAILED,
-                error=TaskError(code="no_result", message="provider reported success without a video URL"),
-            )
+        problem = result_url_problem(url if isinstance(url, str) else None)
+        if problem is not None:
+            return ProviderUpdate(status=TaskStatus.FAILED, error=problem)
+        assert isinstance(url, str)
         return ProviderUpdate(status=status, result=TaskResult(video_url=url, expires_at=_expiry(video, unfinished_at)))
     if status is TaskStatus.FAILED:
         reason = str(task.get("reason") or "generation failed")

@@ -1,10 +1,10 @@
-"""Where routes find the runtime and the caller's API key."""
+"""Where routes find the runtime and the caller."""
 
 from __future__ import annotations
 
 from starlette.requests import Request
 
-from service.auth import require_api_key
+from service.auth import Caller, authenticate
 from service.runtime import Runtime
 
 
@@ -13,5 +13,5 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-def api_key(request: Request) -> str:
-    return require_api_key(request, runtime(request).settings.kling_relay_api_keys)
+def caller(request: Request) -> Caller:
+    return authenticate(request, runtime(request).keys)

@@ -9,52 +9,60 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.auth import Caller
 from service.errors import ApiError
-from service.routes.context import api_key, runtime
+from service.routes.context import caller, runtime
 from service.routes.subscriptions import stores
+from service.webhooks.deliveries import DeliveryInFlight, DeliveryNotFound
 from service.webhooks.models import Delivery
-from service.webhooks.policy import DeliveryStatus
+
+GONE = "no such delivery (delivery logs expire after WEBHOOK_LOG_TTL_S)"
 
 
-async def _existing(request: Request) -> Delivery:
+async def _existing(request: Request, who: Caller) -> Delivery:
     delivery = await run_in_threadpool(stores(request).deliveries.get, request.path_params["delivery_id"])
-    if delivery is None:
-        raise ApiError(404, "not_found", "no such delivery (delivery logs expire after WEBHOOK_LOG_TTL_S)")
+    if delivery is None or not who.owns(delivery.owner):
+        raise ApiError(404, "not_found", GONE)
     return delivery
 
 
 async def get_delivery(request: Request) -> JSONResponse:
-    api_key(request)
-    return JSONResponse((await _existing(request)).public())
+    return JSONResponse((await _existing(request, caller(request))).public())
 
 
 async def retry_delivery(request: Request) -> JSONResponse:
-    """Send a delivery again now, with a fresh retry round, whatever its status."""
+    """Send a delivery again now, with a fresh retry round, whatever its status. Concurrent
+    retries of one delivery make one attempt: each is a compare-and-set, refused while an attempt
+    is in flight, and an attempt is claimed by its number."""
     rt = runtime(request)
-    api_key(request)
-    delivery = await _existing(request)
+    delivery = await _existing(request, caller(request))
     webhooks = stores(request)
 
     def restart() -> Delivery:
-        if delivery.status is DeliveryStatus.PENDING and webhooks.deliveries.in_flight(delivery):
-            raise ApiError(409, "delivery_in_flight", "an attempt of this delivery is in flight; retry when it lands")
         if delivery.subscription_id is not None:
             sub = webhooks.subscriptions.get(delivery.subscription_id)
             if sub is None:
                 raise ApiError(409, "subscription_deleted", "the subscription of this delivery was deleted")
             if not sub.enabled:
                 raise ApiError(409, "subscription_disabled", "enable the subscription before retrying its deliveries")
-        [restarted] = webhooks.deliveries.restart([delivery], now=time.time())
-        rt.jobs.deliver([restarted.id])
+        try:
+            restarted, fresh = webhooks.deliveries.restart(delivery.id, now=time.time())
+        except DeliveryInFlight as exc:
+            raise ApiError(409, "delivery_in_flight", "an attempt of this delivery is in flight; retry when it lands") from exc
+        except DeliveryNotFound as exc:
+            raise ApiError(404, "not_found", GONE) from exc
+        if fresh:  # else a retry is already on its way: this one joins it
+            rt.jobs.deliver([restarted.id])
         return restarted
 
     return JSONResponse((await run_in_threadpool(restart)).public(), status_code=202)
 
 
 async def default_secret(request: Request) -> JSONResponse:
-    """The `whsec_` secret that signs deliveries to a task's own `webhook_url` (Replicate's route)."""
-    api_key(request)
-    return JSONResponse({"secret": await run_in_threadpool(stores(request).subscriptions.default_secret)})
+    """The `whsec_` secret that signs deliveries to the `webhook_url` of this key's tasks
+    (Replicate's route): each key has its own, so no client can sign for another's receivers."""
+    who = caller(request)
+    return JSONResponse({"secret": await run_in_threadpool(stores(request).subscriptions.default_secret, who.key_id)})
 
 
 routes = [

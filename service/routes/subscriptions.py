@@ -12,21 +12,35 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.auth import Caller
 from service.domain.clock import now_iso, unix_to_iso
 from service.domain.ids import new_id
 from service.errors import ApiError, validation_error
+from service.ratelimit import enforce
 from service.routes.bodies import json_object, read_json
-from service.routes.context import api_key, runtime
+from service.routes.context import caller, runtime
 from service.routes.params import enum_param, limit_param
 from service.runtime import Runtime
-from service.webhooks.deliveries import DeliveryStore, Target
+from service.webhooks.deliveries import (
+    DeliveryInFlight,
+    DeliveryNotFound,
+    DeliveryStore,
+    Target,
+)
 from service.webhooks.models import (
     ReplayRequest,
     Subscription,
     SubscriptionCreate,
     SubscriptionUpdate,
 )
-from service.webhooks.policy import DeliveryStatus, SigningSecret, matches, rotate
+from service.webhooks.policy import (
+    DeliveryStatus,
+    SigningSecret,
+    matches,
+    receives,
+    rotate,
+)
+from service.webhooks.replays import PendingReplays
 from service.webhooks.signing import generate_secret
 from service.webhooks.ssrf import UnsafeWebhookURL, check_url_syntax
 from service.webhooks.store import SubscriptionStore
@@ -72,22 +86,23 @@ def _check_url(rt: Runtime, url: str) -> None:
         raise ApiError(422, "validation_error", "invalid request: url", {"url": exc.reason}) from exc
 
 
-async def _existing(request: Request) -> Subscription:
+async def _existing(request: Request, who: Caller) -> Subscription:
+    """The subscription, if it exists and this caller may see it (to anyone else it does not exist)."""
     sub = await run_in_threadpool(stores(request).subscriptions.get, request.path_params["sub_id"])
-    if sub is None:
+    if sub is None or not who.owns(sub.owner):
         raise ApiError(404, "not_found", "no such subscription")
     return sub
 
 
 async def create_subscription(request: Request) -> JSONResponse:
-    rt = runtime(request)
-    api_key(request)
+    rt, who = runtime(request), caller(request)
     req = await _body(request, SubscriptionCreate)
     _check_url(rt, req.url)
     now = now_iso()
     secret = generate_secret()
     sub = Subscription(
         id=new_id("sub"),
+        owner=who.key_id,
         url=req.url,
         event_types=req.event_types,
         description=req.description,
@@ -105,16 +120,16 @@ async def create_subscription(request: Request) -> JSONResponse:
 
 
 async def list_subscriptions(request: Request) -> JSONResponse:
-    api_key(request)
+    who = caller(request)
     limit = limit_param(request)
     cursor = request.query_params.get("cursor") or None
-    page = await run_in_threadpool(lambda: stores(request).subscriptions.list(cursor=cursor, limit=limit))
+    owner = None if who.admin else who.key_id
+    page = await run_in_threadpool(lambda: stores(request).subscriptions.list(cursor=cursor, limit=limit, owner=owner))
     return JSONResponse({"data": [s.public() for s in page.subscriptions], "next_cursor": page.next_cursor})
 
 
 async def get_subscription(request: Request) -> JSONResponse:
-    api_key(request)
-    return JSONResponse((await _existing(request)).public())
+    return JSONResponse((await _existing(request, caller(request))).public())
 
 
 def _apply_update(sub: Subscription, req: SubscriptionUpdate) -> Subscription:
@@ -130,7 +145,7 @@ def _apply_update(sub: Subscription, req: SubscriptionUpdate) -> Subscription:
 
 async def update_subscription(request: Request) -> JSONResponse:
     rt = runtime(request)
-    api_key(request)
+    sub = await _existing(request, caller(request))
     req = await _body(request, SubscriptionUpdate)
     if "url" in req.model_fields_set:
         if req.url is None:
@@ -138,23 +153,22 @@ async def update_subscription(request: Request) -> JSONResponse:
         _check_url(rt, req.url)
     if "event_types" in req.model_fields_set and req.event_types is None:
         raise ApiError(422, "validation_error", "invalid request: event_types", {"event_types": "must not be null"})
-    sub_id = request.path_params["sub_id"]
-    updated = await run_in_threadpool(stores(request).subscriptions.update, sub_id, lambda s: _apply_update(s, req))
+    updated = await run_in_threadpool(stores(request).subscriptions.update, sub.id, lambda s: _apply_update(s, req))
     if updated is None:
         raise ApiError(404, "not_found", "no such subscription")
     return JSONResponse(updated.public())
 
 
 async def delete_subscription(request: Request) -> Response:
-    api_key(request)
-    if not await run_in_threadpool(stores(request).subscriptions.delete, request.path_params["sub_id"]):
+    sub = await _existing(request, caller(request))
+    if not await run_in_threadpool(stores(request).subscriptions.delete, sub):
         raise ApiError(404, "not_found", "no such subscription")
     return Response(status_code=204)
 
 
 async def rotate_secret(request: Request) -> JSONResponse:
     rt = runtime(request)
-    api_key(request)
+    sub = await _existing(request, caller(request))
     grace = rt.settings.webhook_secret_grace_s
     secret = generate_secret()
     now = time.time()
@@ -162,7 +176,7 @@ async def rotate_secret(request: Request) -> JSONResponse:
     def change(sub: Subscription) -> Subscription:
         return sub.model_copy(update={"secrets": rotate(sub.secrets, secret, now=now, grace_s=grace), "updated_at": unix_to_iso(now)})
 
-    updated = await run_in_threadpool(stores(request).subscriptions.update, request.path_params["sub_id"], change)
+    updated = await run_in_threadpool(stores(request).subscriptions.update, sub.id, change)
     if updated is None:
         raise ApiError(404, "not_found", "no such subscription")
     previous = [s.expires_at for s in updated.secrets[1:] if s.expires_at is not None]
@@ -176,8 +190,7 @@ async def rotate_secret(request: Request) -> JSONResponse:
 
 
 async def list_deliveries(request: Request) -> JSONResponse:
-    api_key(request)
-    sub = await _existing(request)
+    sub = await _existing(request, caller(request))
     params = request.query_params
     status = enum_param(request, "status", DeliveryStatus)
     limit = limit_param(request)
@@ -190,7 +203,7 @@ async def list_deliveries(request: Request) -> JSONResponse:
 
 def prepare_replay(rt: Runtime, webhooks: WebhookStores, sub: Subscription, req: ReplayRequest) -> list[str]:
     """Make the replayed deliveries pending again (creating any the subscription never had, when
-    replaying all events), and return their ids for sending."""
+    replaying all events about its owner's tasks), and return their ids for sending."""
     now = time.time()
     since = req.since.timestamp()
     until = req.until.timestamp() if req.until else None
@@ -200,32 +213,59 @@ def prepare_replay(rt: Runtime, webhooks: WebhookStores, sub: Subscription, req:
     else:
         # Pending deliveries are already on their way; everything else goes again.
         chosen = [d for d in existing if d.status is not DeliveryStatus.PENDING]
-    ids = [d.id for d in webhooks.deliveries.restart(chosen[:MAX_REPLAY], now=now)]
+    ids: list[str] = []
+    for d in chosen[:MAX_REPLAY]:
+        try:
+            restarted, fresh = webhooks.deliveries.restart(d.id, now=now)
+        except (DeliveryInFlight, DeliveryNotFound):
+            continue  # an attempt is under way, or its log just expired: nothing to replay
+        if fresh:
+            ids.append(restarted.id)
     if not req.failed_only:
         had = {d.event_id for d in existing}
-        target = [Target(sub.id, subscription_id=sub.id)]
+        target = [Target(sub.id, subscription_id=sub.id, owner=sub.owner)]
+        admin_ids = rt.keys.admin_ids
         for event in webhooks.deliveries.events_between(since, until):
             if len(ids) >= MAX_REPLAY:
                 break
             if event.event_id in had or event.subject_id == sub.id or not matches(sub.event_types, event.event_type):
                 continue
+            if not receives(sub.owner, event.owner, admin_ids):
+                continue  # another key's task: never this subscription's
             made = webhooks.deliveries.create_many(event, target, now=now, created_at=unix_to_iso(now))
             ids.extend(d.id for d in made if d.status is DeliveryStatus.PENDING)
-    for start in range(0, len(ids), SEND_BATCH):
-        rt.jobs.deliver(ids[start : start + SEND_BATCH])
     return ids
 
 
 async def replay(request: Request) -> JSONResponse:
-    rt = runtime(request)
-    api_key(request)
+    """Send a subscription's events again. One replay at a time per subscription (409 while one
+    is being sent) and REPLAY_RATE_PER_HOUR per API key (429): a receiver cannot be flooded by
+    repeating the call."""
+    rt, who = runtime(request), caller(request)
     req = await _body(request, ReplayRequest)
     if req.until is not None and req.until <= req.since:
         raise ApiError(422, "validation_error", "invalid request: until", {"until": "must be later than since"})
-    sub = await _existing(request)
+    sub = await _existing(request, who)
     if not sub.enabled:
         raise ApiError(409, "subscription_disabled", "enable the subscription before replaying to it")
-    ids = await run_in_threadpool(prepare_replay, rt, stores(request), sub, req)
+    replay_id = new_id("rpl")
+    pending = PendingReplays(rt.redis)
+    if not await run_in_threadpool(pending.begin, sub.id, replay_id):
+        raise ApiError(409, "replay_in_progress", "a replay of this subscription is still being sent; try again when it is done")
+    try:
+        await enforce(rt, "replay", who.key_id, rt.settings.replay_rate_per_hour, window_s=3600)
+        ids = await run_in_threadpool(prepare_replay, rt, stores(request), sub, req)
+    except BaseException:
+        await run_in_threadpool(pending.end, sub.id, replay_id)
+        raise
+
+    def send() -> None:
+        batches = [ids[start : start + SEND_BATCH] for start in range(0, len(ids), SEND_BATCH)]
+        pending.sending(sub.id, replay_id, len(batches))
+        for batch in batches:
+            rt.jobs.deliver(batch, replay=(sub.id, replay_id))
+
+    await run_in_threadpool(send)
     return JSONResponse({"replayed": len(ids), "truncated": len(ids) >= MAX_REPLAY}, status_code=202)
 
 

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service.auth import Caller
 from service.domain.clock import now_iso
 from service.domain.ids import new_id
 from service.domain.status import TaskStatus
@@ -24,9 +25,9 @@ from service.domain.tasks import (
 )
 from service.errors import ApiError, validation_error
 from service.metrics import TASKS_CREATED
-from service.ratelimit import enforce_task_create_rate
+from service.ratelimit import enforce
 from service.routes.bodies import json_object, read_json
-from service.routes.context import api_key, runtime
+from service.routes.context import caller, runtime
 from service.routes.params import enum_param, limit_param
 from service.runtime import Runtime
 from service.store import IdempotencyClaim, IdempotencyConflict, idempotency_key
@@ -53,8 +54,8 @@ def provider_for(rt: Runtime, req: TaskRequest, task_input: TaskInput) -> tuple[
 
 async def create_task(request: Request) -> JSONResponse:
     rt = runtime(request)
-    key = api_key(request)
-    await enforce_task_create_rate(rt, key)
+    who = caller(request)
+    await enforce(rt, "task creation", who.key_id, rt.settings.task_create_rate_per_min)
     body = json_object(await read_json(request, rt.settings.max_body_bytes))
     try:
         req = TaskRequest.model_validate(body)
@@ -76,11 +77,12 @@ async def create_task(request: Request) -> JSONResponse:
         if not idem or len(idem) > MAX_IDEMPOTENCY_KEY:
             raise ApiError(400, "invalid_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} characters")
         fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        claim = IdempotencyClaim(key=idempotency_key(key, idem), fingerprint=fingerprint)
+        claim = IdempotencyClaim(key=idempotency_key(who.key_id, idem), fingerprint=fingerprint)
 
     now = now_iso()
     task = Task(
         id=new_id("task"),
+        owner=who.key_id,
         provider=provider,
         requested_provider=req.provider,
         input=task_input,
@@ -110,33 +112,38 @@ async def create_task(request: Request) -> JSONResponse:
     return JSONResponse(stored.model_dump(mode="json"), status_code=202, headers=headers)
 
 
+def owned_task(rt: Runtime, who: Caller, task_id: str) -> Task | None:
+    """The task, if it exists and this caller may see it (to anyone else it does not exist)."""
+    task = rt.store.get(task_id)
+    return task if task is not None and who.owns(task.owner) else None
+
+
 async def get_task(request: Request) -> JSONResponse:
-    rt = runtime(request)
-    api_key(request)
-    task = await run_in_threadpool(rt.store.get, request.path_params["task_id"])
+    rt, who = runtime(request), caller(request)
+    task = await run_in_threadpool(owned_task, rt, who, request.path_params["task_id"])
     if task is None:
         raise ApiError(404, "not_found", "no such task")
     return JSONResponse(task.model_dump(mode="json"))
 
 
 async def list_tasks(request: Request) -> JSONResponse:
-    rt = runtime(request)
-    api_key(request)
+    rt, who = runtime(request), caller(request)
     params = request.query_params
     status = enum_param(request, "status", TaskStatus)
     limit = limit_param(request)
     cursor = params.get("cursor") or None
-    page = await run_in_threadpool(lambda: rt.store.page(status=status, cursor=cursor, limit=limit))
+    # Admins list everyone's tasks; any other key its own.
+    owner = None if who.admin else who.key_id
+    page = await run_in_threadpool(lambda: rt.store.page(status=status, cursor=cursor, limit=limit, owner=owner))
     return JSONResponse({"data": [t.model_dump(mode="json") for t in page.tasks], "next_cursor": page.next_cursor})
 
 
 async def task_events(request: Request) -> JSONResponse:
-    rt = runtime(request)
-    api_key(request)
+    rt, who = runtime(request), caller(request)
     task_id = request.path_params["task_id"]
 
     def load() -> list[dict[str, object]] | None:
-        if rt.store.get(task_id) is None:
+        if owned_task(rt, who, task_id) is None:
             return None
         return [e.model_dump(mode="json") for e in rt.store.events(task_id)]
 

@@ -112,7 +112,7 @@ class Simulator:
 
     @staticmethod
     def video_url(request: Request, task: SimTask) -> str:
-        return str(request.url_for("sim_video", task_id=task.task_id))
+        return task.plan.result_url or str(request.url_for("sim_video", task_id=task.task_id))
 
     async def apikley_create(self, request: Request) -> Response:
         await self.provider_latency()

@@ -114,6 +114,9 @@ class SimConfig(BaseModel):
     # Whether Novita's webhooks fire for this model is unconfirmed upstream.
     novita_webhooks: bool = True
     novita_webhook_retry_s: NonNegativeFloat = 1.0
+    # The result URL reported for tasks created from now on, instead of the simulator's own video
+    # (a hostile or broken provider: `javascript:...`, `file:///etc/passwd`).
+    result_url: str | None = None
 
     def merged(self, patch: dict[str, Any]) -> SimConfig:
         """Return a new config with the top-level keys of `patch` replaced (lists replace whole)."""
@@ -146,6 +149,7 @@ class TaskPlan:
     video_url_ttl: int
     eta_s: int | None
     webhook_retry_s: float
+    result_url: str | None = None
 
     @property
     def done_after(self) -> float:
@@ -169,6 +173,7 @@ def plan_task(config: SimConfig, prompt: str) -> TaskPlan:
         video_url_ttl=config.video_url_ttl,
         eta_s=config.eta_s,
         webhook_retry_s=config.novita_webhook_retry_s,
+        result_url=config.result_url,
     )
 
 

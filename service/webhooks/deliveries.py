@@ -6,12 +6,13 @@ event's outbox entry, held in its dispatcher's in-flight list, is what answers f
 Keys (prefix `kr:`):
   kr:dlv:{id}                 a delivery with its attempt log (JSON); expires `webhook_log_ttl_s`
                               after its last change
-  kr:sub:{sub}:dlvs           a subscription's delivery ids (lexicographic: ids sort by event time)
+  kr:sub:{sub}:dlvs           a subscription's delivery ids (lexicographic: ids sort by event time);
+                              expires with its newest delivery
   kr:dlvdue                   pending delivery id → unix time by which its next attempt must have
                               been recorded; the sweep re-sends whatever is overdue, so a worker
                               killed mid-attempt or a scheduled job lost with Redis loses nothing
-  kr:dlvlease:{id}:{attempt}  held while a retry is in flight, so two jobs never send it twice at
-                              once; keyed by attempt number so it never needs deleting
+  kr:dlvlease:{id}:{attempt}  taken by the job making that attempt, so no attempt is made twice;
+                              keyed by attempt number and left to expire, never deleted
   kr:evidx                    every event fanned out ("{event id}|{subject id}|{type}", lexicographic
                               by time) so a replay can reach events a subscription never had
 """
@@ -58,7 +59,10 @@ for i = 1, (#KEYS - 1) / 2 do
   else
     created[i] = 0
   end
-  if KEYS[k + 1] ~= '' then redis.call('ZADD', KEYS[k + 1], 0, id) end
+  if KEYS[k + 1] ~= '' then
+    redis.call('ZADD', KEYS[k + 1], 0, id)
+    redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
+  end
 end
 for j = 1, #due, 2000 do redis.call('ZADD', KEYS[1], unpack(due, j, math.min(j + 1999, #due))) end
 return created
@@ -80,6 +84,16 @@ for j = 1, #due, 2000 do redis.call('ZADD', KEYS[1], unpack(due, j, math.min(j +
 return won
 """
 
+# KEYS: the delivery, DUE, the lease of its next attempt. ARGV: the delivery as read, as restarted,
+# ttl, due score, id. -1: an attempt is in flight; 0: it changed since it was read; 1: restarted.
+_RESTART = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+return 1
+"""
+
 # KEYS: DUE, then (delivery key, subscription index or "") per delivery. ARGV: ttl, n, then
 # (delivery id, JSON, due score or "" when final, "1" if not stored yet) per delivery, then further
 # commands spelled as in service.cas (lease and failure-run deletes, retry jobs, outbox releases),
@@ -92,7 +106,10 @@ for i = 1, n do
   local wrote = true
   if ARGV[a + 3] == '1' then
     wrote = redis.call('SET', KEYS[k], ARGV[a + 1], 'NX', 'EX', ARGV[1])
-    if wrote and KEYS[k + 1] ~= '' then redis.call('ZADD', KEYS[k + 1], 0, ARGV[a]) end
+    if wrote and KEYS[k + 1] ~= '' then
+      redis.call('ZADD', KEYS[k + 1], 0, ARGV[a])
+      redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
+    end
   else
     redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', ARGV[1])
     if ARGV[a + 2] == '' then done[#done + 1] = ARGV[a] end
@@ -118,13 +135,23 @@ def lease_key(dlv_id: str, attempt: int) -> str:
     return f"{PREFIX}:dlvlease:{dlv_id}:{attempt}"
 
 
+class DeliveryNotFound(Exception):
+    """No such delivery (never made, or its log expired)."""
+
+
+class DeliveryInFlight(Exception):
+    """An attempt of this delivery is under way."""
+
+
 @dataclass(frozen=True)
 class Target:
-    """Who an event goes to: a subscription, or a task's own `webhook_url`."""
+    """Who an event goes to: a subscription, or a task's own `webhook_url`; and whose the
+    delivery is (the subscription's owner, or the task's)."""
 
     subscriber: str
     subscription_id: str | None = None
     webhook_url: str | None = None
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +159,17 @@ class IndexedEvent:
     event_id: str
     subject_id: str
     event_type: str
+    # The owner of the task (or subscription) the event is about: replays stay within it.
+    owner: str | None = None
+
+    def member(self) -> str:
+        return f"{self.event_id}|{self.subject_id}|{self.event_type}|{self.owner or ''}"
+
+    @classmethod
+    def parse(cls, member: str) -> IndexedEvent:
+        # Entries from before ownership was recorded have three fields.
+        event_id, subject_id, event_type, *owner = member.split("|", 3)
+        return cls(event_id, subject_id, event_type, (owner[0] if owner else "") or None)
 
 
 @dataclass(frozen=True)
@@ -154,6 +192,7 @@ def new_deliveries(event: IndexedEvent, targets: list[Target], *, now: float, cr
             event_type=event.event_type,
             subject_id=event.subject_id,
             subscription_id=t.subscription_id,
+            owner=t.owner,
             webhook_url=t.webhook_url,
             next_attempt_at=now,
             created_at=created_at,
@@ -175,6 +214,7 @@ class DeliveryStore:
         self._create = redis.register_script(_CREATE)
         self._claim = redis.register_script(_CLAIM)
         self._save = redis.register_script(_SAVE)
+        self._restart = redis.register_script(_RESTART)
 
     def create_many(self, event: IndexedEvent, targets: list[Target], *, now: float, created_at: str) -> list[Delivery]:
         """The delivery of `event` to each target, created pending and due if missing (SET NX on a
@@ -240,11 +280,10 @@ class DeliveryStore:
             keys += [delivery_key(d.id), index]
             due = "" if item.retry_in_s is None else now + item.retry_in_s + self.lease_s
             args += [d.id, d.dumps(), due, "1" if item.first else "0"]
-        # The attempts are over, so their leases go now rather than linger until they expire.
-        done = [lease_key(i.delivery.id, i.delivery.attempt_count - 1) for i in finished if not i.first]
-        done += clear or []
-        if done:
-            args += spelled(("DEL", *done))
+        # An attempt's lease is left to expire: a job that loaded the delivery before this save
+        # and claims that attempt number only now finds it taken, and sends nothing twice.
+        if clear:
+            args += spelled(("DEL", *clear))
         retries = [item for item in finished if item.retry_in_s is not None]
         if retries or also is not None:
 
@@ -265,21 +304,31 @@ class DeliveryStore:
                 pipe.zrem(DUE, d.id)
             pipe.execute()
 
-    def restart(self, deliveries: list[Delivery], *, now: float) -> list[Delivery]:
-        """Make deliveries pending again with a fresh retry round, due now (manual retry, replay)."""
-        stamp = unix_to_iso(now)
-        restarted = [
-            d.model_copy(
-                update={"status": DeliveryStatus.PENDING, "round_attempts": 0, "next_attempt_at": now, "updated_at": stamp}
+    def restart(self, dlv_id: str, *, now: float) -> tuple[Delivery, bool]:
+        """Make a delivery pending again with a fresh retry round, due now (manual retry, replay),
+        as a compare-and-set: a concurrent attempt's save is never overwritten with a stale copy.
+        Returns it and whether it was restarted (False: it already waits to go now, so concurrent
+        retries make one attempt). Raises DeliveryInFlight while an attempt is under way,
+        DeliveryNotFound once it expired."""
+        key = delivery_key(dlv_id)
+        while True:
+            raw = self.redis.get(key)
+            if raw is None:
+                raise DeliveryNotFound(dlv_id)
+            d = Delivery.loads(raw)
+            if d.due(now) and d.round_attempts == 0:
+                if self.in_flight(d):
+                    raise DeliveryInFlight(dlv_id)
+                return d, False
+            restarted = d.model_copy(
+                update={"status": DeliveryStatus.PENDING, "round_attempts": 0, "next_attempt_at": now, "updated_at": unix_to_iso(now)}
             )
-            for d in deliveries
-        ]
-        with self.redis.pipeline() as pipe:
-            for d in restarted:
-                pipe.set(delivery_key(d.id), d.dumps(), ex=self.ttl_s)
-                pipe.zadd(DUE, {d.id: now + self.lease_s})
-            pipe.execute()
-        return restarted
+            keys = [key, DUE, lease_key(d.id, d.attempt_count)]
+            done = self._restart(keys=keys, args=[raw, restarted.dumps(), self.ttl_s, now + self.lease_s, d.id])
+            if done == 1:
+                return restarted, True
+            if done == -1:
+                raise DeliveryInFlight(dlv_id)
 
     def overdue(self, now: float, limit: int = 500) -> list[str]:
         return [_text(i) for i in self.redis.zrangebyscore(DUE, "-inf", now, start=0, num=limit)]
@@ -325,11 +374,7 @@ class DeliveryStore:
     def events_between(self, since_s: float, until_s: float | None) -> list[IndexedEvent]:
         upper = f"({id_floor('evt', until_s)}" if until_s is not None else "+"
         members = self.redis.zrangebylex(EVENT_INDEX, f"[{id_floor('evt', since_s)}", upper)
-        events = []
-        for member in members:
-            event_id, subject_id, event_type = _text(member).split("|", 2)
-            events.append(IndexedEvent(event_id, subject_id, event_type))
-        return events
+        return [IndexedEvent.parse(_text(member)) for member in members]
 
     def event_body(self, subject_id: str, event_id: str) -> bytes | None:
         """The event exactly as stored: these bytes are signed and sent on every attempt."""
@@ -355,7 +400,7 @@ class DeliveryStore:
     def index_events(pipe: Pipeline, events: list[IndexedEvent]) -> None:
         """Add fanned-out events to the index replays read."""
         if events:
-            pipe.zadd(EVENT_INDEX, {f"{e.event_id}|{e.subject_id}|{e.event_type}": 0 for e in events})
+            pipe.zadd(EVENT_INDEX, {e.member(): 0 for e in events})
 
     def trim(self, now: float, subscription_ids: list[str]) -> None:
         """Drop index entries older than the log TTL (their deliveries have expired already)."""

@@ -9,7 +9,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.domain.clock import unix_to_iso
-from service.domain.tasks import MAX_METADATA_BYTES
+from service.domain.tasks import small_metadata
 from service.webhooks.policy import (
     WILDCARD,
     Decision,
@@ -24,12 +24,6 @@ from service.webhooks.policy import (
 MAX_ATTEMPTS_KEPT = 50
 # The subscriber key of a task's own `webhook_url` in delivery ids.
 TASK_WEBHOOK = "task-webhook"
-
-
-def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(orjson.dumps(value)) > MAX_METADATA_BYTES:
-        raise ValueError(f"must serialize to at most {MAX_METADATA_BYTES} bytes of JSON")
-    return value
 
 
 def _valid_filter(value: list[str] | None) -> list[str] | None:
@@ -53,7 +47,7 @@ class SubscriptionCreate(BaseModel):
     enabled: bool = True
 
     check_filter = field_validator("event_types")(_valid_filter)
-    check_metadata = field_validator("metadata")(_small_metadata)
+    check_metadata = field_validator("metadata")(small_metadata)
 
 
 class SubscriptionUpdate(BaseModel):
@@ -68,7 +62,7 @@ class SubscriptionUpdate(BaseModel):
     enabled: bool | None = None
 
     check_filter = field_validator("event_types")(_valid_filter)
-    check_metadata = field_validator("metadata")(_small_metadata)
+    check_metadata = field_validator("metadata")(small_metadata)
 
 
 class ReplayRequest(BaseModel):
@@ -91,6 +85,8 @@ class ReplayRequest(BaseModel):
 
 class Subscription(BaseModel):
     id: str
+    # The id of the API key that created it (see Task.owner); it receives that key's events only.
+    owner: str | None = None
     url: str
     event_types: list[str]
     description: str | None = None
@@ -138,6 +134,8 @@ class Delivery(BaseModel):
     # What the event is about: a task id, or a subscription id for `subscription.disabled`.
     subject_id: str
     subscription_id: str | None = None
+    # Whose it is: the subscription's owner, or for a task's own webhook the task's.
+    owner: str | None = None
     # Only for a task's one-off webhook; a subscription's deliveries follow its current URL.
     webhook_url: str | None = None
     status: DeliveryStatus = DeliveryStatus.PENDING

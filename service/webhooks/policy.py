@@ -73,6 +73,12 @@ def matches(patterns: list[str], event_type: str) -> bool:
     return False
 
 
+def receives(subscription_owner: str | None, event_owner: str | None, admin_ids: frozenset[str]) -> bool:
+    """Whether a subscription gets events about this owner's tasks: each key its own; an admin
+    key's subscriptions, and those from before ownership was recorded, everyone's."""
+    return subscription_owner is None or subscription_owner in admin_ids or subscription_owner == event_owner
+
+
 def normalise_filter(patterns: list[str]) -> list[str]:
     """Drop duplicates, keeping the caller's order."""
     return list(dict.fromkeys(patterns))

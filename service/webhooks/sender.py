@@ -23,7 +23,12 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from service.webhooks.policy import RESPONSE_BODY_KEPT
-from service.webhooks.ssrf import Resolver, UnsafeWebhookURL, check_url_syntax, resolve_safe
+from service.webhooks.ssrf import (
+    Resolver,
+    UnsafeWebhookURL,
+    check_url_syntax,
+    resolve_safe,
+)
 
 USER_AGENT = "kling-relay-webhooks/1"
 

@@ -19,9 +19,9 @@ from redis import Redis
 from redis.client import Pipeline
 
 from service.cas import Arg, CompareAndSet, recorded, spelled
+from service.domain.clock import now_iso
 from service.domain.events import Event
 from service.domain.ids import new_id
-from service.domain.clock import now_iso
 from service.store import PREFIX, events_key
 from service.webhooks.models import Subscription
 from service.webhooks.policy import SUBSCRIPTION_DISABLED, DisableReason
@@ -36,6 +36,14 @@ DEFAULT_SECRET = f"{PREFIX}:whsec:default"
 
 # Called while the disabling write is built, so the event's outbox entry commits with it.
 AfterDisable = Callable[[Pipeline, Event], None]
+
+
+def owner_index_key(owner: str) -> str:
+    return f"{SUBSCRIPTIONS}:{owner}"
+
+
+def default_secret_key(owner: str | None) -> str:
+    return f"{DEFAULT_SECRET}:{owner}" if owner else DEFAULT_SECRET
 
 
 def subscription_key(sub_id: str) -> str:
@@ -75,6 +83,8 @@ class SubscriptionStore:
         with self.redis.pipeline() as pipe:
             pipe.set(subscription_key(sub.id), sub.dumps())
             pipe.zadd(SUBSCRIPTIONS, {sub.id: 0})
+            if sub.owner:
+                pipe.zadd(owner_index_key(sub.owner), {sub.id: 0})
             pipe.set(VERSION, _new_version())
             pipe.execute()
 
@@ -102,10 +112,11 @@ class SubscriptionStore:
     def ids(self) -> list[str]:
         return [_text(i) for i in self.redis.zrange(SUBSCRIPTIONS, 0, -1)]
 
-    def list(self, *, cursor: str | None, limit: int) -> SubscriptionPage:
-        """Newest first, with the same cursor scheme as tasks."""
+    def list(self, *, cursor: str | None, limit: int, owner: str | None = None) -> SubscriptionPage:
+        """Newest first (one owner's, or everyone's with None), with the same cursor scheme as tasks."""
         upper = f"({cursor}" if cursor else "+"
-        ids = [_text(i) for i in self.redis.zrevrangebylex(SUBSCRIPTIONS, upper, "-", start=0, num=limit + 1)]
+        index = owner_index_key(owner) if owner else SUBSCRIPTIONS
+        ids = [_text(i) for i in self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)]
         more = len(ids) > limit
         ids = ids[:limit]
         found = self.get_many(ids)
@@ -129,13 +140,16 @@ class SubscriptionStore:
             if self._cas(key, raw, spelled(*commands)):
                 return after
 
-    def delete(self, sub_id: str) -> bool:
-        """Remove a subscription; its deliveries stay readable by id until their log TTL."""
+    def delete(self, sub: Subscription) -> bool:
+        """Remove a subscription and what only it uses; its deliveries stay readable by id
+        until their log TTL (they expire; so does its index, if a delivery in flight re-adds it)."""
         with self.redis.pipeline() as pipe:
-            pipe.delete(subscription_key(sub_id))
-            pipe.zrem(SUBSCRIPTIONS, sub_id)
+            pipe.delete(subscription_key(sub.id))
+            pipe.zrem(SUBSCRIPTIONS, sub.id)
+            if sub.owner:
+                pipe.zrem(owner_index_key(sub.owner), sub.id)
             pipe.set(VERSION, _new_version())
-            pipe.delete(failing_key(sub_id), deliveries_index_key(sub_id))
+            pipe.delete(failing_key(sub.id), deliveries_index_key(sub.id))
             deleted, *_ = pipe.execute()
         return bool(deleted)
 
@@ -167,21 +181,25 @@ class SubscriptionStore:
             if self._cas(key, raw, recorded(self.redis, build)):
                 return event
 
-    def failing_for(self, sub_ids: set[str], now: float) -> dict[str, float]:
+    def failing_for(self, sub_ids: set[str], now: float, *, run_ttl_s: int) -> dict[str, float]:
         """How long each of these subscriptions has failed without a success, starting the run
-        now for any that was not failing. (A success ends a run: callers delete `failing_key`.)"""
+        now for any that was not failing. (A success ends a run: callers delete `failing_key`.)
+        A run's key expires after `run_ttl_s`, longer than any run lasts before it disables the
+        subscription, so one left behind by a deleted subscription goes too."""
         ordered = sorted(sub_ids)
         if not ordered:
             return {}
         with self.redis.pipeline(transaction=False) as pipe:
             for sub_id in ordered:
-                pipe.set(failing_key(sub_id), repr(now), nx=True)
+                pipe.set(failing_key(sub_id), repr(now), nx=True, ex=run_ttl_s)
                 pipe.get(failing_key(sub_id))
             started = pipe.execute()[1::2]
         return {sub_id: max(now - float(since or now), 0.0) for sub_id, since in zip(ordered, started)}
 
-    def default_secret(self) -> str:
-        """The secret for tasks' own `webhook_url`s, made on first use and then stable."""
-        self.redis.set(DEFAULT_SECRET, generate_secret(), nx=True)
-        return _text(self.redis.get(DEFAULT_SECRET) or b"")
+    def default_secret(self, owner: str | None) -> str:
+        """The secret for the `webhook_url`s of this key's tasks (by key id), made on first use
+        and then stable. Per key: one client must not be able to sign deliveries to another's."""
+        key = default_secret_key(owner)
+        self.redis.set(key, generate_secret(), nx=True)
+        return _text(self.redis.get(key) or b"")
 

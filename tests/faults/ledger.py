@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
+from redis import Redis
 
-from tests.conftest import API_KEY, wait_for
+from tests.conftest import API_KEY, Stack, wait_for
+from tests.keys_audit import orphans
 from tests.receivers import Receiver, subscribe, verify_both
 
 TERMINAL = ("succeeded", "failed")
@@ -261,9 +263,19 @@ def reconcile(
 Record = Callable[[Figures], None]
 
 
-def judge(figures: Figures, record: Record) -> None:
-    """Record the figures for the report, then hold the scenario to 0 lost and 0 duplicated."""
+def judge(figures: Figures, record: Record, stack: Stack) -> None:
+    """Record the figures for the report, then hold the scenario to 0 lost and 0 duplicated,
+    and to no key left in Redis without a live owner or a TTL."""
     record(figures)
     assert figures.lost == 0 and figures.duplicated == 0, figures.problems
     assert figures.terminal == figures.tasks
     assert figures.delivered == figures.deliveries_expected
+    assert_no_orphans(stack.redis())
+
+
+def assert_no_orphans(redis: Redis) -> None:
+    # A dead dispatcher's in-flight list is returned by the next sweep: give it that long.
+    try:
+        wait_for(lambda: not orphans(redis), timeout_s=15, interval_s=0.5, what="no orphan keys")
+    except AssertionError:
+        raise AssertionError(f"keys with no owner and no TTL: {orphans(redis)[:20]}") from None

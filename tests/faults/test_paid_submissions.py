@@ -25,6 +25,7 @@ from rq import Queue
 from service.redis_server import free_port
 from tests.conftest import Simulator, Stack, wait_for
 from tests.faults.conftest import PaidRecord
+from tests.faults.ledger import assert_no_orphans
 from tests.receivers import Receiver, serve_receiver, subscribe, verify_both
 from tests.stacks import owned_stack
 
@@ -59,7 +60,10 @@ def stacks(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> It
                 self[name] = stack = running.enter_context(owned_stack(base, simulator, env)).stack
                 return stack
 
-        yield Started()
+        started = Started()
+        yield started
+        for stack in started.values():
+            assert_no_orphans(stack.redis())
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +132,7 @@ def _scrape(url: str) -> str | None:
 
 
 def paid(record: PaidRecord, scenario: str, injection: str, task: dict[str, Any], created: list[dict[str, Any]]) -> None:
+    """Hand the scenario's row to the report."""
     error = task.get("error") or {}
     outcome = task["status"] + (f" ({error['code']})" if task["status"] == "failed" else "")
     record(scenario, injection, len(created), outcome)

@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import Simulator, Stack, wait_for
-from tests.faults.ledger import Record, add_subscribers, create_tasks, judge, reconcile, settle
+from tests.faults.ledger import (
+    Record,
+    add_subscribers,
+    create_tasks,
+    judge,
+    reconcile,
+    settle,
+)
 from tests.receivers import serve_receiver
 from tests.stacks import owned_stack
 
@@ -72,7 +79,7 @@ def test_provider_429_and_5xx_bursts_and_slow_answers_still_finish_every_task(
             subs,
             started,
         )
-    judge(figures, record)
+    judge(figures, record, stack)
 
     config = sim.http.get("/_sim/config").json()
     assert {name: config[name] for name in FORCED_LISTS} == {name: [] for name in FORCED_LISTS}, "every burst reached the service"

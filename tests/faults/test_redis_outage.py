@@ -14,7 +14,14 @@ import pytest
 from service.domain.tokens import callback_token
 from service.redis_server import RedisServer
 from tests.conftest import CALLBACK_SECRET, Simulator, wait_for
-from tests.faults.ledger import Record, add_subscribers, create_tasks, judge, reconcile, settle
+from tests.faults.ledger import (
+    Record,
+    add_subscribers,
+    create_tasks,
+    judge,
+    reconcile,
+    settle,
+)
 from tests.receivers import serve_receiver
 from tests.stacks import OwnedStack, owned_stack
 
@@ -120,7 +127,7 @@ def test_redis_restarted_mid_flow_answers_503_meanwhile_and_loses_nothing(
         # The same processes did all of it: they rode out the outage rather than being replaced.
         assert all(proc is not None and proc.poll() is None for proc in processes)
         assert stack.workers == processes[1:]
-    judge(figures, record)
+    judge(figures, record, stack)
 
 
 def test_redis_down_while_first_attempts_land_sends_them_again_once_it_is_back(
@@ -144,5 +151,5 @@ def test_redis_down_while_first_attempts_land_sends_them_again_once_it_is_back(
             "redis-server stopped while a fan-out's requests were held 1.5 s by the subscribers; started again 3 s later",
             task_ids, tasks, events, subs, started,
         )
-    judge(figures, record)
+    judge(figures, record, stack)
     assert figures.resent >= 1, figures  # answered but unrecorded, so sent again

@@ -106,7 +106,7 @@ def test_soak_of_2000_tasks_to_3_subscribers_loses_and_duplicates_nothing(
             subs,
             started,
         )
-    judge(figures, record)
+    judge(figures, record, stack)
     assert figures.tasks == TASKS
     assert figures.delivered == figures.events * SUBSCRIBERS
     # The random plan really exercised both outcomes and both providers.

@@ -12,7 +12,16 @@ import pytest
 
 from service.redis_server import free_port
 from tests.conftest import ServedApp, Simulator, Stack, wait_for
-from tests.faults.ledger import Record, Subscriber, add_subscribers, create_tasks, delivery_statuses, judge, reconcile, settle
+from tests.faults.ledger import (
+    Record,
+    Subscriber,
+    add_subscribers,
+    create_tasks,
+    delivery_statuses,
+    judge,
+    reconcile,
+    settle,
+)
 from tests.receivers import Receiver, serve_receiver, subscribe
 from tests.stacks import owned_stack
 
@@ -72,4 +81,4 @@ def test_subscriber_down_for_the_whole_retry_window_gets_everything_by_replay(
                 subscribers,
                 started,
             )
-    judge(figures, record)
+    judge(figures, record, stack)

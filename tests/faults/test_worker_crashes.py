@@ -16,9 +16,17 @@ from typing import Any
 import pytest
 from rq import Queue
 
-from tests.conftest import Simulator, Stack, wait_for
 from service import outbox
-from tests.faults.ledger import Record, Subscriber, add_subscribers, create_tasks, judge, reconcile, settle
+from tests.conftest import Simulator, Stack, wait_for
+from tests.faults.ledger import (
+    Record,
+    Subscriber,
+    add_subscribers,
+    create_tasks,
+    judge,
+    reconcile,
+    settle,
+)
 from tests.receivers import Receiver, serve_receiver
 from tests.stacks import owned_stack
 
@@ -125,7 +133,7 @@ def test_killed_worker_loses_and_duplicates_nothing(
         figures = reconcile(scenario, crash.injection, task_ids, tasks, events, subs, started)
         for sub in subs:
             api.delete(f"/v1/subscriptions/{sub.id}")
-    judge(figures, record)
+    judge(figures, record, stack)
     if crash.during == "fan-out":
         # The killed worker's requests were answered but never recorded, so they went again.
         assert figures.resent >= 1, figures
