@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     kling_relay_api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Operators' keys, comma-separated; the dashboard accepts them as it does KLING_RELAY_API_KEYS.
+    kling_relay_admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     callback_secret: str | None = None
+    # A dashboard sign-in lasts this long; the server refuses older session cookies.
+    dashboard_session_s: int = Field(default=12 * 3600, gt=0)
 
     apikley_api_key: str | None = None
     apikley_base_url: str = "https://api.apikley.ru"
@@ -122,7 +126,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = None
     worker_metrics_host: str = "127.0.0.1"
 
-    @field_validator("kling_relay_api_keys", "redis_sentinels", mode="before")
+    @field_validator("kling_relay_api_keys", "kling_relay_admin_keys", "redis_sentinels", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         return _csv(value)
