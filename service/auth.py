@@ -36,6 +36,7 @@ class Keys:
 
     def __init__(self, api_keys: list[str], admin_keys: list[str]) -> None:
         self._keys = [(key.encode(), key_id(key)) for key in dict.fromkeys([*api_keys, *admin_keys])]
+        self.ids = frozenset(kid for _, kid in self._keys)
         self.admin_ids = frozenset(key_id(key) for key in admin_keys)
 
     def caller(self, presented: str) -> Caller | None:

@@ -1,11 +1,14 @@
 """The dashboard's HTML, rendered on the server from plain data (pure: no I/O).
 
-Everything a user typed (prompts, URLs, metadata, provider messages) is escaped. Rows are whole
-`<tr>` elements with stable ids, so the live stream can send a row and the page can swap it in.
+Everything a user typed (prompts, URLs, metadata, provider messages) is escaped, and only
+`http(s)` URLs become links. Rows are whole `<tr>` elements with stable ids, so the live stream can
+send a row and the page can swap it in. The pages' one inline script and one inline style are
+constants, allowed by their hashes in `CONTENT_SECURITY_POLICY`; nothing else inline may run.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from html import escape
@@ -13,6 +16,8 @@ from urllib.parse import quote
 
 from service.domain.events import Event
 from service.domain.tasks import Task
+from service.security_headers import content_security_policy, inline_source
+from service.sessions import CSRF_FIELD
 from service.webhooks.models import Delivery
 
 
@@ -42,6 +47,8 @@ code { font-size: 12px; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; background: #fff; padding: 1em; }
 dt { font-weight: 600; } dd { margin: 0; word-break: break-all; }
 form { background: #fff; padding: 1.5em; max-width: 28em; } input[type=password] { width: 100%; padding: .4em; margin: .5em 0; }
+header form { background: none; padding: 0; margin-left: auto; }
+.error { color: #b42318; }
 """
 
 STREAM_SCRIPT = """
@@ -57,21 +64,58 @@ source.addEventListener("task", (message) => {
   const empty = document.getElementById("empty");
   if (empty) { empty.remove(); }
 });
+source.addEventListener("signed-out", () => {
+  source.close();
+  live.textContent = "\\u25cb signed out: reload to sign in"; live.className = "live off";
+});
 """
 
+CONTENT_SECURITY_POLICY = content_security_policy({
+    "default-src": "'none'",
+    "script-src": inline_source(STREAM_SCRIPT),
+    "style-src": inline_source(STYLE),
+    "connect-src": "'self'",  # the live stream
+    "form-action": "'self'",
+    "base-uri": "'none'",
+    "frame-ancestors": "'none'",
+})
+
 STATUSES = ("queued", "submitted", "running", "succeeded", "failed")
+# What a browser would treat as an http(s) URL, and nothing that parsers might read otherwise
+# (spaces and control characters, which browsers strip or skip, as in "java\tscript:").
+_WEB_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f]+", re.IGNORECASE)
 
 
-def _page(title: str, body: str, *, head: str = "", live: bool = False) -> str:
+def _page(title: str, body: str, *, head: str = "", live: bool = False, csrf: str | None = None) -> str:
     indicator = "<span id=live class='live off'>&#9675; connecting</span>" if live else ""
+    signed_in = ""
+    if csrf is not None:
+        head += f"<meta name=csrf-token content='{escape(csrf)}'>"
+        signed_in = (
+            f"<form method=post action='/dashboard/logout'>{csrf_field(csrf)}"
+            "<button type=submit>sign out</button></form>"
+        )
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<meta name=viewport content='width=device-width, initial-scale=1'><title>{escape(title)}</title>"
         f"<style>{STYLE}</style>{head}</head><body>"
         "<header><h1>kling-relay</h1><a href='/dashboard'>tasks</a><a href='/docs'>API docs</a>"
-        f"<a href='/metrics'>metrics</a>{indicator}</header>"
+        f"<a href='/metrics'>metrics</a>{indicator}{signed_in}</header>"
         f"<main>{body}</main></body></html>"
     )
+
+
+def csrf_field(token: str) -> str:
+    """The hidden input every dashboard form that POSTs must carry."""
+    return f"<input type=hidden name={CSRF_FIELD} value='{escape(token)}'>"
+
+
+def link(url: str) -> str:
+    """`url` as a link if it is an http(s) URL, else as plain text (a `javascript:` URL from a
+    provider must not become something to click)."""
+    if _WEB_URL.fullmatch(url):
+        return f"<a href='{escape(url)}' rel='noopener noreferrer'>{escape(url)}</a>"
+    return f"<code>{escape(url)}</code>"
 
 
 def status_badge(status: str, progress: int | None = None) -> str:
@@ -112,7 +156,7 @@ def task_row(view: TaskView) -> str:
     )
 
 
-def tasks_page(views: list[TaskView], *, status: str | None) -> str:
+def tasks_page(views: list[TaskView], *, status: str | None, csrf: str | None = None) -> str:
     filters = "".join(
         f"<a href='/dashboard?status={s}'>{'<b>' + s + '</b>' if s == status else s}</a>" for s in STATUSES
     )
@@ -123,10 +167,10 @@ def tasks_page(views: list[TaskView], *, status: str | None) -> str:
         f"<th>Events</th><th>Deliveries</th><th>Updated</th></tr></thead><tbody>{rows}</tbody></table>"
         f"<script>{STREAM_SCRIPT}</script>"
     )
-    return _page("kling-relay dashboard", body, live=True)
+    return _page("kling-relay dashboard", body, live=True, csrf=csrf)
 
 
-def task_page(view: TaskView, subscription_urls: dict[str, str]) -> str:
+def task_page(view: TaskView, subscription_urls: dict[str, str], *, csrf: str | None = None) -> str:
     t = view.task
     facts = [
         ("status", status_badge(t.status.value, t.progress)),
@@ -136,8 +180,7 @@ def task_page(view: TaskView, subscription_urls: dict[str, str]) -> str:
         ("updated", escape(t.updated_at)),
     ]
     if t.result:
-        url = escape(t.result.video_url)
-        facts.append(("video", f"<a href='{url}'>{url}</a>"))
+        facts.append(("video", link(t.result.video_url)))
     if t.error:
         facts.append(("error", escape(f"{t.error.code}: {t.error.message}")))
     if t.webhook_url:
@@ -159,7 +202,7 @@ def task_page(view: TaskView, subscription_urls: dict[str, str]) -> str:
     )
     unsettled = not t.status.terminal or any(d.status.value == "pending" for d in view.deliveries)
     head = "<meta http-equiv=refresh content=2>" if unsettled else ""
-    return _page(f"{t.id} \u2014 kling-relay", body, head=head)
+    return _page(f"{t.id} \u2014 kling-relay", body, head=head, csrf=csrf)
 
 
 def _delivery_row(d: Delivery, subscription_urls: dict[str, str]) -> str:
@@ -174,10 +217,11 @@ def _delivery_row(d: Delivery, subscription_urls: dict[str, str]) -> str:
 
 
 def login_page(message: str = "") -> str:
-    note = f"<p style='color:#b42318'>{escape(message)}</p>" if message else ""
+    note = f"<p class=error>{escape(message)}</p>" if message else ""
     body = (
         "<form method=post action='/dashboard/login'><h2>Dashboard sign-in</h2>"
-        "<label>API key (one of KLING_RELAY_API_KEYS)<input type=password name=key autofocus></label>"
+        "<label>API key (one of KLING_RELAY_API_KEYS or KLING_RELAY_ADMIN_KEYS)"
+        "<input type=password name=key autofocus></label>"
         f"{note}<button type=submit>Open the dashboard</button></form>"
     )
     return _page("kling-relay dashboard: sign in", body)

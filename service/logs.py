@@ -6,8 +6,10 @@ taken from `extra=` where a call passes them, else picked out of `name=value` pa
 message, so existing calls such as `log.info("submitted task_id=%s", ...)` get them for free.
 
 Secrets never reach the output: callback URL tokens (a credential for that task), `whsec_`
-signing secrets, bearer keys and `key=`/`api_key=` query parameters are masked in every line,
-including uvicorn's access log.
+signing secrets, bearer keys and the values of query parameters named `key`, `api_key`, `apikey`,
+`token`, `access_token` or `secret` are masked in every line, including uvicorn's access log. A
+parameter is recognised by its decoded name, in any case: `?%6Bey=` is `?key=` to the server, so
+it is masked too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import time
 import traceback
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -26,14 +29,31 @@ _REDACTIONS = (
     (re.compile(r"(/callbacks/[a-z]+/[^/\s]+/)[^\s\"'?]+"), r"\1[redacted]"),
     (re.compile(r"whsec_[A-Za-z0-9+/=_\-]+"), "whsec_[redacted]"),
     (re.compile(r"(?i)(bearer\s+)[^\s\"',]+"), r"\1[redacted]"),
-    (re.compile(r"(?i)([?&](?:api_)?key=)[^&\s\"']+"), r"\1[redacted]"),
 )
+_QUERY_PARAM = re.compile(r"([?&;])([^=&;\s\"'#]+)=([^&;\s\"'#]*)")
+_SECRET_PARAMS = frozenset({"key", "api_key", "apikey", "token", "access_token", "secret"})
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
 
 
 # Cheap substring checks first: most lines hold none of these, and skip the regexes.
-_HINTS = ("/callbacks/", "whsec_", "earer", "EARER", "key=")
+_HINTS = ("/callbacks/", "whsec_", "earer", "EARER", "?", "&", ";")
+
+
+def _decoded(name: str) -> str:
+    # Decoded until it stops changing: a client may have encoded it twice, and a proxy on the way
+    # may decode once more than we do.
+    for _ in range(4):
+        decoded = unquote_plus(name)
+        if decoded == name:
+            break
+        name = decoded
+    return name.strip().lower()
+
+
+def _mask_param(match: re.Match[str]) -> str:
+    separator, name, _value = match.groups()
+    return f"{separator}{name}=[redacted]" if _decoded(name) in _SECRET_PARAMS else match.group()
 
 
 def redact(text: str) -> str:
@@ -41,7 +61,7 @@ def redact(text: str) -> str:
         return text
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
-    return text
+    return _QUERY_PARAM.sub(_mask_param, text)
 
 
 class JsonFormatter(logging.Formatter):

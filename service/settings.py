@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # Keys that see and manage every key's tasks and subscriptions (and data from before keys owned any).
     kling_relay_admin_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     callback_secret: str | None = None
+    # A dashboard sign-in lasts this long; the server refuses older session cookies.
+    dashboard_session_s: int = Field(default=12 * 3600, gt=0)
 
     apikley_api_key: str | None = None
     apikley_base_url: str = "https://api.apikley.ru"

@@ -58,23 +58,16 @@ def chromium_and_driver() -> tuple[str, str]:
     return found
 
 
-def dump_dom(url: str, *, budget_ms: int = 8000) -> str:
-    """The page's DOM after its scripts ran for up to `budget_ms` of virtual time."""
-    chromium, _ = chromium_and_driver()
-    result = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
-        check=False, capture_output=True, text=True, timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
-
 class Browser:
-    """One Chromium session: open pages, run JavaScript in them, take screenshots."""
+    """One Chromium session: open pages, run JavaScript in them, read their console, take screenshots."""
 
     def __init__(self, driver_url: str, chromium: str) -> None:
         self.http = httpx.Client(base_url=driver_url, timeout=30)
-        capabilities = {"browserName": "chrome", "goog:chromeOptions": {"binary": chromium, "args": CHROMIUM_FLAGS}}
+        capabilities = {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": chromium, "args": CHROMIUM_FLAGS},
+            "goog:loggingPrefs": {"browser": "ALL"},
+        }
         started = self.http.post("/session", json={"capabilities": {"alwaysMatch": capabilities}})
         assert started.status_code == 200, started.text
         self.session = f"/session/{started.json()['value']['sessionId']}"
@@ -90,6 +83,10 @@ class Browser:
     def run(self, script: str, *args: Any) -> Any:
         """Run `script` (a function body; `arguments` holds `args`) in the page; its return value."""
         return self._call("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def console(self) -> list[str]:
+        """The console messages logged since the last call (CSP violations among them)."""
+        return [str(entry["message"]) for entry in self._call("POST", "/se/log", {"type": "browser"})]
 
     def screenshot(self, path: Path) -> None:
         import base64

@@ -15,7 +15,13 @@ import pytest
 
 from tests.conftest import Simulator, Stack, wait_for
 from tests.keys_audit import orphans
-from tests.receivers import Receiver, deliveries_of, run_task, serve_receiver, subscribe, wait_for_deliveries
+from tests.receivers import (
+    Receiver,
+    run_task,
+    serve_receiver,
+    subscribe,
+    wait_for_deliveries,
+)
 from tests.stacks import OwnedStack, owned_stack
 
 STACK_ENV = {"REPLAY_RATE_PER_HOUR": "3", "APIKLEY_CONFIRM_CALLBACKS": "true"}

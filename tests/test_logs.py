@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+import httpx
 import orjson
 import pytest
 
@@ -50,11 +51,24 @@ def test_an_exception_stays_inside_its_one_line() -> None:
         ("Authorization: Bearer dev_abcdef123", "dev_abcdef123"),
         ('"GET /dashboard?key=dev_abcdef123&status=failed HTTP/1.1" 303', "dev_abcdef123"),
         ("GET /x?api_key=k3y", "k3y"),
+        ('"GET /dashboard?%6Bey=dev_abcdef123 HTTP/1.1" 303', "dev_abcdef123"),
+        ('"GET /dashboard?status=failed&%6b%65%79=dev_abcdef123 HTTP/1.1" 303', "dev_abcdef123"),
+        ("GET /dashboard?KEY=dev_abcdef123", "dev_abcdef123"),
+        ("GET /x?api%5Fkey=k3y&a=1", "k3y"),
+        ("GET /x?%256Bey=double-encoded", "double-encoded"),
+        ("GET /x?a=1&Token=t0k3n", "t0k3n"),
+        ("GET /x?access_token=t0k3n", "t0k3n"),
+        ("fetch https://h.example/v?se%63ret=s3cr3t=tail failed", "s3cr3t"),
     ],
 )
 def test_secrets_are_masked_wherever_they_appear(text: str, secret: str) -> None:
     assert secret not in redact(text)
     assert secret not in JsonFormatter().format(record("%s", text, note=text))
+
+
+def test_other_query_parameters_are_left_as_they_are() -> None:
+    line = '"GET /dashboard?status=failed&monkey=1&keys=2 HTTP/1.1" 200'
+    assert redact(line) == line
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +103,19 @@ def test_real_processes_log_only_json_lines_with_ids_and_no_secrets(own: Stack) 
     assert all(str(line["event_id"]).startswith("evt_") for line in transitions)
     [failed] = [line for line in about if "delivery_id" in line]
     assert failed["subscription_id"] == sub["id"] and "status=503" in str(failed["message"])
+
+
+def test_a_key_sent_under_a_percent_encoded_parameter_name_is_masked_in_the_access_log(own: Stack) -> None:
+    signed = httpx.get(f"{own.url}/dashboard?%6Bey={API_KEY}&status=failed")
+    assert signed.status_code == 303 and signed.cookies.get("kr_dashboard"), "the server took it as the key"
+
+    def access_line() -> str | None:
+        for path in own.log_dir.glob("web-*.log"):
+            for line in path.read_text().splitlines():
+                if "/dashboard?%6Bey=" in line:
+                    return line
+        return None
+
+    line = wait_for(access_line, timeout_s=10, what="the access log line")
+    assert API_KEY not in line
+    assert "/dashboard?%6Bey=[redacted]&status=failed" in orjson.loads(line)["message"]

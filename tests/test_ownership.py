@@ -18,7 +18,14 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from service.domain.tasks import Task, TaskInput
 from service.store import index_key, task_key
 from tests.conftest import Simulator, Stack, wait_for
-from tests.receivers import Receiver, deliveries_of, run_task, serve_receiver, subscribe, verify_both
+from tests.receivers import (
+    Receiver,
+    deliveries_of,
+    run_task,
+    serve_receiver,
+    subscribe,
+    verify_both,
+)
 from tests.stacks import owned_stack
 
 ALICE, BOB, ADMIN = "key-alice-0123456789", "key-bob-9876543210", "key-admin-5555555555"

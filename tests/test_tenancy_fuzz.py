@@ -23,7 +23,11 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, status_code_conformance
 
 from service.routes.openapi import spec
-from service.webhooks.ssrf import UnsafeWebhookURL, check_url_syntax, is_forbidden_address
+from service.webhooks.ssrf import (
+    UnsafeWebhookURL,
+    check_url_syntax,
+    is_forbidden_address,
+)
 from tests.conftest import Simulator, Stack, wait_for
 from tests.receivers import deliveries_of
 from tests.stacks import owned_stack

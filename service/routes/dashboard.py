@@ -1,11 +1,12 @@
 """`/dashboard`: recent tasks with their status, events and deliveries, live over server-sent events.
 
-Access: any key of `KLING_RELAY_API_KEYS`. A browser signs in once, with the form or by opening
-`/dashboard?key=<API key>` (what `kling-relay dev` prints); the server answers with a cookie and a
-redirect that drops the key from the address bar. The cookie holds an HMAC of the key, never the
-key itself, so it opens the (read-only) dashboard but cannot call the API; it is HttpOnly,
-SameSite=Strict, scoped to /dashboard, and stops working when its key is removed. `Authorization:
-Bearer <key>` works too. Log lines mask `key=` values.
+Access: any key of `KLING_RELAY_API_KEYS` or `KLING_RELAY_ADMIN_KEYS`. A browser signs in once,
+with the form or by opening `/dashboard?key=<API key>` (what `kling-relay dev` prints); the server
+answers with a session cookie (`service.sessions`) and a redirect that drops the key from the
+address bar. `Authorization: Bearer <key>` works too. Who is signed in is
+`service.sessions.session_caller`; every POST but the sign-in passes `require_csrf`. Every answer
+carries the security headers of `HEADERS` (a CSP allowing only the pages' hashed inline script and
+style, no framing, no caching). Log lines mask `key=` values.
 
 Live updates: `/dashboard/stream` re-reads the recent tasks from Redis every `TICK_S` and sends
 each row that changed as a rendered `<tr>`. Reading Redis (rather than listening to the workers)
@@ -15,8 +16,6 @@ means any web process can serve any dashboard, and it costs one small read per v
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlencode
@@ -25,6 +24,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -34,7 +34,15 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from service.dashboard_html import TaskView, login_page, task_page, task_row, tasks_page
+from service.auth import Caller
+from service.dashboard_html import (
+    CONTENT_SECURITY_POLICY,
+    TaskView,
+    login_page,
+    task_page,
+    task_row,
+    tasks_page,
+)
 from service.domain.clock import iso_to_unix
 from service.domain.events import Event
 from service.domain.status import TaskStatus
@@ -43,12 +51,20 @@ from service.errors import ApiError
 from service.routes.context import runtime
 from service.routes.subscriptions import WebhookStores, stores
 from service.runtime import Runtime
+from service.security_headers import SecurityHeaders, browser_headers
+from service.sessions import (
+    end_session,
+    page_csrf_token,
+    require_csrf,
+    same_origin,
+    session_caller,
+    start_session,
+)
 from service.store import events_key
 from service.webhooks.models import TASK_WEBHOOK, Delivery
 from service.webhooks.policy import delivery_id
 
-COOKIE = "kr_dashboard"
-COOKIE_MAX_AGE_S = 12 * 3600
+HEADERS = browser_headers(CONTENT_SECURITY_POLICY, cache_control="no-store")
 PAGE_SIZE = 25
 TICK_S = 1.0
 # A stream ends after this long and the browser reconnects by itself: no connection outlives a
@@ -62,45 +78,13 @@ SETTLING_S = 120.0
 MAX_SUBSCRIBERS_IN_LIST = 50
 
 
-def cookie_token(api_key: str) -> str:
-    return hmac.new(api_key.encode(), b"kling-relay dashboard v1", hashlib.sha256).hexdigest()
+UNKNOWN_KEY = "That key is not one of KLING_RELAY_API_KEYS or KLING_RELAY_ADMIN_KEYS."
+# Where a sign-in link opened from another site lands: the form, saying why.
+CROSS_SITE_LINK = "crosssite"
 
 
-def _key_matches(presented: str, keys: list[str]) -> bool:
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(key.encode(), presented.encode())
-    return matched
-
-
-def _cookie_matches(presented: str, keys: list[str]) -> bool:
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(cookie_token(key).encode(), presented.encode())
-    return matched
-
-
-def signed_in(request: Request) -> bool:
-    keys = runtime(request).settings.kling_relay_api_keys
-    scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and bearer and _key_matches(bearer.strip(), keys):
-        return True
-    cookie = request.cookies.get(COOKIE)
-    return cookie is not None and _cookie_matches(cookie, keys)
-
-
-def _sign_in(request: Request, api_key: str, to: str) -> Response:
-    response = RedirectResponse(to, status_code=303)
-    response.set_cookie(
-        COOKIE,
-        cookie_token(api_key),
-        max_age=COOKIE_MAX_AGE_S,
-        path="/dashboard",
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
-    return response
+async def _form(request: Request) -> dict[str, str]:
+    return {name: values[0] for name, values in parse_qs((await request.body())[:4096].decode(errors="replace")).items()}
 
 
 def _status_filter(request: Request) -> TaskStatus | None:
@@ -113,7 +97,14 @@ def _status_filter(request: Request) -> TaskStatus | None:
         raise ApiError(400, "validation_error", "unknown status", {"status": f"must be one of {', '.join(TaskStatus)}"}) from exc
 
 
-def load_views(rt: Runtime, webhooks: WebhookStores, tasks: list[Task], *, max_subscribers: int | None) -> list[TaskView]:
+def _listed(who: Caller) -> str | None:
+    """Whose tasks the dashboard lists: the signed-in key's own, or everyone's for an admin."""
+    return None if who.admin else who.key_id
+
+
+def load_views(
+    rt: Runtime, webhooks: WebhookStores, who: Caller, tasks: list[Task], *, max_subscribers: int | None
+) -> list[TaskView]:
     """The tasks with their events and deliveries, in three round trips whatever their number."""
     if not tasks:
         return []
@@ -122,7 +113,8 @@ def load_views(rt: Runtime, webhooks: WebhookStores, tasks: list[Task], *, max_s
             pipe.lrange(events_key(task.id), 0, -1)
         raw_events = pipe.execute()
     events = {task.id: [Event.loads(raw) for raw in raws] for task, raws in zip(tasks, raw_events)}
-    sub_ids = webhooks.subscriptions.ids()
+    # Deliveries to the caller's subscriptions only: another key's endpoints are not its to see.
+    sub_ids = webhooks.subscriptions.ids(owner=_listed(who))
     deliveries: dict[str, list[Delivery]] = {task.id: [] for task in tasks}
     if max_subscribers is None or len(sub_ids) <= max_subscribers:
         wanted = []
@@ -139,49 +131,78 @@ def load_views(rt: Runtime, webhooks: WebhookStores, tasks: list[Task], *, max_s
 async def dashboard(request: Request) -> Response:
     key = request.query_params.get("key")
     if key is not None:
-        if not _key_matches(key, runtime(request).settings.kling_relay_api_keys):
-            return HTMLResponse(login_page("That key is not one of KLING_RELAY_API_KEYS."), status_code=401)
-        rest = {k: v for k, v in request.query_params.items() if k != "key"}
-        return _sign_in(request, key, "/dashboard" + (f"?{urlencode(rest)}" if rest else ""))
-    if not signed_in(request):
-        return HTMLResponse(login_page(), status_code=401)
+        return _sign_in_by_link(request, key)
+    who = session_caller(request)
+    if who is None:
+        cross_site = request.query_params.get("signin") == CROSS_SITE_LINK
+        note = "Sign-in links work only when opened directly, not from another site: paste the key here." if cross_site else ""
+        return HTMLResponse(login_page(note), status_code=401)
     rt, webhooks = runtime(request), stores(request)
     status = _status_filter(request)
 
     def load() -> list[TaskView]:
-        page = rt.store.page(status=status, cursor=None, limit=PAGE_SIZE)
-        return load_views(rt, webhooks, page.tasks, max_subscribers=MAX_SUBSCRIBERS_IN_LIST)
+        page = rt.store.page(status=status, cursor=None, limit=PAGE_SIZE, owner=_listed(who))
+        return load_views(rt, webhooks, who, page.tasks, max_subscribers=MAX_SUBSCRIBERS_IN_LIST)
 
     views = await run_in_threadpool(load)
-    return HTMLResponse(tasks_page(views, status=status.value if status else None), headers={"Cache-Control": "no-store"})
+    return HTMLResponse(tasks_page(views, status=status.value if status else None, csrf=page_csrf_token(request)))
+
+
+def _sign_in_by_link(request: Request, key: str) -> Response:
+    """Sign in with `?key=`, then redirect at once to the same address without the key."""
+    if request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        # A link on another site would sign the visitor in as whoever wrote it (login CSRF).
+        return RedirectResponse(f"/dashboard?signin={CROSS_SITE_LINK}", status_code=303)
+    who = runtime(request).keys.caller(key)
+    if who is None:
+        return HTMLResponse(login_page(UNKNOWN_KEY), status_code=401)
+    rest = {k: v for k, v in request.query_params.items() if k != "key"}
+    response = RedirectResponse("/dashboard" + (f"?{urlencode(rest)}" if rest else ""), status_code=303)
+    start_session(request, response, who)
+    return response
 
 
 async def login(request: Request) -> Response:
-    form = parse_qs((await request.body())[:4096].decode(errors="replace"))
-    key = (form.get("key") or [""])[0].strip()
-    if not key or not _key_matches(key, runtime(request).settings.kling_relay_api_keys):
-        return HTMLResponse(login_page("That key is not one of KLING_RELAY_API_KEYS."), status_code=401)
-    return _sign_in(request, key, "/dashboard")
+    if not same_origin(request):
+        # Login CSRF: another site's form would sign the visitor in as whoever wrote it.
+        raise ApiError(403, "forbidden", "cross-site sign-in refused: use the form at /dashboard")
+    key = (await _form(request)).get("key", "").strip()
+    who = runtime(request).keys.caller(key) if key else None
+    if who is None:
+        return HTMLResponse(login_page(UNKNOWN_KEY), status_code=401)
+    response = RedirectResponse("/dashboard", status_code=303)
+    start_session(request, response, who)
+    return response
+
+
+async def logout(request: Request) -> Response:
+    if session_caller(request) is None:
+        return HTMLResponse(login_page(), status_code=401)
+    require_csrf(request, await _form(request))
+    response = RedirectResponse("/dashboard", status_code=303)
+    end_session(request, response)
+    return response
 
 
 async def task_detail(request: Request) -> Response:
-    if not signed_in(request):
+    who = session_caller(request)
+    if who is None:
         return HTMLResponse(login_page(), status_code=401)
     rt, webhooks = runtime(request), stores(request)
     task_id = request.path_params["task_id"]
 
     def load() -> tuple[TaskView, dict[str, str]] | None:
         task = rt.store.get(task_id)
-        if task is None:
+        if task is None or not who.owns(task.owner):
             return None
-        [view] = load_views(rt, webhooks, [task], max_subscribers=None)
+        [view] = load_views(rt, webhooks, who, [task], max_subscribers=None)
         subs = webhooks.subscriptions.get_many(sorted({d.subscription_id for d in view.deliveries if d.subscription_id}))
         return view, {sub_id: sub.url for sub_id, sub in subs.items()}
 
     found = await run_in_threadpool(load)
     if found is None:
         return HTMLResponse("<p>No such task (finished tasks expire after TASK_RETENTION_S).</p>", status_code=404)
-    return HTMLResponse(task_page(*found), headers={"Cache-Control": "no-store"})
+    return HTMLResponse(task_page(*found, csrf=page_csrf_token(request)))
 
 
 def _fingerprint(task: Task) -> tuple[int, str, int | None]:
@@ -189,13 +210,14 @@ def _fingerprint(task: Task) -> tuple[int, str, int | None]:
 
 
 async def stream(request: Request) -> Response:
-    if not signed_in(request):
+    who = session_caller(request)
+    if who is None:
         raise ApiError(401, "unauthorized", "sign in at /dashboard first")
     rt, webhooks = runtime(request), stores(request)
     status = _status_filter(request)
 
     def changed_rows(sent: dict[str, tuple[tuple[int, str, int | None], str]]) -> list[tuple[str, str]]:
-        tasks = rt.store.page(status=status, cursor=None, limit=PAGE_SIZE).tasks
+        tasks = rt.store.page(status=status, cursor=None, limit=PAGE_SIZE, owner=_listed(who)).tasks
         now = time.time()
         hot = [
             t for t in tasks
@@ -203,7 +225,7 @@ async def stream(request: Request) -> Response:
         ]
         rows = []
         # Oldest first, so rows new to the page land above each other newest-on-top.
-        for view in reversed(load_views(rt, webhooks, hot, max_subscribers=MAX_SUBSCRIBERS_IN_LIST)):
+        for view in reversed(load_views(rt, webhooks, who, hot, max_subscribers=MAX_SUBSCRIBERS_IN_LIST)):
             html = task_row(view)
             if sent.get(view.task.id, (None, ""))[1] != html:
                 sent[view.task.id] = (_fingerprint(view.task), html)
@@ -215,6 +237,10 @@ async def stream(request: Request) -> Response:
         yield b"retry: 1000\n\n"
         ends = time.monotonic() + STREAM_LIFETIME_S
         while time.monotonic() < ends:
+            # Re-checked every tick: an open stream ends with its session, not up to a lifetime later.
+            if session_caller(request) is None:
+                yield b"event: signed-out\ndata: {}\n\n"
+                return
             try:
                 rows = await run_in_threadpool(changed_rows, sent)
             except (RedisConnectionError, RedisTimeoutError):
@@ -228,13 +254,14 @@ async def stream(request: Request) -> Response:
                 yield b": idle\n\n"  # lets proxies and the server notice a closed connection
             await asyncio.sleep(TICK_S)
 
-    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
 
+_secured = [Middleware(SecurityHeaders, headers=HEADERS)]
 routes = [
-    Route("/dashboard", dashboard, methods=["GET"]),
-    Route("/dashboard/login", login, methods=["POST"]),
-    Route("/dashboard/stream", stream, methods=["GET"]),
-    Route("/dashboard/tasks/{task_id}", task_detail, methods=["GET"]),
+    Route("/dashboard", dashboard, methods=["GET"], middleware=_secured),
+    Route("/dashboard/login", login, methods=["POST"], middleware=_secured),
+    Route("/dashboard/logout", logout, methods=["POST"], middleware=_secured),
+    Route("/dashboard/stream", stream, methods=["GET"], middleware=_secured),
+    Route("/dashboard/tasks/{task_id}", task_detail, methods=["GET"], middleware=_secured),
 ]

@@ -109,8 +109,9 @@ class SubscriptionStore:
         self._enabled = (version, found)
         return found
 
-    def ids(self) -> list[str]:
-        return [_text(i) for i in self.redis.zrange(SUBSCRIPTIONS, 0, -1)]
+    def ids(self, owner: str | None = None) -> list[str]:
+        """Every subscription id, or one owner's."""
+        return [_text(i) for i in self.redis.zrange(owner_index_key(owner) if owner else SUBSCRIPTIONS, 0, -1)]
 
     def list(self, *, cursor: str | None, limit: int, owner: str | None = None) -> SubscriptionPage:
         """Newest first (one owner's, or everyone's with None), with the same cursor scheme as tasks."""
