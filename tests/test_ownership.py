@@ -173,3 +173,17 @@ def test_tasks_from_before_ownership_are_the_admins(world: World) -> None:
         redis.delete(task_key(legacy.id))
         redis.zrem(index_key(None), legacy.id)
         redis.zrem(index_key(legacy.status), legacy.id)
+
+
+def test_the_dashboard_shows_a_key_its_own_tasks_only(world: World) -> None:
+    def page(key: str, path: str = "/dashboard") -> httpx.Response:
+        return httpx.get(f"{world.stack.url}{path}", headers={"Authorization": f"Bearer {key}"})
+
+    alice_id, bob_id = world.alice_task["id"], world.bob_task["id"]
+    assert alice_id in page(ALICE).text and bob_id not in page(ALICE).text
+    assert bob_id in page(BOB).text and alice_id not in page(BOB).text
+    assert alice_id in page(ADMIN).text and bob_id in page(ADMIN).text
+    assert page(BOB, f"/dashboard/tasks/{alice_id}").status_code == 404
+    # Alice's own task page lists deliveries to her subscriptions, never to the admin's.
+    alice_page = page(ALICE, f"/dashboard/tasks/{alice_id}").text
+    assert world.alice_sub["id"] in alice_page and world.admin_sub["id"] not in alice_page
