@@ -186,4 +186,4 @@ def test_the_dashboard_shows_a_key_its_own_tasks_only(world: World) -> None:
     assert page(BOB, f"/dashboard/tasks/{alice_id}").status_code == 404
     # Alice's own task page lists deliveries to her subscriptions, never to the admin's.
     alice_page = page(ALICE, f"/dashboard/tasks/{alice_id}").text
-    assert world.alice_sub["id"] in alice_page and world.admin_sub["id"] not in alice_page
+    assert world.receiver.url("alice") in alice_page and world.receiver.url("admin") not in alice_page
