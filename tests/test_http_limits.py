@@ -93,7 +93,7 @@ def callback_path(task_id: str) -> str:
     [(MAX_HEAD - 1024, 200), (MAX_HEAD, 200), (MAX_HEAD + 1, 431), (33 * 1024, 431)],
     ids=["1 KB under the limit", "exactly the limit", "one byte over", "33 KB"],
 )
-def test_a_head_over_the_limit_gets_431_and_the_connection_closes(web: Stack, size: int, status: int) -> None:
+def test_a_head_up_to_the_limit_is_served_and_one_past_it_gets_431_and_a_close(web: Stack, size: int, status: int) -> None:
     with connect(web) as sock:
         sock.sendall(head_of_size(size))
         if status == 200:
