@@ -27,12 +27,17 @@ def require_wrk() -> str:
     return path
 
 
+# The HTTP protocol `kling-relay web` serves with (service/cli.py `_web`): httptools with limits.
+WEB_PROTOCOL = "service.http_server:LimitedHttpToolsProtocol"
+
+
 @contextmanager
-def uvicorn_process(target: str, env: dict[str, str], *, factory: bool = False) -> Iterator[str]:
-    """Serve `target` with one uvicorn process (uvloop + httptools), as production would."""
+def uvicorn_process(target: str, env: dict[str, str], *, factory: bool = False, http: str = WEB_PROTOCOL) -> Iterator[str]:
+    """Serve `target` with one uvicorn process (uvloop, and the web's HTTP protocol unless told
+    otherwise), as production would."""
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
-            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+            "--loop", "uvloop", "--http", http, "--no-access-log", "--log-level", "warning"]
     if factory:
         args.append("--factory")
     proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT)

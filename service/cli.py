@@ -15,6 +15,8 @@ from service.settings import SettingsError, get_settings
 def _web(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.http_server import LimitedHttpToolsProtocol
+
     settings = get_settings()
     settings.require("redis_url", "callback_secret", "kling_relay_api_keys")
     uvicorn.run(
@@ -22,6 +24,10 @@ def _web(args: argparse.Namespace) -> int:
         factory=True,
         host=args.host or settings.host,
         port=args.port or settings.port,
+        http=LimitedHttpToolsProtocol,
+        # uvicorn counts the connection asking among those open: one more lets HTTP_MAX_CONNECTIONS be served.
+        limit_concurrency=settings.http_max_connections + 1,
+        timeout_keep_alive=settings.http_keepalive_s,
         log_level="info",
         # Leave logging to ours (configure_logging): uvicorn's lines become JSON lines too.
         log_config=None,

@@ -124,6 +124,15 @@ class Settings(BaseSettings):
     # this old, is presumed lost (worker killed) and is sent again.
     webhook_lease_s: float = 60.0
 
+    # The web's HTTP server (service/http_server.py). A request line and headers over this many bytes get 431.
+    http_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    # A request head not complete this long after it began, or a body silent this long, is cut off (408).
+    http_read_timeout_s: float = Field(default=10.0, gt=0)
+    # Connections the web serves at once; a request on any connection past them gets 503.
+    http_max_connections: int = Field(default=1000, ge=1)
+    # An idle keep-alive connection is closed after this many seconds.
+    http_keepalive_s: int = Field(default=5, ge=1)
+
     # `kling-relay worker` serves its own Prometheus /metrics here (unset: it serves none).
     worker_metrics_port: int | None = None
     worker_metrics_host: str = "127.0.0.1"
