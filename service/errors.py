@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,14 @@ async def _redis_down(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up mid-body (or the server cut a stalled one off): nobody reads an answer.
+    log.info("client disconnected before its request body was read: %s %s", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 EXCEPTION_HANDLERS = {
+    ClientDisconnect: _client_gone,
     ApiError: _api_error,
     HTTPException: _http_error,
     RedisConnectionError: _redis_down,
