@@ -23,6 +23,7 @@ import orjson
 from common import ROOT, run_wrk, uvicorn_process
 from redis import Redis
 
+from service.auth import key_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskInput
 from service.domain.tokens import callback_token
@@ -32,6 +33,7 @@ from service.store import index_key, task_key
 TARGET_RATIO = 0.35
 SECRET = "bench-secret"
 NOW = "2026-01-01T00:00:00.000Z"
+OWNER = key_id("bench")
 
 
 def seed(redis: Redis, count: int, lines: Path, id_of: Callable[[int], str] = lambda i: f"task_bench{i:08d}") -> None:
@@ -41,10 +43,12 @@ def seed(redis: Redis, count: int, lines: Path, id_of: Callable[[int], str] = la
         for i in range(count):
             task_id = id_of(i)
             provider_id = f"task_kling_{i}"
-            task = Task(id=task_id, provider="apikley", provider_task_id=provider_id, status=TaskStatus.SUBMITTED,
+            # Owned, as tasks made through the API are: a transition also moves it in its owner's index.
+            task = Task(id=task_id, owner=OWNER, provider="apikley", provider_task_id=provider_id, status=TaskStatus.SUBMITTED,
                         input=TaskInput(prompt="bench"), created_at=NOW, updated_at=NOW, sequence=1)
             pipe.set(task_key(task_id), task.dumps())
-            pipe.zadd(index_key(TaskStatus.SUBMITTED), {task_id: 0})
+            for owner in (None, OWNER):
+                pipe.zadd(index_key(TaskStatus.SUBMITTED, owner), {task_id: 0})
             body = {"code": 200, "msg": "success", "data": {
                 "taskId": provider_id, "state": "success", "model": "kling/v2-1-master-text-to-video",
                 "resultJson": orjson.dumps({"resultUrls": [f"https://cdn.example/{i}.mp4"]}).decode(),
