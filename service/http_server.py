@@ -63,25 +63,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self._last_read = self.loop.time()
+        # The hot path of every request: kept to a few attribute writes.
+        self._last_read = now = self.loop.time()
+        size = len(data)
         if self._head_open:
             if self._head_deadline is None:
-                self._head_deadline = self._last_read + self.read_timeout_s
+                self._head_deadline = now + self.read_timeout_s
             room = self.max_head_bytes - self._head_bytes
-            if len(data) > room:
+            if size > room:
                 # Parse only what the head may still take; the rest once the head is complete.
                 self._feed(data[:room])
                 if self._head_open:
                     self._head_too_large()
                     return
                 data = data[room:]
+                size = len(data)
             else:
-                self._head_bytes += len(data)
-        self._feed(data)
+                self._head_bytes += size
+        self._feed(data, size)
 
-    def _feed(self, data: bytes) -> None:
-        self._piece_bytes = len(data)
-        super().data_received(data)
+    def _feed(self, data: bytes, size: int | None = None) -> None:
+        self._piece_bytes = len(data) if size is None else size
+        HttpToolsProtocol.data_received(self, data)
         if self._head_open and self._head_bytes > self.max_head_bytes:
             self._head_too_large()
 
