@@ -27,10 +27,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-from common import ROOT
+from common import ROOT, answers_200, wait
 from redis import Redis
 from rq import Queue
 
@@ -38,18 +38,7 @@ from service.redis_server import RedisServer, free_port
 
 TARGET_S = 30.0
 API_KEY = "bench-key"
-T = TypeVar("T")
 
-
-def wait(probe: Callable[[], T | None], timeout_s: float = 120, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -79,7 +68,7 @@ def stack(base: Path) -> Iterator[tuple[str, str, Redis, Callable[[], subprocess
     try:
         spawn("simulator", "--port", str(sim_port))
         spawn("web")
-        wait(lambda: _up(f"{sim_url}/_sim/config") and _up(f"{web_url}/healthz"), 30, "simulator and web")
+        wait(lambda: answers_200(f"{sim_url}/_sim/config") and answers_200(f"{web_url}/healthz"), 30, "simulator and web")
         yield sim_url, web_url, Redis.from_url(redis_server.url), lambda: spawn("worker")
     finally:
         for proc in procs:
@@ -89,12 +78,6 @@ def stack(base: Path) -> Iterator[tuple[str, str, Redis, Callable[[], subprocess
         redis_server.stop()
         logs.close()
 
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def create(web: str, text: str) -> str:

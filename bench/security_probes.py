@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import ROOT
+from common import ROOT, answers_200, wait
 from redis import Redis
 
 from service.redis_server import RedisServer, free_port
@@ -38,16 +38,6 @@ from service.redis_server import RedisServer, free_port
 ALICE, BOB = "probe-key-alice-0123456789", "probe-key-bob-9876543210"
 SECRET = "probe-callback-secret"
 
-
-def wait(probe: Callable[[], Any], timeout_s: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 class Receiver:
@@ -103,7 +93,7 @@ def stack(root: Path, base: Path) -> Iterator[dict[str, Any]]:
         web = spawn(["web"], web_log)
         spawn(["worker"], other_log)
         try:
-            wait(lambda: _up(f"{web_url}/healthz") and _up(f"{sim_url}/_sim/config"), what="the stack")
+            wait(lambda: answers_200(f"{web_url}/healthz") and answers_200(f"{sim_url}/_sim/config"), what="the stack")
             yield {"web": web_url, "sim": sim_url, "redis": Redis.from_url(redis_server.url), "web_pid": web.pid, "log": log}
         finally:
             for proc in procs:
@@ -111,12 +101,6 @@ def stack(root: Path, base: Path) -> Iterator[dict[str, Any]]:
                 proc.wait()
             redis_server.stop()
 
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def rss_mb(pid: int) -> float:
