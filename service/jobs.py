@@ -26,9 +26,6 @@ class Jobs:
         self._queues = {name: Queue(name, connection=redis) for name in QUEUES}
         self._options = {"result_ttl": 0, "failure_ttl": 7 * 24 * 3600, "timeout": job_timeout_s}
 
-    def queue(self, name: str) -> Queue:
-        return self._queues[name]
-
     def _put(
         self,
         queue: str,

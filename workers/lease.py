@@ -48,9 +48,6 @@ class Lease:
         self._thread.start()
         return True
 
-    def alive(self) -> bool:
-        return bool(self.redis.exists(self.key))
-
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
