@@ -49,6 +49,7 @@ from service.domain.status import TaskStatus
 from service.domain.tasks import Task
 from service.errors import ApiError
 from service.routes.context import runtime
+from service.routes.params import enum_param
 from service.routes.subscriptions import WebhookStores, stores
 from service.runtime import Runtime
 from service.security_headers import SecurityHeaders, browser_headers
@@ -85,16 +86,6 @@ CROSS_SITE_LINK = "crosssite"
 
 async def _form(request: Request) -> dict[str, str]:
     return {name: values[0] for name, values in parse_qs((await request.body())[:4096].decode(errors="replace")).items()}
-
-
-def _status_filter(request: Request) -> TaskStatus | None:
-    value = request.query_params.get("status")
-    if not value:
-        return None
-    try:
-        return TaskStatus(value)
-    except ValueError as exc:
-        raise ApiError(400, "validation_error", "unknown status", {"status": f"must be one of {', '.join(TaskStatus)}"}) from exc
 
 
 def _listed(who: Caller) -> str | None:
@@ -138,7 +129,7 @@ async def dashboard(request: Request) -> Response:
         note = "Sign-in links work only when opened directly, not from another site: paste the key here." if cross_site else ""
         return HTMLResponse(login_page(note), status_code=401)
     rt, webhooks = runtime(request), stores(request)
-    status = _status_filter(request)
+    status = enum_param(request, "status", TaskStatus, blank_is_none=True)
 
     def load() -> list[TaskView]:
         page = rt.store.page(status=status, cursor=None, limit=PAGE_SIZE, owner=_listed(who))
@@ -214,7 +205,7 @@ async def stream(request: Request) -> Response:
     if who is None:
         raise ApiError(401, "unauthorized", "sign in at /dashboard first")
     rt, webhooks = runtime(request), stores(request)
-    status = _status_filter(request)
+    status = enum_param(request, "status", TaskStatus, blank_is_none=True)
 
     def changed_rows(sent: dict[str, tuple[tuple[int, str, int | None], str]]) -> list[tuple[str, str]]:
         tasks = rt.store.page(status=status, cursor=None, limit=PAGE_SIZE, owner=_listed(who)).tasks
