@@ -21,10 +21,10 @@ from service.domain.schedule import poll_delay
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskError
 from service.domain.transition import ProviderUpdate
-from service.metrics import observe_poll
 from service.providers.base import ProviderError
 from service.runtime import Runtime
 from service.store import confirm_key
+from service.telemetry import observe_poll
 from workers.context import get_runtime
 
 log = logging.getLogger(__name__)
