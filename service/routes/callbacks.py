@@ -226,6 +226,6 @@ async def novita_callback(request: Request) -> Accepted:
 
 
 routes = [
-    Route("/callbacks/apikley/{task_id}/{token}", receiver("apikley", apikley_callback), methods=["POST"]),
-    Route("/callbacks/novita/{task_id}/{token}", receiver("novita", novita_callback), methods=["POST"]),
+    Route("/callbacks/apikley/{task_id}/{token}", receiver("apikley", apikley_callback), methods=["POST"], name="apikley_callback"),
+    Route("/callbacks/novita/{task_id}/{token}", receiver("novita", novita_callback), methods=["POST"], name="novita_callback"),
 ]
