@@ -19,6 +19,8 @@ from typing import Any, TextIO
 import httpx
 import orjson
 
+from service.domain.tasks import AUTO
+from service.providers import registry
 from service.text import excerpt
 
 EXIT_OK = 0
@@ -411,7 +413,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         '  URL=$(kling-relay submit "a red fox running through snow" --wait)',
     )
     submit.add_argument("prompt", help="what the video should show")
-    submit.add_argument("--provider", choices=["auto", "apikley", "novita"], default=None, help="default: auto (the server's DEFAULT_PROVIDER)")
+    submit.add_argument("--provider", choices=[AUTO, *registry.names()], default=None, help="default: auto (the server's DEFAULT_PROVIDER)")
     submit.add_argument("--duration", choices=["5", "10"], default=None, help="seconds of video (default: 5)")
     submit.add_argument("--aspect-ratio", choices=["16:9", "9:16", "1:1"], default=None, help="default: 16:9")
     submit.add_argument("--negative-prompt", default=None, help="what the video should avoid")

@@ -6,6 +6,7 @@ is on such an address (the simulator, a sandbox), it can: nothing to warn about.
 
 from __future__ import annotations
 
+from service.providers import registry
 from service.settings import Settings
 from service.webhooks.ssrf import UnsafeWebhookURL, check_url_syntax
 
@@ -19,15 +20,19 @@ def _private(url: str) -> bool:
 
 
 def callbacks_unreachable(settings: Settings) -> str | None:
-    """Why Apikley's callbacks cannot reach us, or None when they can (as far as we can tell
-    without DNS). Then tasks are followed by polling alone, from their first check."""
-    if not settings.apikley_api_key or _private(settings.apikley_base_url):
-        return None
+    """Why a configured callback-mode provider's callbacks cannot reach us, or None when they can
+    (as far as we can tell without DNS). Then tasks are followed by polling alone, from their
+    first check."""
     if not _private(settings.public_base_url):
         return None
-    return (
-        f"PUBLIC_BASE_URL ({settings.public_base_url}) is a loopback or private address that "
-        f"{settings.apikley_base_url} cannot call back: Apikley tasks are followed by polling alone, "
-        "and a submit whose answer is lost cannot be recovered. Set PUBLIC_BASE_URL to the address "
-        "providers reach this service at."
-    )
+    for spec in registry.all():
+        base_url = spec.base_url(settings)
+        if spec.mode != "callback" or not spec.configured(settings) or base_url is None or _private(base_url):
+            continue
+        return (
+            f"PUBLIC_BASE_URL ({settings.public_base_url}) is a loopback or private address that "
+            f"{base_url} cannot call back: {spec.title} tasks are followed by polling alone, "
+            "and a submit whose answer is lost cannot be recovered. Set PUBLIC_BASE_URL to the address "
+            "providers reach this service at."
+        )
+    return None

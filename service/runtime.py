@@ -13,15 +13,14 @@ from service.auth import Keys
 from service.cas import CompareAndSet, recorded
 from service.domain.recovery import Deadlines
 from service.domain.submission import SubmitPolicy
-from service.domain.tasks import PROVIDERS, ProviderName, Task
+from service.domain.tasks import ProviderName, Task
 from service.domain.tokens import callback_token
 from service.domain.transition import ProviderUpdate, Transition
 from service.jobs import Jobs
 from service.metrics_http import web_registry
-from service.providers.apikley import ApikleyClient
+from service.providers import registry
 from service.providers.base import ProviderClient
-from service.providers.http import make_client
-from service.providers.novita import NovitaClient
+from service.providers.http import ProviderHttp
 from service.reachability import callbacks_unreachable
 from service.redis_client import connect_redis
 from service.settings import Settings
@@ -33,7 +32,7 @@ from service.webhooks.store import SubscriptionStore
 
 
 class ProviderNotConfigured(RuntimeError):
-    """A task asked for a provider whose API key is not set."""
+    """A task asked for a provider whose API key (or base URL) is not set."""
 
 
 @dataclass
@@ -51,7 +50,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.configured: tuple[ProviderName, ...] = tuple(p for p in PROVIDERS if s.provider_configured(p))
+        # In the registry's order: the order `auto` tries them in.
+        self.configured: tuple[ProviderName, ...] = tuple(spec.name for spec in registry.all() if spec.configured(s))
         self.submit_policy = SubmitPolicy(
             retry_delays_s=tuple(s.submit_retry_delays_s), configured=self.configured, resubmit_unconfirmed=s.resubmit_unconfirmed
         )
@@ -61,7 +61,7 @@ class Runtime:
             late_window_s=s.late_result_window_s,
             late_poll_s=s.late_poll_s,
         )
-        # Why Apikley cannot call us back (None: it can); then we poll from the first check.
+        # Why a callback-mode provider cannot call us back (None: they can); then we poll from the first check.
         self.callbacks_unreachable = callbacks_unreachable(s)
         self._cas = CompareAndSet(self.redis)
         self.keys = Keys(s.kling_relay_api_keys, s.kling_relay_admin_keys)
@@ -77,26 +77,22 @@ class Runtime:
     def provider(self, name: ProviderName) -> ProviderClient:
         if name not in self._providers:
             s = self.settings
-            if name == "apikley":
-                if not s.apikley_api_key:
-                    raise ProviderNotConfigured("APIKLEY_API_KEY is not set")
-                self._providers[name] = ApikleyClient(make_client(s.apikley_base_url, s.apikley_api_key, s.provider_timeout_s))
-            else:
-                if not s.novita_api_key:
-                    raise ProviderNotConfigured("NOVITA_API_KEY is not set")
-                client = make_client(s.novita_base_url, s.novita_api_key, s.provider_timeout_s)
-                self._providers[name] = NovitaClient(client, webhooks=s.novita_webhooks)
+            spec = registry.get(name)
+            api_key, base_url = spec.api_key(s), spec.base_url(s)
+            if api_key is None:
+                raise ProviderNotConfigured(f"{spec.settings_prefix}_API_KEY is not set")
+            if base_url is None:
+                raise ProviderNotConfigured(f"{spec.settings_prefix}_BASE_URL is not set")
+            self._providers[name] = spec.client(s, ProviderHttp(base_url, api_key, s.provider_timeout_s))
         return self._providers[name]
 
-    def callback_url(self, task_id: str, provider: ProviderName = "apikley") -> str:
+    def callback_url(self, task_id: str, provider: ProviderName) -> str:
         token = callback_token(self.settings.callback_secret or "", task_id, provider)
         return f"{self.settings.public_base_url}/callbacks/{provider}/{task_id}/{token}"
 
     def first_check_s(self, task: Task) -> float:
         """After a submit, how long until we look at the task ourselves."""
-        if task.provider == "apikley" and self.callbacks_unreachable is None:
-            return self.settings.apikley_callback_grace_s
-        return self.settings.poll_initial_s
+        return registry.get(task.provider).first_check_s(self.settings, self.callbacks_unreachable is None)
 
     def apply(self, task_id: str, update: ProviderUpdate) -> Transition | None:
         """Apply a provider report (polls, our own decisions); no-op if it changes nothing."""

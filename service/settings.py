@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ProviderName = Literal["apikley", "novita"]
+from service.domain.tasks import ProviderName, not_one_of
+from service.providers import registry
 
 
 class SettingsError(RuntimeError):
@@ -46,17 +47,21 @@ class Settings(BaseSettings):
     # A dashboard sign-in lasts this long; the server refuses older session cookies.
     dashboard_session_s: int = Field(default=12 * 3600, gt=0)
 
-    apikley_api_key: str | None = None
-    apikley_base_url: str = "https://api.apikley.ru"
-    novita_api_key: str | None = None
-    novita_base_url: str = "https://api.novita.ai"
+    # Each provider's settings are named by its spec's prefix (service/providers/registry.py).
     default_provider: ProviderName = "apikley"
 
+    apikley_api_key: str | None = None
+    apikley_base_url: str = "https://api.apikley.ru"
     # A terminal callback is only believed after Get Task Details confirms it.
     apikley_confirm_callbacks: bool = True
     # kie.ai's "webhook verification": when set, a callback must also carry a valid
     # X-Webhook-Signature over "{taskId}.{X-Webhook-Timestamp}" (HMAC-SHA256, base64).
     apikley_webhook_hmac_key: str | None = None
+    # With no terminal callback this long after submit, we poll Get Task Details ourselves.
+    apikley_callback_grace_s: float = 300.0
+
+    novita_api_key: str | None = None
+    novita_base_url: str = "https://api.novita.ai"
     # Ask Novita for a per-task result webhook (`extra.webhook`): a hint that makes us poll at once,
     # and the only way the task id of a submit whose answer we never read can reach us.
     novita_webhooks: bool = True
@@ -85,8 +90,6 @@ class Settings(BaseSettings):
     # RQ declares a worker dead that has been silent this long.
     worker_ttl_s: int = 60
 
-    # With no terminal callback this long after submit, we poll Get Task Details ourselves.
-    apikley_callback_grace_s: float = 300.0
     # Poll schedule: the first delay, growth factor and cap between polls, plus the overall deadline.
     poll_initial_s: float = 5.0
     poll_factor: float = 1.5
@@ -172,6 +175,13 @@ class Settings(BaseSettings):
             raise ValueError(f"must be longer than WEBHOOK_TIMEOUT_S ({timeout:g} s)")
         return value
 
+    @field_validator("default_provider")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        if value not in registry.names():
+            raise not_one_of(registry.names())
+        return value
+
     @field_validator("public_base_url", "apikley_base_url", "novita_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -184,9 +194,6 @@ class Settings(BaseSettings):
             missing.remove("REDIS_URL")  # Sentinel tells us where Redis is
         if missing:
             raise SettingsError(f"missing required environment variable(s): {', '.join(missing)}")
-
-    def provider_configured(self, provider: ProviderName) -> bool:
-        return bool(self.apikley_api_key if provider == "apikley" else self.novita_api_key)
 
 
 def load_settings(**overrides: object) -> Settings:

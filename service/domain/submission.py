@@ -7,7 +7,8 @@ read (`unconfirmed`: a timeout, or a worker that died mid-call). Only the first 
 our own: an unconfirmed attempt waits for the provider's per-task callback to bring its task id
 (`adopted`), unless the operator allows resubmitting (`RESUBMIT_UNCONFIRMED`).
 
-No Redis, no network, no clock: callers pass `now` and ids in.
+No Redis, no network, no clock: callers pass `now` and ids in. Providers' limits and order come
+from their specs in the registry (pure data).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Protocol
 
 from service.domain.status import TaskStatus
 from service.domain.tasks import (
+    AUTO,
     PAID_OUTCOMES,
-    PROVIDERS,
     AttemptOutcome,
     ProviderName,
     SubmitAttempt,
@@ -28,6 +29,7 @@ from service.domain.tasks import (
     TaskInput,
     limit_violations,
 )
+from service.providers import registry
 
 OPEN_OUTCOMES = frozenset({"sending", "unconfirmed"})
 
@@ -88,10 +90,10 @@ def choose_provider(
 ) -> ProviderName:
     """For an `auto` task: the first configured provider, the default first, whose documented
     limits the input fits. Raises NoProviderFits (naming every limit broken) when none does."""
-    candidates = [p for p in (default, *PROVIDERS) if p in configured]
+    candidates = [p for p in (default, *registry.names()) if p in configured]
     problems: dict[str, list[str]] = {}
     for candidate in dict.fromkeys(candidates):
-        broken = limit_violations(task_input, candidate)
+        broken = limit_violations(task_input, candidate, registry.get(candidate).limits)
         if not broken:
             return candidate
         for name, message in broken.items():
@@ -104,12 +106,12 @@ def failover_target(task: Task, *, configured: Collection[ProviderName]) -> Prov
 
     Only `auto` tasks fail over: a client who named a provider asked for that one.
     """
-    if task.requested_provider != "auto":
+    if task.requested_provider != AUTO:
         return None
     tried = {attempt.provider for attempt in task.attempts} | {task.provider}
-    for candidate in PROVIDERS:
-        if candidate not in tried and candidate in configured and not limit_violations(task.input, candidate):
-            return candidate
+    for spec in registry.all():
+        if spec.name not in tried and spec.name in configured and not limit_violations(task.input, spec.name, spec.limits):
+            return spec.name
     return None
 
 

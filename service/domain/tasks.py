@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from service.domain.status import TaskStatus
 
-ProviderName = Literal["apikley", "novita"]
-PROVIDERS: tuple[ProviderName, ...] = ("apikley", "novita")
+# The name of a registered provider (`service.providers.registry`); a request may also ask for "auto".
+ProviderName = str
+AUTO = "auto"
 # Metadata is echoed back in every task and event: small, and shallow enough for every JSON
 # encoder on the way (orjson stops at 255 levels; receivers' parsers often sooner).
 MAX_METADATA_BYTES = 2048
@@ -40,15 +43,17 @@ def small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class PromptLimits:
+    """What one provider takes beyond what every request may hold (its `ProviderSpec.limits`)."""
+
     prompt: int
     negative_prompt: int
 
 
-# From the providers' own docs (shared/seeds): Apikley 5000/500, Novita 2500/2500.
-LIMITS: dict[ProviderName, PromptLimits] = {
-    "apikley": PromptLimits(prompt=5000, negative_prompt=500),
-    "novita": PromptLimits(prompt=2500, negative_prompt=2500),
-}
+def not_one_of(choices: Collection[str]) -> PydanticCustomError:
+    """The error for a value outside `choices`, as pydantic words it for a Literal."""
+    quoted = [repr(choice) for choice in choices]
+    expected = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    return PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
 
 
 class TaskInput(BaseModel):
@@ -66,9 +71,19 @@ class TaskInput(BaseModel):
 class TaskRequest(TaskInput):
     """The body of `POST /v1/tasks`."""
 
-    provider: Literal["apikley", "novita", "auto"] = "auto"
+    # Validated against the names in the context: `model_validate(body, context={"providers": ...})`.
+    provider: ProviderName = AUTO
     webhook_url: str | None = Field(default=None, max_length=2048)
     metadata: dict[str, Any] | None = None
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _known_provider(cls, value: object, info: ValidationInfo) -> object:
+        context: dict[str, Collection[str]] = info.context or {}
+        choices = (*context["providers"], AUTO)
+        if not isinstance(value, str) or value not in choices:
+            raise not_one_of(choices)
+        return value
 
     @field_validator("duration", mode="before")
     @classmethod
@@ -117,9 +132,8 @@ class TaskRequest(TaskInput):
         )
 
 
-def limit_violations(task_input: TaskInput, provider: ProviderName) -> dict[str, str]:
+def limit_violations(task_input: TaskInput, provider: ProviderName, limits: PromptLimits) -> dict[str, str]:
     """Field → message for every limit of `provider` that the input breaks."""
-    limits = LIMITS[provider]
     problems: dict[str, str] = {}
     if len(task_input.prompt) > limits.prompt:
         problems["prompt"] = f"must be at most {limits.prompt} characters for {provider}"
@@ -185,7 +199,7 @@ class Task(BaseModel):
     owner: str | None = None
     provider: ProviderName
     # What the client asked for: only `auto` tasks may fail over to the other provider.
-    requested_provider: Literal["apikley", "novita", "auto"] = "auto"
+    requested_provider: ProviderName = AUTO
     provider_task_id: str | None = None
     status: TaskStatus = TaskStatus.QUEUED
     input: TaskInput

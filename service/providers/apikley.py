@@ -8,16 +8,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import orjson
 
 from service.domain.status import TaskStatus
-from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult
+from service.domain.tasks import (
+    PromptLimits,
+    ProviderName,
+    Task,
+    TaskError,
+    TaskInput,
+    TaskResult,
+)
 from service.domain.transition import ProviderUpdate
-from service.providers.base import ProviderError, result_url_problem
-from service.providers.http import send
+from service.providers.base import (
+    Http,
+    InvalidCallback,
+    ProviderError,
+    result_url_problem,
+)
+from service.providers.spec import CallbackDoc, ProviderSpec, UnknownState
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 MODEL = "kling/v2-1-master-text-to-video"
 CREATE_PATH = "/api/v1/jobs/createTask"
@@ -125,16 +139,10 @@ def _json_field(value: Any) -> Any:
     return value if isinstance(value, dict) else None
 
 
-class UnknownState(ValueError):
-    """The record's `state` is not one Apikley documents."""
-
-
 def parse_record(record: dict[str, Any]) -> ProviderUpdate:
-    """Map a Get Task Details record (or a callback's `data`, the same shape) onto an update."""
-    state = record.get("state")
-    status = STATES.get(state) if isinstance(state, str) else None
-    if status is None:
-        raise UnknownState(f"unknown Apikley state {state!r}")
+    """Map a Get Task Details record (or a callback's `data`, the same shape) onto an update;
+    UnknownState for a state Apikley does not document."""
+    status = SPEC.status_of(record.get("state"))
     provider_task_id = record_task_id(record)
     if status is TaskStatus.SUCCEEDED:
         result = _json_field(record.get("resultJson")) or {}
@@ -159,22 +167,93 @@ def parse_record(record: dict[str, Any]) -> ProviderUpdate:
     return ProviderUpdate(status=status, provider_task_id=provider_task_id)
 
 
+def callback_record(body: Any) -> tuple[dict[str, Any], str]:
+    """A callback's record (its `data`) and the provider task id in it; InvalidCallback if either is missing."""
+    data = body.get("data") if isinstance(body, dict) else None
+    provider_task_id = record_task_id(data) if isinstance(data, dict) else None
+    if not isinstance(data, dict) or provider_task_id is None:
+        raise InvalidCallback("callback has no data.taskId", "data.taskId")
+    return data, provider_task_id
+
+
 class ApikleyClient:
     name: ProviderName = "apikley"
 
-    def __init__(self, client: httpx.Client) -> None:
-        self._client = client
+    def __init__(self, http: Http) -> None:
+        self._http = http
 
     def submit(self, task: Task, callback_url: str) -> str:
-        status, body = send(self._client, "POST", CREATE_PATH, json=create_body(task.input, callback_url))
+        status, body = self._http.send("POST", CREATE_PATH, json=create_body(task.input, callback_url))
         task_id = unwrap(status, body).get("taskId")
         if not isinstance(task_id, str) or not task_id:
             raise error_for(500, "answer has no taskId")
         return task_id
 
     def fetch(self, provider_task_id: str, *, unfinished_at: datetime) -> ProviderUpdate:
-        status, body = send(self._client, "GET", RECORD_PATH, params={"taskId": provider_task_id})
+        status, body = self._http.send("GET", RECORD_PATH, params={"taskId": provider_task_id})
         try:
             return parse_record(unwrap_record(status, body))
         except UnknownState as exc:
             raise ProviderError("bad_response", str(exc), retryable=True) from exc
+
+
+def first_check_s(settings: Settings, callbacks_reachable: bool) -> float:
+    # Its callback brings the news; we look ourselves only when none came within the grace.
+    return settings.apikley_callback_grace_s if callbacks_reachable else settings.poll_initial_s
+
+
+# kie.ai's webhook verification; required when APIKLEY_WEBHOOK_HMAC_KEY is set (else 401).
+SIGNATURE_HEADERS = (
+    {
+        "name": "X-Webhook-Timestamp",
+        "in": "header",
+        "required": False,
+        "description": "Unix seconds; within 5 minutes of now",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "X-Webhook-Signature",
+        "in": "header",
+        "required": False,
+        "description": "base64(HMAC-SHA256(\"{taskId}.{timestamp}\", APIKLEY_WEBHOOK_HMAC_KEY))",
+        "schema": {"type": "string"},
+    },
+)
+
+CALLBACK = CallbackDoc(
+    summary="Apikley's callback receiver (the per-task token is the credential)",
+    schema_name="ApikleyCallback",
+    schema={
+        "type": "object",
+        "description": "Apikley's callback: the shape of Get Task Details (the task id as `taskId` or `task_id`)",
+        "required": ["data"],
+        "properties": {
+            "code": {"type": "integer"},
+            "msg": {"type": "string"},
+            "data": {
+                "type": "object",
+                "required": ["state"],
+                "anyOf": [{"required": ["taskId"]}, {"required": ["task_id"]}],
+                "properties": {
+                    "taskId": {"type": "string", "minLength": 1},
+                    "task_id": {"type": "string", "minLength": 1},
+                    "state": {"type": "string", "enum": list(STATES)},
+                },
+            },
+        },
+    },
+    headers=SIGNATURE_HEADERS,
+)
+
+SPEC = ProviderSpec(
+    name="apikley",
+    title="Apikley",
+    # From Apikley's documentation of the model's input.
+    limits=PromptLimits(prompt=5000, negative_prompt=500),
+    mode="callback",
+    settings_prefix="APIKLEY",
+    states=STATES,
+    client=lambda settings, http: ApikleyClient(http),
+    first_check_s=first_check_s,
+    callback=CALLBACK,
+)

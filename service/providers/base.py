@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.domain.tasks import ProviderName, Task, TaskError, is_web_url
 from service.domain.transition import ProviderUpdate
@@ -41,6 +41,14 @@ class ProviderError(Exception):
         return TaskError(code=self.code, message=self.message, provider_code=self.provider_code)
 
 
+class InvalidCallback(ValueError):
+    """A provider's callback body lacks what identifies its task; `field` names what is missing."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def result_url_problem(url: str | None) -> TaskError | None:
     """Why a provider's reported result cannot be taken, or None: there must be a URL, and an
     http(s) one (subscribers, dashboards and downloads would follow anything else)."""
@@ -49,6 +57,14 @@ def result_url_problem(url: str | None) -> TaskError | None:
     if not is_web_url(url):
         return TaskError(code="invalid_result_url", message="provider reported a result URL that is not http(s)")
     return None
+
+
+class Http(Protocol):
+    """A provider's API over HTTP (`service.providers.http.ProviderHttp`)."""
+
+    def send(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        """(HTTP status, decoded JSON body or None); network trouble is a retryable ProviderError."""
+        ...
 
 
 class ProviderClient(Protocol):

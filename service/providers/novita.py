@@ -6,14 +6,24 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
-
 from service.domain.clock import isoformat
 from service.domain.status import TaskStatus
-from service.domain.tasks import ProviderName, Task, TaskError, TaskInput, TaskResult
+from service.domain.tasks import (
+    PromptLimits,
+    ProviderName,
+    Task,
+    TaskError,
+    TaskInput,
+    TaskResult,
+)
 from service.domain.transition import ProviderUpdate
-from service.providers.base import ProviderError, result_url_problem
-from service.providers.http import send
+from service.providers.base import (
+    Http,
+    InvalidCallback,
+    ProviderError,
+    result_url_problem,
+)
+from service.providers.spec import CallbackDoc, ProviderSpec, UnknownState
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +89,11 @@ def parse_result(body: Any, *, unfinished_at: datetime) -> ProviderUpdate:
     the expiry is dated from the last time we saw the task unfinished: never later than the truth.
     """
     task = body.get("task") if isinstance(body, dict) else None
-    if not isinstance(task, dict) or task.get("status") not in STATES:
-        raise ProviderError("bad_response", "task-result without a known task.status", retryable=True)
-    status = STATES[task["status"]]
+    try:
+        status = SPEC.status_of(task.get("status") if isinstance(task, dict) else None)
+    except UnknownState as exc:
+        raise ProviderError("bad_response", "task-result without a known task.status", retryable=True) from exc
+    assert isinstance(task, dict)
     progress = task.get("progress_percent")
     progress_value = int(progress) if isinstance(progress, (int, float)) else None
     if status is TaskStatus.SUCCEEDED:
@@ -121,18 +133,18 @@ def refuses_extra(http_status: int, body: Any) -> bool:
 class NovitaClient:
     name: ProviderName = "novita"
 
-    def __init__(self, client: httpx.Client, *, webhooks: bool = True) -> None:
-        self._client = client
+    def __init__(self, http: Http, *, webhooks: bool = True) -> None:
+        self._http = http
         self._webhooks = webhooks
 
     def submit(self, task: Task, callback_url: str) -> str:
         webhook = callback_url if self._webhooks else None
-        status, body = send(self._client, "POST", SUBMIT_PATH, json=submit_body(task.input, webhook))
+        status, body = self._http.send("POST", SUBMIT_PATH, json=submit_body(task.input, webhook))
         if webhook is not None and refuses_extra(status, body):
             # Refused by code, so nothing was created: send again without it, and from now on.
             log.warning("novita refused extra.webhook (%s); submitting without webhooks from now on", status)
             self._webhooks = False
-            status, body = send(self._client, "POST", SUBMIT_PATH, json=submit_body(task.input))
+            status, body = self._http.send("POST", SUBMIT_PATH, json=submit_body(task.input))
         if not 200 <= status < 300:
             raise error_for(status, body)
         task_id = body.get("task_id") if isinstance(body, dict) else None
@@ -141,16 +153,57 @@ class NovitaClient:
         return task_id
 
     def fetch(self, provider_task_id: str, *, unfinished_at: datetime) -> ProviderUpdate:
-        status, body = send(self._client, "GET", RESULT_PATH, params={"task_id": provider_task_id})
+        status, body = self._http.send("GET", RESULT_PATH, params={"task_id": provider_task_id})
         if not 200 <= status < 300:
             raise error_for(status, body)
         return parse_result(body, unfinished_at=unfinished_at)
 
 
-def webhook_task_id(body: Any) -> str | None:
+def webhook_task_id(body: Any) -> str:
     """The task id in a Novita webhook (`{"event_type": "ASYNC_TASK_RESULT", "payload": <task
-    result>}`). Webhooks are unsigned, so nothing else in one is believed: a poll tells the rest."""
+    result>}`); InvalidCallback if it has none. Webhooks are unsigned, so nothing else in one is
+    believed: a poll tells the rest."""
     payload = body.get("payload") if isinstance(body, dict) else None
     task = payload.get("task") if isinstance(payload, dict) else None
     task_id = task.get("task_id") if isinstance(task, dict) else None
-    return task_id if isinstance(task_id, str) and task_id else None
+    if not isinstance(task_id, str) or not task_id:
+        raise InvalidCallback("webhook has no payload.task.task_id", "payload.task.task_id")
+    return task_id
+
+
+def webhook_state(body: Any) -> object:
+    """The task status a webhook (with a task id) claims: only logged, since webhooks are unsigned."""
+    return body["payload"]["task"].get("status")
+
+
+CALLBACK = CallbackDoc(
+    summary="Novita's result webhook: a hint (unsigned), confirmed by polling",
+    schema_name="NovitaWebhook",
+    schema={
+        "type": "object",
+        "description": "Novita's ASYNC_TASK_RESULT webhook: the task-result body under `payload`",
+        "required": ["payload"],
+        "properties": {
+            "event_type": {"type": "string"},
+            "payload": {
+                "type": "object",
+                "required": ["task"],
+                "properties": {
+                    "task": {"type": "object", "required": ["task_id"], "properties": {"task_id": {"type": "string", "minLength": 1}}}
+                },
+            },
+        },
+    },
+)
+
+SPEC = ProviderSpec(
+    name="novita",
+    title="Novita",
+    # From Novita's documentation of the model's input.
+    limits=PromptLimits(prompt=2500, negative_prompt=2500),
+    mode="poll",
+    settings_prefix="NOVITA",
+    states=STATES,
+    client=lambda settings, http: NovitaClient(http, webhooks=settings.novita_webhooks),
+    callback=CALLBACK,
+)

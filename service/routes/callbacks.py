@@ -38,8 +38,9 @@ from service.domain.tasks import ProviderName, Task
 from service.domain.tokens import kie_signature_problem, token_matches
 from service.domain.transition import ProviderUpdate, revives
 from service.errors import ApiError
-from service.providers.apikley import UnknownState, parse_record, record_task_id
-from service.providers.novita import webhook_task_id
+from service.providers import apikley, novita
+from service.providers.base import InvalidCallback
+from service.providers.spec import UnknownState
 from service.routes.bodies import read_json
 from service.routes.context import runtime
 from service.runtime import Runtime
@@ -108,12 +109,8 @@ class ConfirmFirst(Exception):
     """A terminal report that must be confirmed with the provider before it is believed."""
 
 
-def _apikley_record(body: Any) -> tuple[dict[str, Any], str]:
-    data = body.get("data") if isinstance(body, dict) else None
-    provider_task_id = record_task_id(data) if isinstance(data, dict) else None
-    if not isinstance(data, dict) or provider_task_id is None:
-        raise ApiError(422, "invalid_callback", "callback has no data.taskId", {"data.taskId": "required string"})
-    return data, provider_task_id
+def _invalid(exc: InvalidCallback) -> ApiError:
+    return ApiError(422, "invalid_callback", str(exc), {exc.field: "required string"})
 
 
 def _check_ours(task: Task, provider: ProviderName, provider_task_id: str) -> None:
@@ -160,7 +157,10 @@ async def apikley_callback(request: Request) -> Accepted:
     task_id: str = request.path_params["task_id"]
     if not token_matches(rt.settings.callback_secret or "", task_id, request.path_params["token"]):
         raise ApiError(401, "invalid_token", "callback token does not match")
-    record, provider_task_id = _apikley_record(await read_json(request, MAX_CALLBACK_BYTES))
+    try:
+        record, provider_task_id = apikley.callback_record(await read_json(request, MAX_CALLBACK_BYTES))
+    except InvalidCallback as exc:
+        raise _invalid(exc) from exc
     hmac_key = rt.settings.apikley_webhook_hmac_key
     if hmac_key:
         headers = request.headers
@@ -170,7 +170,7 @@ async def apikley_callback(request: Request) -> Accepted:
         if problem is not None:
             raise ApiError(401, "invalid_signature", problem)
     try:
-        update = parse_record(record)
+        update = apikley.parse_record(record)
     except UnknownState as exc:
         raise ApiError(422, "invalid_callback", str(exc), {"data.state": "unknown state"}) from exc
     confirm = update.status.terminal and rt.settings.apikley_confirm_callbacks
@@ -204,9 +204,10 @@ async def novita_callback(request: Request) -> Accepted:
     if not token_matches(rt.settings.callback_secret or "", task_id, request.path_params["token"], "novita"):
         raise ApiError(401, "invalid_token", "callback token does not match")
     body = await read_json(request, MAX_CALLBACK_BYTES)
-    provider_task_id = webhook_task_id(body)
-    if provider_task_id is None:
-        raise ApiError(422, "invalid_callback", "webhook has no payload.task.task_id", {"payload.task.task_id": "required string"})
+    try:
+        provider_task_id = novita.webhook_task_id(body)
+    except InvalidCallback as exc:
+        raise _invalid(exc) from exc
 
     def take() -> bool:
         task = rt.store.get(task_id)
@@ -219,8 +220,7 @@ async def novita_callback(request: Request) -> Accepted:
         return True
 
     if not await run_in_threadpool(take):
-        state = body["payload"]["task"].get("status")
-        _unchanged(task_id, "novita", provider_task_id, state)
+        _unchanged(task_id, "novita", provider_task_id, novita.webhook_state(body))
         return Accepted.UNCHANGED
     return Accepted.CONFIRMING
 

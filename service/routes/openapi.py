@@ -19,7 +19,8 @@ from starlette.routing import Route
 
 from service.domain.events import Event
 from service.domain.status import TaskStatus
-from service.domain.tasks import Task, TaskRequest
+from service.domain.tasks import AUTO, Task, TaskRequest
+from service.providers import registry
 from service.webhooks.models import (
     Delivery,
     ReplayRequest,
@@ -72,25 +73,6 @@ IDEMPOTENCY_KEY = {
     "description": "The same key with the same body returns the same task; with another body, 409",
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
-
-# kie.ai's webhook verification; required when APIKLEY_WEBHOOK_HMAC_KEY is set (else 401).
-SIGNATURE_HEADERS = [
-    {
-        "name": "X-Webhook-Timestamp",
-        "in": "header",
-        "required": False,
-        "description": "Unix seconds; within 5 minutes of now",
-        "schema": {"type": "string"},
-    },
-    {
-        "name": "X-Webhook-Signature",
-        "in": "header",
-        "required": False,
-        "description": "base64(HMAC-SHA256(\"{taskId}.{timestamp}\", APIKLEY_WEBHOOK_HMAC_KEY))",
-        "schema": {"type": "string"},
-    },
-]
-
 
 def _ref(name: str) -> Schema:
     return {"$ref": REF.format(model=name)}
@@ -157,6 +139,15 @@ def _components() -> dict[str, Schema]:
         ref_template=REF,
     )
     schemas: dict[str, Schema] = top["$defs"]
+    # Provider names are whatever the registry holds: a choice pydantic cannot see in the models.
+    names = list(registry.names())
+    for model, name, choices in (
+        ("TaskRequest", "provider", [*names, AUTO]),
+        ("Task", "provider", names),
+        ("Task", "requested_provider", [*names, AUTO]),
+        ("SubmitAttempt", "provider", names),
+    ):
+        schemas[model]["properties"][name]["enum"] = choices
     # Clients may send the duration as a number; it is stored as the string providers want.
     duration = schemas["TaskRequest"]["properties"]["duration"]
     schemas["TaskRequest"]["properties"]["duration"] = {
@@ -268,68 +259,29 @@ def build_spec() -> Schema:
                 [],
             )
         },
-        "/callbacks/apikley/{task_id}/{token}": {
-            "post": _operation(
-                "Apikley's callback receiver (the per-task token is the credential)",
-                {200: callback_answer, 202: callback_answer},
-                [400, 401, 404, 409, 413, 415, 422],
-                body="ApikleyCallback",
-                parameters=[task, _path("token"), *SIGNATURE_HEADERS],
-                secured=False,
-            )
-        },
-        "/callbacks/novita/{task_id}/{token}": {
-            "post": _operation(
-                "Novita's result webhook: a hint (unsigned), confirmed by polling",
-                {200: callback_answer, 202: callback_answer},
-                [400, 401, 404, 409, 413, 415, 422],
-                body="NovitaWebhook",
-                parameters=[task, _path("token")],
-                secured=False,
-            )
-        },
     }
     components = _components()
-    components["ApikleyCallback"] = {
-        "type": "object",
-        "description": "Apikley's callback: the shape of Get Task Details (the task id as `taskId` or `task_id`)",
-        "required": ["data"],
-        "properties": {
-            "code": {"type": "integer"},
-            "msg": {"type": "string"},
-            "data": {
-                "type": "object",
-                "required": ["state"],
-                "anyOf": [{"required": ["taskId"]}, {"required": ["task_id"]}],
-                "properties": {
-                    "taskId": {"type": "string", "minLength": 1},
-                    "task_id": {"type": "string", "minLength": 1},
-                    "state": {"type": "string", "enum": ["waiting", "queuing", "generating", "success", "fail"]},
-                },
-            },
-        },
-    }
-    components["NovitaWebhook"] = {
-        "type": "object",
-        "description": "Novita's ASYNC_TASK_RESULT webhook: the task-result body under `payload`",
-        "required": ["payload"],
-        "properties": {
-            "event_type": {"type": "string"},
-            "payload": {
-                "type": "object",
-                "required": ["task"],
-                "properties": {
-                    "task": {"type": "object", "required": ["task_id"], "properties": {"task_id": {"type": "string", "minLength": 1}}}
-                },
-            },
-        },
-    }
+    for provider in registry.all():
+        if provider.callback is None:
+            continue
+        doc = provider.callback
+        paths[f"/callbacks/{provider.name}/{{task_id}}/{{token}}"] = {
+            "post": _operation(
+                doc.summary,
+                {200: callback_answer, 202: callback_answer},
+                [400, 401, 404, 409, 413, 415, 422],
+                body=doc.schema_name,
+                parameters=[task, _path("token"), *copy.deepcopy(list(doc.headers))],
+                secured=False,
+            )
+        }
+        components[doc.schema_name] = copy.deepcopy(doc.schema)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "kling-relay",
             "version": "1",
-            "description": "Webhook-driven relay for Kling V2.1 Master text-to-video (Apikley, Novita).",
+            "description": f"Webhook-driven relay for Kling V2.1 Master text-to-video ({', '.join(p.title for p in registry.all())}).",
         },
         "paths": paths,
         "components": {

@@ -17,6 +17,7 @@ from service.domain.ids import new_id
 from service.domain.status import TaskStatus
 from service.domain.submission import NoProviderFits, choose_provider
 from service.domain.tasks import (
+    AUTO,
     ProviderName,
     Task,
     TaskInput,
@@ -24,6 +25,7 @@ from service.domain.tasks import (
     limit_violations,
 )
 from service.errors import ApiError, validation_error
+from service.providers import registry
 from service.ratelimit import enforce
 from service.routes.bodies import json_object, read_json
 from service.routes.context import caller, runtime
@@ -39,11 +41,11 @@ MAX_IDEMPOTENCY_KEY = 255
 def provider_for(rt: Runtime, req: TaskRequest, task_input: TaskInput) -> tuple[ProviderName, dict[str, str]]:
     """The provider this request goes to, and the limits of it that the input breaks."""
     configured = rt.configured
-    if req.provider != "auto":
+    if req.provider != AUTO:
         provider: ProviderName = req.provider
         if provider not in configured:
             raise ApiError(422, "validation_error", f"{provider} is not configured", {"provider": f"{provider} is not configured on this server"})
-        return provider, limit_violations(task_input, provider)
+        return provider, limit_violations(task_input, provider, registry.get(provider).limits)
     if not configured:
         raise ApiError(503, "no_provider", "no provider is configured on this server")
     try:
@@ -58,7 +60,7 @@ async def create_task(request: Request) -> JSONResponse:
     await enforce(rt, "task creation", who.key_id, rt.settings.task_create_rate_per_min)
     body = json_object(await read_json(request, rt.settings.max_body_bytes))
     try:
-        req = TaskRequest.model_validate(body)
+        req = TaskRequest.model_validate(body, context={"providers": registry.names()})
     except ValidationError as exc:
         raise validation_error(exc) from exc
     task_input = req.task_input()

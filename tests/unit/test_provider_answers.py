@@ -19,7 +19,7 @@ from service.domain.tokens import (
     token_matches,
 )
 from service.providers import apikley, novita
-from service.providers.base import ProviderError
+from service.providers.base import InvalidCallback, ProviderError
 from service.reachability import callbacks_unreachable
 from service.settings import load_settings
 
@@ -96,7 +96,9 @@ def test_a_novita_webhook_names_its_task_and_nothing_else_is_taken_from_it() -> 
     body = {"event_type": "ASYNC_TASK_RESULT", "payload": {"task": {"task_id": "n-1", "status": "TASK_STATUS_SUCCEED"}}}
     assert novita.webhook_task_id(body) == "n-1"
     for broken in ({}, {"payload": {}}, {"payload": {"task": {"task_id": 7}}}, [], "x"):
-        assert novita.webhook_task_id(broken) is None
+        with pytest.raises(InvalidCallback) as invalid:
+            novita.webhook_task_id(broken)
+        assert invalid.value.field == "payload.task.task_id"
 
 
 # --- callback credentials ------------------------------------------------------------------------
