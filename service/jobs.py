@@ -80,9 +80,18 @@ class Jobs:
         args: tuple[object, ...] = (delivery_ids, *([list(replay)] if replay else []))
         return self._put(DELIVER, "workers.deliver.send", args, delay_s=delay_s, pipeline=pipeline, job_id=job_id)
 
+    def retry(self, delivery_id: str, *, attempt: int, delay_s: float, pipeline: Pipeline) -> None:
+        """The job making a delivery's next attempt once `attempt` attempts were made: one job id
+        per attempt number, so scheduling the same retry twice keeps one job."""
+        self.deliver([delivery_id], delay_s=delay_s, pipeline=pipeline, job_id=retry_job_id(delivery_id, attempt))
+
 
 def submit_job_id(task_id: str, attempt: int) -> str:
     return f"submit-{task_id}-{attempt}"
+
+
+def retry_job_id(delivery_id: str, attempt: int) -> str:
+    return f"dlv-{delivery_id}-{attempt}"
 
 
 def _in(seconds: float) -> datetime:

@@ -10,14 +10,32 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service import outbox
+from service.jobs import Jobs
 from service.redis_server import RedisServer
-from workers.dispatch import Batch, Dispatcher, requeue_orphans
+from service.webhooks.deliveries import DeliveryStore
+from service.webhooks.planner import Rules
+from service.webhooks.store import SubscriptionStore
+from workers.dispatch import Dispatcher, requeue_orphans
+from workers.fanout import BatchState, FanOutBatch
+from workers.recorder import Recorder
 
 
 def _redis(redis_server: RedisServer) -> Redis:
     redis = Redis.from_url(f"redis://127.0.0.1:{redis_server.port}/15")
     redis.flushdb()
     return redis
+
+
+def _release(redis: Redis, batch: FanOutBatch) -> None:
+    """Record a batch that had nothing to send, as the fan-out does: its entries are released."""
+    recorder = Recorder(
+        SubscriptionStore(redis, event_ttl_s=60),
+        DeliveryStore(redis, ttl_s=60, lease_s=5),
+        Jobs(redis),
+        Rules(schedule_s=[0, 5], disable_after_s=60, lease_s=5),
+    )
+    batch.sending([], 0)
+    recorder.first_attempts(batch, [])
 
 
 def _push(redis: Redis, *names: str) -> list[str]:
@@ -29,31 +47,28 @@ def _push(redis: Redis, *names: str) -> list[str]:
 def test_a_batch_stays_in_flight_until_its_fan_out_releases_it(redis_server: RedisServer) -> None:
     redis = _redis(redis_server)
     entries = _push(redis, *"abcde")
-    batches: list[Batch] = []
+    batches: list[FanOutBatch] = []
     dispatcher = Dispatcher(redis, batches.append, heartbeat_s=5)
     assert dispatcher.step(block_s=0.1) == 5
     assert [b.entries for b in batches] == [entries]
     # Taken from the outbox, but held until the write that records the first attempts.
     assert redis.llen(outbox.OUTBOX) == 0
     assert [e.decode() for e in redis.lrange(dispatcher.inflight, 0, -1)] == entries
-    with redis.pipeline() as pipe:
-        batches[0].release(pipe)
-        pipe.execute()
+    _release(redis, batches[0])
     assert redis.llen(dispatcher.inflight) == 0
+    assert batches[0].state is BatchState.RELEASED
 
 
 def test_batches_in_flight_together_are_released_each_on_its_own(redis_server: RedisServer) -> None:
     redis = _redis(redis_server)
-    batches: list[Batch] = []
+    batches: list[FanOutBatch] = []
     dispatcher = Dispatcher(redis, batches.append, heartbeat_s=5)
     _push(redis, "a", "b")
     dispatcher.step(block_s=0.1)
     late = _push(redis, "c")
     dispatcher.step(block_s=0.1)
     assert [b.entries for b in batches][1] == late  # only what was new, not the held batch again
-    with redis.pipeline() as pipe:
-        batches[0].release(pipe)
-        pipe.execute()
+    _release(redis, batches[0])
     assert [e.decode() for e in redis.lrange(dispatcher.inflight, 0, -1)] == late
 
 
@@ -62,7 +77,7 @@ def test_a_fan_out_that_fails_goes_again_first_and_whole(redis_server: RedisServ
     entries = _push(redis, "a", "b", "c")
     calls: list[list[str]] = []
 
-    def fan_out(batch: Batch) -> None:
+    def fan_out(batch: FanOutBatch) -> None:
         calls.append(batch.entries)
         if len(calls) == 1:
             raise RedisConnectionError("redis went away while the events were read")
@@ -80,10 +95,10 @@ def test_a_fan_out_that_fails_goes_again_first_and_whole(redis_server: RedisServ
 def test_a_batch_whose_recording_failed_goes_again(redis_server: RedisServer) -> None:
     redis = _redis(redis_server)
     entries = _push(redis, "a", "b")
-    batches: list[Batch] = []
+    batches: list[FanOutBatch] = []
     dispatcher = Dispatcher(redis, batches.append, heartbeat_s=5)
     dispatcher.step(block_s=0.1)
-    batches[0].failed(RedisConnectionError("redis went away"))  # as the recorder does when saving them failed
+    batches[0].hand_back(RedisConnectionError("redis went away"))  # as the recorder does when saving them failed
     assert dispatcher.step(block_s=0.1) == 2
     assert batches[1].entries == entries
     assert redis.llen(dispatcher.inflight) == 2 and redis.llen(outbox.OUTBOX) == 0
@@ -94,13 +109,11 @@ def test_an_entry_that_keeps_failing_is_set_aside_and_holds_up_none_of_the_other
     good_a, bad, good_b = _push(redis, "a", "bad", "b")
     fanned: list[list[str]] = []
 
-    def fan_out(batch: Batch) -> None:
+    def fan_out(batch: FanOutBatch) -> None:
         fanned.append(batch.entries)
         if bad in batch.entries:
             raise ValueError("the event does not parse")  # a bug or corrupt data, not Redis
-        with redis.pipeline() as pipe:
-            batch.release(pipe)
-            pipe.execute()
+        _release(redis, batch)
 
     dispatcher = Dispatcher(redis, fan_out, heartbeat_s=5)
     for _ in range(5):

@@ -16,40 +16,28 @@ import atexit
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 import orjson
-from redis.client import Pipeline
 
 from service import outbox
-from service.domain.clock import unix_to_iso
-from service.domain.events import Event
 from service.runtime import Runtime
 from service.webhooks.deliveries import (
     DeliveryStore,
-    Finished,
     IndexedEvent,
     Target,
     new_deliveries,
 )
-from service.webhooks.models import TASK_WEBHOOK, Attempt, Delivery, Subscription
-from service.webhooks.policy import (
-    DeliveryStatus,
-    DisableReason,
-    Outcome,
-    classify,
-    decide,
-    matches,
-    receives,
-    truncate_body,
-)
+from service.webhooks.models import TASK_WEBHOOK, Delivery, Subscription
+from service.webhooks.planner import Rules
+from service.webhooks.policy import DeliveryStatus, matches, receives
 from service.webhooks.sender import WebhookSender
-from service.webhooks.store import SubscriptionStore, failing_key
+from service.webhooks.store import SubscriptionStore
 from workers.context import get_runtime
-from workers.delivery_engine import DeliveryEngine, Landed, Outgoing
-from workers.dispatch import Batch
+from workers.delivery_engine import DeliveryEngine, Outgoing
+from workers.fanout import FanOutBatch
+from workers.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +52,7 @@ class DeliveryContext:
     rt: Runtime
     subscriptions: SubscriptionStore
     deliveries: DeliveryStore
+    recorder: Recorder
     engine: DeliveryEngine
 
 
@@ -72,11 +61,14 @@ def build_context(rt: Runtime) -> DeliveryContext:
     sender = WebhookSender(
         timeout_s=s.webhook_timeout_s, concurrency=s.webhook_concurrency, allow_private=s.allow_private_webhooks
     )
+    rules = Rules(schedule_s=s.webhook_retry_schedule_s, disable_after_s=s.webhook_disable_after_s, lease_s=s.webhook_lease_s)
+    recorder = Recorder(rt.subscriptions, rt.deliveries, rt.jobs, rules)
     return DeliveryContext(
         rt=rt,
         subscriptions=rt.subscriptions,
         deliveries=rt.deliveries,
-        engine=DeliveryEngine(sender, capacity=s.webhook_concurrency),
+        recorder=recorder,
+        engine=DeliveryEngine(sender, recorder, capacity=s.webhook_concurrency),
     )
 
 
@@ -89,12 +81,13 @@ def get_context() -> DeliveryContext:
     return ctx
 
 
-def fan_out(batch: Batch) -> None:
+def fan_out(batch: FanOutBatch) -> None:
     """Start the first attempt of each outbox entry's event to every matching subscription (and
     the task's own `webhook_url`; the subject is a task, or a subscription for
-    `subscription.disabled`) and return. The write recording the batch's last first attempt also
-    releases its entries; if recording fails, the batch goes back to its dispatcher. Safe to re-run:
-    deliveries already recorded are left to their own retries, the rest are sent again."""
+    `subscription.disabled`) and return (on the dispatcher thread). The write recording the
+    batch's last first attempt also releases its entries; if recording fails, the batch goes back
+    to its dispatcher. Safe to re-run: deliveries already recorded are left to their own retries,
+    the rest are sent again."""
     ctx = get_context()
     enabled = ctx.subscriptions.enabled()
     admin_ids = ctx.rt.keys.admin_ids
@@ -125,45 +118,14 @@ def fan_out(batch: Batch) -> None:
     stored = ctx.deliveries.stored([d.id for d in planned])
     unsent = [d for d in planned if d.id not in stored]
     outgoing, abandoned = _prepare(ctx, unsent, bodies, subs, now)
-
-    def release(pipe: Pipeline) -> None:
-        ctx.deliveries.index_events(pipe, events)
-        batch.release(pipe)
-
     if abandoned:
         ctx.deliveries.save_finished(abandoned)
+    batch.sending(events, len(outgoing))
     if outgoing:
-        ctx.engine.submit(outgoing, FirstAttempts(ctx, batch, len(outgoing), release))
+        ctx.engine.submit(outgoing, batch)
     else:
-        with ctx.rt.redis.pipeline() as pipe:
-            release(pipe)
-            pipe.execute()
+        ctx.recorder.first_attempts(batch, [])
     log.info("fan-out events=%d deliveries=%d started=%d", len(events), len(planned), len(outgoing))
-
-
-class FirstAttempts:
-    """Records a fan-out's first attempts as they land (on the engine's recorder thread). The
-    write that records the last of them releases the batch's outbox entries; if any write failed,
-    the batch goes back to its dispatcher instead, to send again what was never recorded."""
-
-    def __init__(self, ctx: DeliveryContext, batch: Batch, count: int, release: Callable[[Pipeline], None]) -> None:
-        self.ctx = ctx
-        self.batch = batch
-        self.remaining = count
-        self.release = release
-        self.error: Exception | None = None
-
-    def __call__(self, landed: list[Landed]) -> None:
-        self.remaining -= len(landed)
-        last = self.remaining == 0
-        try:
-            record(self.ctx, landed, first=True, also=self.release if last and self.error is None else None)
-        except Exception as exc:
-            self.error = exc
-            raise
-        finally:
-            if last and self.error is not None:
-                self.batch.failed(self.error)
 
 
 def send(delivery_ids: list[str], replay: list[str] | None = None) -> None:
@@ -193,7 +155,7 @@ def attempt(ctx: DeliveryContext, deliveries: list[Delivery]) -> int:
     outgoing, abandoned = _prepare(ctx, mine, {}, subs, now)
     if abandoned:
         ctx.deliveries.save_finished(abandoned)
-    ctx.engine.submit(outgoing, lambda landed: record(ctx, landed))
+    ctx.engine.submit(outgoing)
     return len(outgoing)
 
 
@@ -224,63 +186,6 @@ def _prepare(
         else:
             outgoing.append(Outgoing(d, sub.url, bodies[d.event_id], sub.signing_secrets(now)))
     return outgoing, abandoned
-
-
-def record(
-    ctx: DeliveryContext, landed: list[Landed], *, first: bool = False, also: Callable[[Pipeline], None] | None = None
-) -> None:
-    """Save a batch of landed attempts (`first`: a fan-out's, not stored yet): logs, new statuses,
-    retries, and subscriptions to disable; `also` adds its commands to the same atomic write."""
-    s = ctx.rt.settings
-    now = time.time()
-    outcomes = [classify(item.result.status_code) for item in landed]
-    sub_ids = [item.outgoing.delivery.subscription_id for item in landed]
-    succeeded = {sub for sub, o in zip(sub_ids, outcomes) if sub and o is Outcome.DELIVERED}
-    # Any success in the batch ends the subscription's failure run.
-    run_ttl = int(2 * s.webhook_disable_after_s)
-    failing = ctx.subscriptions.failing_for({sub for sub in sub_ids if sub} - succeeded, now, run_ttl_s=run_ttl)
-    finished: list[Finished] = []
-    to_disable: dict[str, DisableReason] = {}
-    for item, outcome, sub_id in zip(landed, outcomes, sub_ids):
-        d, result = item.outgoing.delivery, item.result
-        decision = decide(
-            outcome,
-            round_attempts=d.round_attempts + 1,
-            schedule_s=s.webhook_retry_schedule_s,
-            failing_for_s=failing.get(sub_id, 0.0) if sub_id else None,
-            disable_after_s=s.webhook_disable_after_s,
-        )
-        error = result.error or (None if outcome is Outcome.DELIVERED else f"http_status: {result.status_code}")
-        log_entry = Attempt(
-            number=d.attempt_count + 1,
-            at=unix_to_iso(item.started_at),
-            url=item.outgoing.url,
-            status_code=result.status_code,
-            latency_ms=result.latency_ms,
-            error=error,
-            response_body=truncate_body(result.body) if result.status_code is not None else None,
-        )
-        finished.append(Finished(d.after_attempt(log_entry, decision, now), decision.retry_in_s, first))
-        if decision.disable and sub_id:
-            to_disable[sub_id] = decision.disable
-    ctx.deliveries.save_attempted(
-        finished,
-        now=now,
-        schedule_retry=lambda pipe, d, delay: _schedule(ctx, pipe, d, delay),
-        clear=[failing_key(sub) for sub in succeeded],
-        also=also,
-    )
-    for sub_id, reason in to_disable.items():
-        def announce(pipe: Pipeline, event: Event, sub_id: str = sub_id) -> None:
-            outbox.push(pipe, sub_id, event.id)
-
-        if ctx.subscriptions.disable(sub_id, reason, after=announce) is not None:
-            log.warning("subscription disabled subscription_id=%s reason=%s", sub_id, reason.value)
-
-
-def _schedule(ctx: DeliveryContext, pipe: Pipeline, d: Delivery, delay_s: float) -> None:
-    # One job id per attempt number: scheduling the same retry twice keeps one job.
-    ctx.rt.jobs.deliver([d.id], delay_s=delay_s, pipeline=pipe, job_id=f"dlv-{d.id}-{d.attempt_count}")
 
 
 def sweep_deliveries(rt: Runtime) -> int:

@@ -1,9 +1,10 @@
 """Concurrent sending for the (synchronous) fan-out and RQ `send` jobs.
 
 One asyncio loop runs on a daemon thread for the life of the worker process and owns one pooled
-`WebhookSender`, so keep-alive connections and DNS answers outlive any single job. Batches are
-handed over and sent without the caller waiting; a recorder thread records the results in small
-batches as they land, while slow receivers are still being waited for.
+`WebhookSender`, so keep-alive connections and DNS answers outlive any single job. Attempts are
+handed over and sent without the caller waiting; each lands as a typed outcome (`Successful` or
+`Failed`), and a recorder thread hands them, in small lists as they land, to the `Recorder`
+(a fan-out batch's first attempts with their batch), while slow receivers are still waited for.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.telemetry import observe_attempt
 from service.webhooks.models import Delivery
+from service.webhooks.outcomes import Dispatched, dispatched
 from service.webhooks.sender import AttemptResult, WebhookSender
 from service.webhooks.signing import webhook_headers
+from workers.fanout import FanOutBatch
+from workers.recorder import Recorder
 
 
 @dataclass(frozen=True)
@@ -31,16 +34,6 @@ class Outgoing:
     body: bytes
     secrets: list[str]
 
-
-@dataclass(frozen=True)
-class Landed:
-    outgoing: Outgoing
-    result: AttemptResult
-    # Unix seconds when the attempt started (for the log).
-    started_at: float
-
-
-OnLanded = Callable[[list[Landed]], None]
 
 log = logging.getLogger(__name__)
 
@@ -59,35 +52,36 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 class DeliveryEngine:
     """Sends batches without making the caller wait for them to land.
 
-    A fan-out or retry job hands its batch to `submit` and moves on; a slow or silent receiver
+    A fan-out or retry job hands its attempts to `submit` and moves on; a slow or silent receiver
     then holds up only its own attempts, not the events behind them (nor, for retry jobs, the
-    worker's submit and poll jobs). Results are recorded on the engine's own recorder thread.
+    worker's submit and poll jobs). Outcomes are recorded on the engine's own recorder thread.
     At most `capacity` attempts are outstanding: `submit` waits for room beyond that, so work
     never piles up unbounded in memory and a batch's lease (`workers.deliver.lease_for`) can
     count what is ahead of it.
     """
 
-    def __init__(self, sender: WebhookSender, *, capacity: int, flush_after_s: float = 0.05) -> None:
+    def __init__(self, sender: WebhookSender, recorder: Recorder, *, capacity: int, flush_after_s: float = 0.05) -> None:
         self.sender = sender
+        self.recorder = recorder
         self.capacity = capacity
         self.flush_after_s = flush_after_s
         self.outstanding = 0
         self._room = threading.Condition()
-        self._landed: queue.SimpleQueue[tuple[OnLanded, list[Landed]]] = queue.SimpleQueue()
+        self._landed: queue.SimpleQueue[tuple[FanOutBatch | None, list[Dispatched]]] = queue.SimpleQueue()
         self.loop = new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="webhook-delivery", daemon=True).start()
         threading.Thread(target=self._record_forever, name="webhook-recorder", daemon=True).start()
 
-    def submit(self, batch: list[Outgoing], on_landed: OnLanded) -> None:
-        """Start sending every attempt in `batch` concurrently and return; `on_landed` is called
-        on the recorder thread with results as they arrive, in lists."""
-        if not batch:
+    def submit(self, attempts: list[Outgoing], batch: FanOutBatch | None = None) -> None:
+        """Start sending every attempt concurrently and return; their outcomes are recorded on the
+        recorder thread as they land (`batch`: the fan-out batch whose first attempts they are)."""
+        if not attempts:
             return
         with self._room:
             # A batch larger than the pool may start alone; it queues for slots inside the sender.
-            self._room.wait_for(lambda: self.outstanding == 0 or self.outstanding + len(batch) <= self.capacity)
-            self.outstanding += len(batch)
-        asyncio.run_coroutine_threadsafe(self._send_all(batch, on_landed), self.loop)
+            self._room.wait_for(lambda: self.outstanding == 0 or self.outstanding + len(attempts) <= self.capacity)
+            self.outstanding += len(attempts)
+        asyncio.run_coroutine_threadsafe(self._send_all(attempts, batch), self.loop)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until every submitted attempt is recorded; False if `timeout_s` ran out first."""
@@ -96,9 +90,12 @@ class DeliveryEngine:
 
     def _record_forever(self) -> None:
         while True:
-            on_landed, landed = self._landed.get()
+            batch, landed = self._landed.get()
             try:
-                on_landed(landed)
+                if batch is not None:
+                    self.recorder.first_attempts(batch, landed)
+                else:
+                    self.recorder.record(landed)
             except Exception:  # the thread must outlive any one bad batch
                 # Unrecorded attempts stay pending with a deadline: the delivery sweep resends them.
                 log.exception("recording %d webhook attempts failed", len(landed))
@@ -107,11 +104,11 @@ class DeliveryEngine:
                     self.outstanding -= len(landed)
                     self._room.notify_all()
 
-    async def _send_all(self, batch: list[Outgoing], on_landed: OnLanded) -> None:
+    async def _send_all(self, attempts: list[Outgoing], batch: FanOutBatch | None) -> None:
         # Results are handed over in lists, not one by one: waking the recorder per result made
         # it and this loop trade the GIL 200 times per fan-out. A fast fan-out hands over once; a
         # slow one every `flush_after_s`, so a killed worker loses at most that window's records.
-        landed: list[Landed] = []
+        landed: list[Dispatched] = []
         flush: asyncio.TimerHandle | None = None
 
         def hand_over() -> None:
@@ -120,7 +117,7 @@ class DeliveryEngine:
                 flush.cancel()
                 flush = None
             if landed:
-                self._landed.put((on_landed, landed))
+                self._landed.put((batch, landed))
                 landed = []
 
         async def one(item: Outgoing) -> None:
@@ -135,12 +132,12 @@ class DeliveryEngine:
                 log.exception("webhook attempt crashed delivery_id=%s", item.delivery.id)
                 result = AttemptResult(None, 0, f"internal_error: {type(exc).__name__}")
             observe_attempt(item.delivery, result)
-            landed.append(Landed(item, result, started))
+            landed.append(dispatched(item.delivery, item.url, started, result))
             if flush is None:
                 flush = asyncio.get_running_loop().call_later(self.flush_after_s, hand_over)
 
         try:
-            await asyncio.gather(*(one(item) for item in batch))
+            await asyncio.gather(*(one(item) for item in attempts))
         finally:
             hand_over()
 

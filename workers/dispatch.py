@@ -1,8 +1,8 @@
 """The outbox dispatcher: a thread in every worker that fans outbox entries out to subscribers.
 
 It moves what has piled up in the outbox (up to BATCH entries; when there is none, it blocks for
-the next) into its own in-flight list and hands them to the fan-out as one `Batch`, which starts
-their first attempts and returns.
+the next) into its own in-flight list and hands them to the fan-out as one `FanOutBatch`, which
+starts their first attempts and returns.
 While those are sent, new events gather in the outbox, so under load each step takes a batch;
 when idle, an event waits for nothing. No RQ job stands between an event and its first attempt:
 building, queueing and finishing one cost ~7 ms per fan-out (bench/fanout.py). Retries, manual
@@ -10,10 +10,10 @@ retries and replays are RQ jobs (`workers.deliver.send`), scheduled by the RQ sc
 
 An entry leaves the in-flight list in the same write that records the last first attempt of its
 batch: until then the list is what answers for the event, since none of its deliveries is stored.
-A batch whose fan-out or recording failed goes again from the same list (an entry that keeps
-failing for a reason other than Redis is set aside in `kr:outbox:dead`). A dispatcher that dies
-leaves its list behind with its heartbeat expiring; `requeue_orphans` (run by the sweep) puts such
-lists back on the outbox, and the re-run sends only what was never recorded.
+A batch whose fan-out or recording failed is handed back and goes again from the same list (an
+entry that keeps failing for a reason other than Redis is set aside in `kr:outbox:dead`). A
+dispatcher that dies leaves its list behind with its heartbeat expiring; `requeue_orphans` (run by
+the sweep) puts such lists back on the outbox, and the re-run sends only what was never recorded.
 """
 
 from __future__ import annotations
@@ -25,47 +25,26 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import deque
 from typing import Protocol
 
 from redis import Redis
-from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import outbox
+from workers.fanout import FanOutBatch, HandedBack
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
 
 
-@dataclass(frozen=True)
-class Batch:
-    """Outbox entries taken together, held in their dispatcher's in-flight list until released."""
-
-    entries: list[str]
-    inflight: str
-    _on_failure: Callable[[Batch, BaseException], None] = field(repr=False)
-    # Going again alone, after failing in a batch for a reason other than Redis.
-    suspect: bool = False
-
-    def release(self, pipe: Pipeline) -> None:
-        """Queue, in the write that records the batch's last first attempt, the entries' removal."""
-        for entry in self.entries:
-            pipe.lrem(self.inflight, 1, entry)
-
-    def failed(self, error: BaseException) -> None:
-        """Its fan-out or recording failed: hand it back to the dispatcher."""
-        self._on_failure(self, error)
-
-
 class FanOut(Protocol):
     """Starts the batch's first attempts and returns (`workers.deliver.fan_out`)."""
 
-    def __call__(self, batch: Batch) -> None: ...
+    def __call__(self, batch: FanOutBatch) -> None: ...
 
 
 class Dispatcher:
@@ -77,8 +56,10 @@ class Dispatcher:
         self.inflight = f"{outbox.INFLIGHT_PREFIX}{self.id}"
         self.heartbeat = f"{outbox.HEARTBEAT_PREFIX}{self.id}"
         self.heartbeat_s = heartbeat_s
-        # Batches to fan out again, before anything new: (entries, suspect).
-        self._again: queue.SimpleQueue[tuple[list[str], bool]] = queue.SimpleQueue()
+        # Batches whose fan-out or recording failed, handed back from any thread.
+        self._handed_back: HandedBack = queue.SimpleQueue()
+        # What they become: batches to fan out again, before anything new.
+        self._again: deque[FanOutBatch] = deque()
         self._stopping = threading.Event()
         self._retired = False
         self._beating = threading.Lock()
@@ -134,47 +115,57 @@ class Dispatcher:
 
     def step(self, block_s: float) -> int:
         """Fan out one batch; returns how many entries it took."""
-        suspect = False
-        try:
-            # A batch that failed goes again first; its entries never left the in-flight list.
-            entries, suspect = self._again.get_nowait()
-        except queue.Empty:
-            taken = self._take_more(keys=[outbox.OUTBOX, self.inflight], args=[BATCH])
-            if not taken:
-                # Nothing waiting: block for the next event, and go with it alone at once.
-                first = self.redis.blmove(outbox.OUTBOX, self.inflight, block_s, "LEFT", "RIGHT")
-                if first is None:
-                    return 0
-                taken = [first]
-            entries = [e.decode() for e in taken]
-        batch = Batch(entries, self.inflight, self._failed, suspect)
+        batch = self._next_again()
+        if batch is None:
+            batch = self._take(block_s)
+            if batch is None:
+                return 0
         try:
             self.fan_out(batch)
         except Exception as exc:
-            batch.failed(exc)
+            batch.hand_back(exc)
             raise
-        return len(entries)
+        return len(batch.entries)
 
-    def _failed(self, batch: Batch, error: BaseException) -> None:
-        """Redis being away: the batch goes again, whole. Anything else is a bug or a bad entry:
-        its entries go again one by one, and one that fails alone too is set aside in the
+    def _take(self, block_s: float) -> FanOutBatch | None:
+        taken = self._take_more(keys=[outbox.OUTBOX, self.inflight], args=[BATCH])
+        if not taken:
+            # Nothing waiting: block for the next event, and go with it alone at once.
+            first = self.redis.blmove(outbox.OUTBOX, self.inflight, block_s, "LEFT", "RIGHT")
+            if first is None:
+                return None
+            taken = [first]
+        return self._batch([e.decode() for e in taken])
+
+    def _batch(self, entries: list[str], *, suspect: bool = False) -> FanOutBatch:
+        return FanOutBatch(entries, self.inflight, self._handed_back, suspect=suspect)
+
+    def _next_again(self) -> FanOutBatch | None:
+        """A batch handed back goes again before anything new; its entries never left the
+        in-flight list. Redis being away: it goes again, whole. Anything else is a bug or a bad
+        entry: its entries go again one by one, and one that fails alone too is set aside in the
         dead-letter list, so that it holds up none of the events behind it."""
-        if isinstance(error, RedisError):
-            self._again.put((batch.entries, False))
-        elif not batch.suspect:
-            for entry in batch.entries:
-                self._again.put(([entry], True))
-        else:
-            self._bury(batch.entries[0], error)
+        while True:
+            try:
+                failed = self._handed_back.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(failed.error, RedisError):
+                self._again.append(self._batch(failed.entries))
+            elif not failed.suspect:
+                self._again.extend(self._batch([entry], suspect=True) for entry in failed.entries)
+            else:
+                self._bury(failed.entries[0], failed.error)
+        return self._again.popleft() if self._again else None
 
-    def _bury(self, entry: str, error: BaseException) -> None:
+    def _bury(self, entry: str, error: BaseException | None) -> None:
         try:
             with self.redis.pipeline() as pipe:
                 pipe.lrem(self.inflight, 1, entry)
                 pipe.rpush(outbox.DEAD, entry)
                 pipe.execute()
         except RedisError:
-            self._again.put(([entry], True))
+            self._again.append(self._batch([entry], suspect=True))
             return
         log.error("outbox entry set aside in %s after failing twice: %r (%s: %s)", outbox.DEAD, entry, type(error).__name__, error)
 

@@ -20,7 +20,6 @@ Keys (prefix `kr:`):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -30,16 +29,15 @@ from redis.client import Pipeline
 from service.cas import RUN_SPELLED, Arg, recorded, spelled
 from service.domain.clock import unix_to_iso
 from service.domain.ids import id_floor
+from service.jobs import Jobs
 from service.store import PREFIX, events_key
 from service.webhooks.models import Delivery
+from service.webhooks.planner import Plan, Retry
 from service.webhooks.policy import DeliveryStatus, delivery_id
-from service.webhooks.store import deliveries_index_key
+from service.webhooks.store import deliveries_index_key, failing_key
 
 DUE = f"{PREFIX}:dlvdue"
 EVENT_INDEX = f"{PREFIX}:evidx"
-
-# Its commands run in the script that saves an attempt, so a retry is scheduled iff the attempt is saved.
-ScheduleRetry = Callable[[Pipeline, Delivery, float], None]
 
 # Why Lua: a fan-out writes hundreds of deliveries at once. As one script call per batch instead
 # of several pipelined commands per delivery, the client packs and parses one command, not
@@ -172,16 +170,6 @@ class IndexedEvent:
         return cls(event_id, subject_id, event_type, (owner[0] if owner else "") or None)
 
 
-@dataclass(frozen=True)
-class Finished:
-    """An attempted delivery's new state, and the wait before its next attempt if it retries."""
-
-    delivery: Delivery
-    retry_in_s: float | None = None
-    # A fan-out's first attempt: the delivery is not stored yet.
-    first: bool = False
-
-
 def new_deliveries(event: IndexedEvent, targets: list[Target], *, now: float, created_at: str) -> list[Delivery]:
     """The delivery of `event` to each target, due now; ids derive from (event, target), so
     building them twice yields the same deliveries."""
@@ -200,6 +188,11 @@ def new_deliveries(event: IndexedEvent, targets: list[Target], *, now: float, cr
         )
         for t in targets
     ]
+
+
+def _schedule(jobs: Jobs, pipe: Pipeline, retries: list[Retry]) -> None:
+    for retry in retries:
+        jobs.retry(retry.delivery_id, attempt=retry.attempt, delay_s=retry.delay_s, pipeline=pipe)
 
 
 def _text(value: object) -> str:
@@ -261,39 +254,31 @@ class DeliveryStore:
     def in_flight(self, delivery: Delivery) -> bool:
         return bool(self.redis.exists(lease_key(delivery.id, delivery.attempt_count)))
 
-    def save_attempted(
-        self,
-        finished: list[Finished],
-        *,
-        now: float,
-        schedule_retry: ScheduleRetry,
-        clear: list[str] | None = None,
-        also: Callable[[Pipeline], None] | None = None,
-    ) -> None:
-        """Save attempted deliveries, their due times and retry jobs, delete the `clear` keys
-        (failure runs ended by a success) and run `also`'s commands: one atomic script call."""
+    def save_attempted(self, plan: Plan, *, jobs: Jobs) -> None:
+        """Write a plan in one atomic script call: the attempted deliveries and their due times,
+        the failure runs ended, the retry jobs (scheduled on `jobs`' queues) and the release of a
+        fan-out batch's outbox entries."""
         keys: list[str] = [DUE]
-        args: list[Arg] = [self.ttl_s, len(finished)]
-        for item in finished:
-            d = item.delivery
-            index = deliveries_index_key(d.subscription_id) if item.first and d.subscription_id else ""
+        args: list[Arg] = [self.ttl_s, len(plan.saves)]
+        for save in plan.saves:
+            d = save.delivery
+            index = deliveries_index_key(d.subscription_id) if save.first and d.subscription_id else ""
             keys += [delivery_key(d.id), index]
-            due = "" if item.retry_in_s is None else now + item.retry_in_s + self.lease_s
-            args += [d.id, d.dumps(), due, "1" if item.first else "0"]
+            args += [d.id, d.dumps(), "" if save.due is None else save.due, "1" if save.first else "0"]
         # An attempt's lease is left to expire: a job that loaded the delivery before this save
         # and claims that attempt number only now finds it taken, and sends nothing twice.
-        if clear:
-            args += spelled(("DEL", *clear))
-        retries = [item for item in finished if item.retry_in_s is not None]
-        if retries or also is not None:
-
-            def then(pipe: Pipeline) -> None:
-                for item in retries:
-                    schedule_retry(pipe, item.delivery, item.retry_in_s or 0.0)
-                if also is not None:
-                    also(pipe)
-
-            args += recorded(self.redis, then)
+        commands: list[tuple[Arg, ...]] = []
+        if plan.failure_runs_ended:
+            commands.append(("DEL", *(failing_key(sub) for sub in plan.failure_runs_ended)))
+        release = plan.release
+        if release is not None:
+            if release.events:
+                commands.append(("ZADD", EVENT_INDEX, *(a for e in release.events for a in (0, e.member()))))
+            commands += [("LREM", release.inflight, 1, entry) for entry in release.entries]
+        args += spelled(*commands)
+        if plan.retries:
+            # RQ builds its jobs through a pipeline: its commands are recorded and run here.
+            args += recorded(self.redis, lambda pipe: _schedule(jobs, pipe, plan.retries))
         self._save(keys=keys, args=args)
 
     def save_finished(self, deliveries: list[Delivery]) -> None:
@@ -395,12 +380,6 @@ class DeliveryStore:
                 if event_id in wanted:
                     bodies[event_id] = raw if isinstance(raw, bytes) else str(raw).encode()
         return bodies
-
-    @staticmethod
-    def index_events(pipe: Pipeline, events: list[IndexedEvent]) -> None:
-        """Add fanned-out events to the index replays read."""
-        if events:
-            pipe.zadd(EVENT_INDEX, {e.member(): 0 for e in events})
 
     def trim(self, now: float, subscription_ids: list[str]) -> None:
         """Drop index entries older than the log TTL (their deliveries have expired already)."""

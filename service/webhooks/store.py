@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.client import Pipeline
 
+from service import outbox
 from service.cas import Arg, CompareAndSet, recorded, spelled
 from service.domain.clock import now_iso
 from service.domain.events import Event
@@ -33,9 +34,6 @@ SUBSCRIPTIONS = f"{PREFIX}:subs"
 # Random rather than a counter: a Redis that lost its last writes cannot repeat an old value.
 VERSION = f"{PREFIX}:subs:version"
 DEFAULT_SECRET = f"{PREFIX}:whsec:default"
-
-# Called while the disabling write is built, so the event's outbox entry commits with it.
-AfterDisable = Callable[[Pipeline, Event], None]
 
 
 def owner_index_key(owner: str) -> str:
@@ -154,9 +152,9 @@ class SubscriptionStore:
             deleted, *_ = pipe.execute()
         return bool(deleted)
 
-    def disable(self, sub_id: str, reason: DisableReason, *, after: AfterDisable) -> Event | None:
-        """Disable an enabled subscription and record a `subscription.disabled` event in the same
-        compare-and-set (with whatever `after` queues: its outbox entry). None if already disabled."""
+    def disable(self, sub_id: str, reason: DisableReason) -> Event | None:
+        """Disable an enabled subscription and record a `subscription.disabled` event, with its
+        outbox entry, in the same compare-and-set. None if already disabled."""
         key = subscription_key(sub_id)
         while True:
             raw = self.redis.get(key)
@@ -177,7 +175,7 @@ class SubscriptionStore:
                 pipe.rpush(events_key(sub_id), event.dumps())
                 pipe.expire(events_key(sub_id), self.event_ttl_s)
                 pipe.delete(failing_key(sub_id))
-                after(pipe, event)
+                outbox.push(pipe, sub_id, event.id)
 
             if self._cas(key, raw, recorded(self.redis, build)):
                 return event
