@@ -44,11 +44,8 @@ from service.domain.status import TaskStatus
 from service.domain.transition import Transition
 from service.errors import ApiError
 from service.jobs import QUEUES
-from service.outbox import DEAD as OUTBOX_DEAD
-from service.outbox import OUTBOX
+from service.keys import DELIVERIES_DUE, OUTBOX, OUTBOX_DEAD, index_key
 from service.settings import Settings, SettingsError
-from service.store import index_key
-from service.webhooks.deliveries import DUE
 from service.webhooks.policy import Outcome, classify
 
 if TYPE_CHECKING:
@@ -241,7 +238,7 @@ class RedisCollector(Collector):
             pipe.llen(OUTBOX_DEAD)
             for _, key in [*self.scheduled_keys, *self.failed_keys]:
                 pipe.zcard(key)
-            pipe.zcard(DUE)
+            pipe.zcard(DELIVERIES_DUE)
             for _, key in self.status_keys:
                 pipe.zcard(key)
             pipe.scard(REDIS_WORKER_KEYS)

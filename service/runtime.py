@@ -15,6 +15,7 @@ from service.domain.tasks import PROVIDERS, ProviderName, Task
 from service.domain.tokens import callback_token
 from service.domain.transition import ProviderUpdate, Transition
 from service.jobs import Jobs
+from service.keys import confirm_key
 from service.metrics import observe_transition
 from service.providers.apikley import ApikleyClient
 from service.providers.base import ProviderClient
@@ -23,7 +24,7 @@ from service.providers.novita import NovitaClient
 from service.reachability import callbacks_unreachable
 from service.redis_client import connect_redis
 from service.settings import Settings
-from service.store import Decide, TaskStore, confirm_key
+from service.store import Decide, TaskStore
 
 
 class ProviderNotConfigured(RuntimeError):

@@ -5,7 +5,7 @@ deliveries whose worker died mid-attempt.
 At-least-once, in two stages. A fan-out's first attempts are sent before anything is written:
 the event's outbox entry stays in its dispatcher's in-flight list until every one of them is
 recorded, and a killed dispatcher's list goes back to the outbox, whose re-run sends only what was
-never recorded. A recorded delivery that is still pending carries a deadline in `kr:dlvdue`, and
+never recorded. A recorded delivery that is still pending carries a deadline in `DELIVERIES_DUE`, and
 each retry holds a lease: a killed worker's retries pass their deadline and the sweep sends them
 again. The same `webhook-id` (the event id) lets receivers drop the rare duplicate.
 """
@@ -26,6 +26,7 @@ from redis.client import Pipeline
 from service import outbox
 from service.domain.clock import unix_to_iso
 from service.domain.events import Event
+from service.keys import DELIVERY_SWEEP_LOCK, failing_key
 from service.runtime import Runtime
 from service.webhooks.deliveries import (
     DeliveryStore,
@@ -47,14 +48,13 @@ from service.webhooks.policy import (
 )
 from service.webhooks.replays import PendingReplays
 from service.webhooks.sender import WebhookSender
-from service.webhooks.store import SubscriptionStore, failing_key
+from service.webhooks.store import SubscriptionStore
 from workers.context import get_runtime
 from workers.delivery_engine import DeliveryEngine, Landed, Outgoing
 from workers.dispatch import Batch
 
 log = logging.getLogger(__name__)
 
-SWEEP_LOCK = "kr:lock:dlvsweep"
 # RQ's scheduler keeps times in whole seconds, so a scheduled retry may start up to 1 s early.
 SCHEDULER_SLACK_S = 1.0
 SWEEP_BATCH = 200
@@ -287,7 +287,7 @@ def _schedule(ctx: DeliveryContext, pipe: Pipeline, d: Delivery, delay_s: float)
 def sweep_deliveries(rt: Runtime) -> int:
     """Re-send deliveries past their deadline (their worker died, or their retry job was lost);
     returns how many. Also trims the delivery indexes to the log TTL."""
-    if not rt.redis.set(SWEEP_LOCK, "1", nx=True, ex=max(int(rt.settings.sweep_interval_s), 1)):
+    if not rt.redis.set(DELIVERY_SWEEP_LOCK, "1", nx=True, ex=max(int(rt.settings.sweep_interval_s), 1)):
         return 0
     ctx = get_context()
     now = time.time()
