@@ -19,6 +19,7 @@ from service.scripts import load
 
 log = logging.getLogger(__name__)
 
+
 class RenewLease:
     """`lease_renew.lua`: give the lease `lease` a new TTL of `ttl_ms` while it holds `token`;
     False once it is no longer ours."""
