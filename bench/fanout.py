@@ -6,7 +6,7 @@ beside a raw aiohttp client posting the same bytes to the same endpoints in the 
 It starts its own redis-server, a subscriber server (aiohttp, one process, one path per
 subscriber) and a real `kling-relay worker`, then for each round appends one event and pushes
 its outbox entry exactly as a task transition does, timing from the push until every delivery
-is recorded. Targets (issue #3): ≥ 2,500 deliveries/s and ≥ 0.6× the raw client.
+is recorded. Targets (docs/performance.md): ≥ 2,500 deliveries/s and ≥ 0.6× the raw client.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ from starlette.middleware import Middleware
 
 from service.bodylimit import BodyLimitMiddleware
 from service.errors import EXCEPTION_HANDLERS
-from service.metrics import counted_callback_routes
 from service.routes import (
     callbacks,
     dashboard,
@@ -32,9 +31,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings.require("redis_url", "callback_secret", "kling_relay_api_keys")
     app = Starlette(
         routes=[
-            # First: the busiest route (providers' callbacks), so it is matched first. Wrapped to
-            # count every callback by outcome and reason for /metrics.
-            *counted_callback_routes(callbacks.routes),
+            # First: the busiest route (providers' callbacks), so it is matched first.
+            *callbacks.routes,
             *health.routes,
             *tasks.routes,
             *subscriptions.routes,

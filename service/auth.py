@@ -1,4 +1,4 @@
-"""Bearer-key authentication for `/v1/*`, and who the caller is.
+"""API keys and who the caller is (the Bearer header itself is read by `service.routes.context`).
 
 A caller is known by its key id, a prefix of the key's SHA-256: what tasks, subscriptions and
 deliveries record as their owner (keys themselves are never stored). Each key sees only its own
@@ -11,10 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-
-from starlette.requests import Request
-
-from service.errors import ApiError
 
 
 def key_id(api_key: str) -> str:
@@ -48,13 +44,3 @@ class Keys:
             if hmac.compare_digest(key, given):
                 found = kid
         return Caller(found, found in self.admin_ids) if found is not None else None
-
-
-def authenticate(request: Request, keys: Keys) -> Caller:
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not presented:
-        raise ApiError(401, "unauthorized", "send Authorization: Bearer <api key>")
-    caller = keys.caller(presented.strip())
-    if caller is None:
-        raise ApiError(401, "unauthorized", "unknown API key")
-    return caller

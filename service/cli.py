@@ -39,7 +39,7 @@ def _web(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from service.metrics import serve_worker_metrics
+    from service.metrics_http import serve_worker_metrics
     from workers.main import run_worker
 
     serve_worker_metrics(get_settings())

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 import httpx
 import orjson
 
+from service.text import excerpt
+
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
 EXIT_USAGE = 2
@@ -232,11 +234,6 @@ class StatusLine:
 # --- tasks ------------------------------------------------------------------------------------
 
 
-def _excerpt(text: str, length: int = 40) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= length else text[: length - 1] + "…"
-
-
 def _tasks_list(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.status:
@@ -247,7 +244,7 @@ def _tasks_list(client: ApiClient, args: argparse.Namespace, out: Output) -> int
     if out.as_json:
         out.json(page)
         return EXIT_OK
-    rows = [[t["id"], t["status"], t["provider"], t["created_at"], _excerpt(t["input"]["prompt"])] for t in page["data"]]
+    rows = [[t["id"], t["status"], t["provider"], t["created_at"], excerpt(t["input"]["prompt"], 40)] for t in page["data"]]
     out.table(rows, ["ID", "STATUS", "PROVIDER", "CREATED", "PROMPT"])
     if page.get("next_cursor"):
         out.note(f"more: --cursor {page['next_cursor']}")
@@ -263,7 +260,7 @@ def _tasks_show(client: ApiClient, args: argparse.Namespace, out: Output) -> int
     out.line(f"id:        {task['id']}")
     out.line(f"status:    {task['status']}" + (f" ({task['progress']}%)" if task.get("progress") is not None else ""))
     out.line(f"provider:  {task['provider']}" + (f" ({task['provider_task_id']})" if task.get("provider_task_id") else ""))
-    out.line(f"prompt:    {_excerpt(task['input']['prompt'], 70)}")
+    out.line(f"prompt:    {excerpt(task['input']['prompt'], 70)}")
     out.line(f"created:   {task['created_at']}")
     out.line(f"updated:   {task['updated_at']}")
     if task.get("result"):
@@ -344,7 +341,7 @@ def _deliveries_list(client: ApiClient, args: argparse.Namespace, out: Output) -
     for d in page["data"]:
         last = d["attempts"][0] if d["attempts"] else {}
         answer = str(last.get("status_code") or last.get("error") or "-")
-        rows.append([d["id"], d["status"], d["event_type"], d["subject_id"], str(d["attempt_count"]), _excerpt(answer, 30)])
+        rows.append([d["id"], d["status"], d["event_type"], d["subject_id"], str(d["attempt_count"]), excerpt(answer, 30)])
     out.table(rows, ["ID", "STATUS", "EVENT", "SUBJECT", "ATTEMPTS", "LAST ANSWER"])
     if page.get("next_cursor"):
         out.note(f"more: --cursor {page['next_cursor']}")

@@ -15,9 +15,11 @@ from html import escape
 from urllib.parse import quote
 
 from service.domain.events import Event
+from service.domain.status import TaskStatus
 from service.domain.tasks import Task
 from service.security_headers import content_security_policy, inline_source
 from service.sessions import CSRF_FIELD
+from service.text import excerpt
 from service.webhooks.models import Delivery
 
 
@@ -80,7 +82,6 @@ CONTENT_SECURITY_POLICY = content_security_policy({
     "frame-ancestors": "'none'",
 })
 
-STATUSES = ("queued", "submitted", "running", "succeeded", "failed")
 # What a browser would treat as an http(s) URL, and nothing that parsers might read otherwise
 # (spaces and control characters, which browsers strip or skip, as in "java\tscript:").
 _WEB_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f]+", re.IGNORECASE)
@@ -123,11 +124,6 @@ def status_badge(status: str, progress: int | None = None) -> str:
     return f"<span class='status s-{escape(status)}'>{escape(status)}{suffix}</span>"
 
 
-def excerpt(text: str, length: int = 60) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= length else text[: length - 1] + "\u2026"
-
-
 def events_summary(events: list[Event]) -> str:
     steps = [e.type.removeprefix("task.") for e in events if e.type != "task.progress"]
     progress = sum(1 for e in events if e.type == "task.progress")
@@ -158,7 +154,7 @@ def task_row(view: TaskView) -> str:
 
 def tasks_page(views: list[TaskView], *, status: str | None, csrf: str | None = None) -> str:
     filters = "".join(
-        f"<a href='/dashboard?status={s}'>{'<b>' + s + '</b>' if s == status else s}</a>" for s in STATUSES
+        f"<a href='/dashboard?status={s}'>{'<b>' + s + '</b>' if s == status else s}</a>" for s in TaskStatus
     )
     rows = "".join(task_row(v) for v in views) or "<tr id=empty><td colspan=7 class=muted>No tasks yet: kling-relay submit \"a red fox\" --wait</td></tr>"
     body = (

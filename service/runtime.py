@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
+from prometheus_client import CollectorRegistry
 from redis import Redis
 from redis.client import Pipeline
 
@@ -16,7 +18,7 @@ from service.domain.tokens import callback_token
 from service.domain.transition import ProviderUpdate, Transition
 from service.jobs import Jobs
 from service.keys import confirm_key
-from service.metrics import observe_transition
+from service.metrics_http import web_registry
 from service.providers.apikley import ApikleyClient
 from service.providers.base import ProviderClient
 from service.providers.http import make_client
@@ -25,6 +27,10 @@ from service.reachability import callbacks_unreachable
 from service.redis_client import connect_redis
 from service.settings import Settings
 from service.store import Decide, TaskStore
+from service.telemetry import observe_transition
+from service.webhooks.deliveries import DeliveryStore
+from service.webhooks.replays import PendingReplays
+from service.webhooks.store import SubscriptionStore
 
 
 class ProviderNotConfigured(RuntimeError):
@@ -60,6 +66,14 @@ class Runtime:
         self.callbacks_unreachable = callbacks_unreachable(s)
         self._cas = CompareAndSet(self.redis)
         self.keys = Keys(s.kling_relay_api_keys, s.kling_relay_admin_keys)
+        self.subscriptions = SubscriptionStore(self.redis, event_ttl_s=s.webhook_log_ttl_s)
+        self.deliveries = DeliveryStore(self.redis, ttl_s=s.webhook_log_ttl_s, lease_s=s.webhook_lease_s)
+        self.replays = PendingReplays(self.redis)
+
+    @cached_property
+    def metrics_registry(self) -> CollectorRegistry:
+        """What `GET /metrics` serves (built on first use: workers serve theirs differently)."""
+        return web_registry(self.redis)
 
     def provider(self, name: ProviderName) -> ProviderClient:
         if name not in self._providers:

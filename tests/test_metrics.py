@@ -17,8 +17,9 @@ from service.domain.events import make_event
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskInput
 from service.domain.transition import Transition
-from service.metrics import RedisCollector, observe_transition
+from service.metrics_http import RedisCollector
 from service.redis_server import free_port
+from service.telemetry import observe_transition
 from tests.conftest import Simulator, Stack, wait_for
 from tests.receivers import Receiver, run_task, serve_receiver, subscribe
 from tests.stacks import owned_stack

@@ -46,7 +46,6 @@ from service.webhooks.policy import (
     receives,
     truncate_body,
 )
-from service.webhooks.replays import PendingReplays
 from service.webhooks.sender import WebhookSender
 from service.webhooks.store import SubscriptionStore
 from workers.context import get_runtime
@@ -75,8 +74,8 @@ def build_context(rt: Runtime) -> DeliveryContext:
     )
     return DeliveryContext(
         rt=rt,
-        subscriptions=SubscriptionStore(rt.redis, event_ttl_s=s.webhook_log_ttl_s),
-        deliveries=DeliveryStore(rt.redis, ttl_s=s.webhook_log_ttl_s, lease_s=s.webhook_lease_s),
+        subscriptions=rt.subscriptions,
+        deliveries=rt.deliveries,
         engine=DeliveryEngine(sender, capacity=s.webhook_concurrency),
     )
 
@@ -173,7 +172,7 @@ def send(delivery_ids: list[str], replay: list[str] | None = None) -> None:
     ctx = get_context()
     attempt(ctx, ctx.deliveries.get_many(delivery_ids))
     if replay:
-        PendingReplays(ctx.rt.redis).batch_done(*replay)
+        ctx.rt.replays.batch_done(*replay)
 
 
 def lease_for(ctx: DeliveryContext, count: int) -> float:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from service.metrics import observe_attempt
+from service.telemetry import observe_attempt
 from service.webhooks.models import Delivery
 from service.webhooks.sender import AttemptResult, WebhookSender
 from service.webhooks.signing import webhook_headers

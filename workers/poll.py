@@ -22,9 +22,9 @@ from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskError
 from service.domain.transition import ProviderUpdate
 from service.keys import confirm_key, poll_chain_key, poll_count_key
-from service.metrics import observe_poll
 from service.providers.base import ProviderError
 from service.runtime import Runtime
+from service.telemetry import observe_poll
 from workers.context import get_runtime
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from service.domain.clock import iso_to_unix
 from service.domain.status import TaskStatus
-from service.domain.tasks import Task
+from service.domain.tasks import Task, TaskError
+from service.domain.transition import ProviderUpdate
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,24 @@ def decide_recovery(task: Task | None, *, now_s: float, deadlines: Deadlines) ->
     return Repoll()
 
 
+def worth_polling(task: Task | None, *, now_s: float, deadlines: Deadlines, confirming: bool) -> bool:
+    """Whether a poll job asks the provider at all. A finished task is asked about only when it
+    failed by our decision: on our own within the late window, and whenever a callback (the
+    provider's own news, `confirming`) asks for it."""
+    if task is None:
+        return False
+    if task.status.terminal:
+        return looking_late(task, now_s, deadlines) or (confirming and revivable(task))
+    return True
+
+
+def deadline_update(task: Task, *, now_s: float, deadlines: Deadlines) -> ProviderUpdate | None:
+    """The failure our own deadline decides for an unfinished task, once it has passed."""
+    if not past_deadline(task, now_s, deadlines):
+        return None
+    return ProviderUpdate(status=TaskStatus.FAILED, error=TaskError(code="timeout", message=f"no result within {deadlines.task_s:.0f} s"))
+
+
 def next_poll_in(task: Task, *, regular_s: float, now_s: float, deadlines: Deadlines) -> float | None:
     """Seconds until the poll after this one (`regular_s` from the poll schedule), or None when
     the chain ends: the task is finished, or it failed by our decision and the late window is over."""
@@ -107,3 +126,17 @@ def next_poll_in(task: Task, *, regular_s: float, now_s: float, deadlines: Deadl
     if looking_late(task, now_s, deadlines):
         return deadlines.late_poll_s
     return None
+
+
+def after_poll(
+    asked: Task, answer: ProviderUpdate | None, current: Task | None, *, regular_s: float, now_s: float, deadlines: Deadlines
+) -> float | None:
+    """Seconds until the next poll of the chain, or None to end it. `asked` is the task as it was
+    when the provider was asked, `answer` what it said (None: no answer), `current` the task once
+    the answer (and any deadline) was applied. A late poll that found the provider's end ends the
+    chain, whatever that end did to the task."""
+    if current is None:
+        return None
+    if asked.status.terminal and answer is not None and answer.status.terminal:
+        return None
+    return next_poll_in(current, regular_s=regular_s, now_s=now_s, deadlines=deadlines)

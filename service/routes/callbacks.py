@@ -12,12 +12,18 @@ adopted if we never read it, and a poll tells the rest.
 
 A callback for a task that has no provider task id yet (its submit's answer was never read) can
 only be about that submit, since only the provider knows the per-task URL: its id is adopted.
+
+Each receiver says what the callback came to as a `CallbackOutcome`; `receiver` counts it
+(`kling_relay_callbacks`) and answers it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import orjson
@@ -32,13 +38,17 @@ from service.domain.tasks import ProviderName, Task
 from service.domain.tokens import kie_signature_problem, token_matches
 from service.domain.transition import ProviderUpdate, revives
 from service.errors import ApiError
-from service.metrics import observe_submit_attempt, observe_transition
 from service.providers.apikley import UnknownState, parse_record, record_task_id
 from service.providers.novita import webhook_task_id
 from service.routes.bodies import read_json
 from service.routes.context import runtime
 from service.runtime import Runtime
 from service.store import Change, TaskNotFound
+from service.telemetry import (
+    observe_callback,
+    observe_submit_attempt,
+    observe_transition,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,52 @@ MAX_CALLBACK_BYTES = 1024 * 1024
 # The answer to an accepted callback, by whether it changed the task: encoded once, not per call.
 _ACCEPTED = {changed: orjson.dumps({"accepted": True, "changed": changed}) for changed in (True, False)}
 _CONFIRMING = {"accepted": True, "changed": False, "confirming": True}
+
+
+class Accepted(Enum):
+    """A callback that passed every check, by what it did (the metric's reason label)."""
+
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+    CONFIRMING = "confirming"  # a poll will tell where the task stands
+
+    def response(self) -> Response:
+        if self is Accepted.CONFIRMING:
+            return JSONResponse(_CONFIRMING, status_code=202)
+        return Response(_ACCEPTED[self is Accepted.CHANGED], media_type="application/json")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A callback that failed a check: nothing was touched."""
+
+    error: ApiError
+
+
+CallbackOutcome = Accepted | Rejected
+Receive = Callable[[Request], Awaitable[Accepted]]
+
+
+def receiver(provider: ProviderName, receive: Receive) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint for one provider's callbacks: `receive` accepts the callback (or refuses it
+    with an ApiError); what it came to is counted, then answered."""
+
+    async def endpoint(request: Request) -> Response:
+        outcome: CallbackOutcome
+        try:
+            outcome = await receive(request)
+        except ApiError as exc:
+            outcome = Rejected(exc)
+        except Exception as exc:  # Redis down (503) and the like: counted, then handled as any route's
+            observe_callback(provider, "error", type(exc).__name__)
+            raise
+        if isinstance(outcome, Rejected):
+            observe_callback(provider, "rejected", outcome.error.code)
+            raise outcome.error  # rendered by the app's ApiError handler, as for every route
+        observe_callback(provider, "accepted", outcome.value)
+        return outcome.response()
+
+    return endpoint
 
 
 class ConfirmFirst(Exception):
@@ -99,7 +155,7 @@ def _unchanged(task_id: str, provider: str, provider_task_id: str, state: object
     )
 
 
-async def apikley_callback(request: Request) -> Response:
+async def apikley_callback(request: Request) -> Accepted:
     rt = runtime(request)
     task_id: str = request.path_params["task_id"]
     if not token_matches(rt.settings.callback_secret or "", task_id, request.path_params["token"]):
@@ -134,14 +190,15 @@ async def apikley_callback(request: Request) -> Response:
     except ConfirmFirst:
         await run_in_threadpool(_confirm, rt, task_id, provider_task_id)
         log.info("apikley callback task_id=%s state=%s confirming", task_id, record.get("state"))
-        return JSONResponse(_CONFIRMING, status_code=202)
+        return Accepted.CONFIRMING
     observe_transition(transition)  # logs the transition itself
     if transition is None:
         _unchanged(task_id, "apikley", provider_task_id, record.get("state"))
-    return Response(_ACCEPTED[transition is not None], media_type="application/json")
+        return Accepted.UNCHANGED
+    return Accepted.CHANGED
 
 
-async def novita_callback(request: Request) -> Response:
+async def novita_callback(request: Request) -> Accepted:
     rt = runtime(request)
     task_id: str = request.path_params["task_id"]
     if not token_matches(rt.settings.callback_secret or "", task_id, request.path_params["token"], "novita"):
@@ -164,11 +221,11 @@ async def novita_callback(request: Request) -> Response:
     if not await run_in_threadpool(take):
         state = body["payload"]["task"].get("status")
         _unchanged(task_id, "novita", provider_task_id, state)
-        return Response(_ACCEPTED[False], media_type="application/json")
-    return JSONResponse(_CONFIRMING, status_code=202)
+        return Accepted.UNCHANGED
+    return Accepted.CONFIRMING
 
 
 routes = [
-    Route("/callbacks/apikley/{task_id}/{token}", apikley_callback, methods=["POST"]),
-    Route("/callbacks/novita/{task_id}/{token}", novita_callback, methods=["POST"]),
+    Route("/callbacks/apikley/{task_id}/{token}", receiver("apikley", apikley_callback), methods=["POST"], name="apikley_callback"),
+    Route("/callbacks/novita/{task_id}/{token}", receiver("novita", novita_callback), methods=["POST"], name="novita_callback"),
 ]

@@ -50,7 +50,7 @@ from service.domain.tasks import Task
 from service.errors import ApiError
 from service.keys import events_key
 from service.routes.context import runtime
-from service.routes.subscriptions import WebhookStores, stores
+from service.routes.params import enum_param
 from service.runtime import Runtime
 from service.security_headers import SecurityHeaders, browser_headers
 from service.sessions import (
@@ -87,23 +87,13 @@ async def _form(request: Request) -> dict[str, str]:
     return {name: values[0] for name, values in parse_qs((await request.body())[:4096].decode(errors="replace")).items()}
 
 
-def _status_filter(request: Request) -> TaskStatus | None:
-    value = request.query_params.get("status")
-    if not value:
-        return None
-    try:
-        return TaskStatus(value)
-    except ValueError as exc:
-        raise ApiError(400, "validation_error", "unknown status", {"status": f"must be one of {', '.join(TaskStatus)}"}) from exc
-
-
 def _listed(who: Caller) -> str | None:
     """Whose tasks the dashboard lists: the signed-in key's own, or everyone's for an admin."""
     return None if who.admin else who.key_id
 
 
 def load_views(
-    rt: Runtime, webhooks: WebhookStores, who: Caller, tasks: list[Task], *, max_subscribers: int | None
+    rt: Runtime, who: Caller, tasks: list[Task], *, max_subscribers: int | None
 ) -> list[TaskView]:
     """The tasks with their events and deliveries, in three round trips whatever their number."""
     if not tasks:
@@ -114,14 +104,14 @@ def load_views(
         raw_events = pipe.execute()
     events = {task.id: [Event.loads(raw) for raw in raws] for task, raws in zip(tasks, raw_events)}
     # Deliveries to the caller's subscriptions only: another key's endpoints are not its to see.
-    sub_ids = webhooks.subscriptions.ids(owner=_listed(who))
+    sub_ids = rt.subscriptions.ids(owner=_listed(who))
     deliveries: dict[str, list[Delivery]] = {task.id: [] for task in tasks}
     if max_subscribers is None or len(sub_ids) <= max_subscribers:
         wanted = []
         for task in tasks:
             subscribers = [*sub_ids, *([TASK_WEBHOOK] if task.webhook_url else [])]
             wanted += [delivery_id(event.id, sub) for event in events[task.id] for sub in subscribers]
-        for d in webhooks.deliveries.get_many(wanted):
+        for d in rt.deliveries.get_many(wanted):
             deliveries[d.subject_id].append(d)
     for found in deliveries.values():
         found.sort(key=lambda d: (d.created_at, d.id))
@@ -137,12 +127,12 @@ async def dashboard(request: Request) -> Response:
         cross_site = request.query_params.get("signin") == CROSS_SITE_LINK
         note = "Sign-in links work only when opened directly, not from another site: paste the key here." if cross_site else ""
         return HTMLResponse(login_page(note), status_code=401)
-    rt, webhooks = runtime(request), stores(request)
-    status = _status_filter(request)
+    rt = runtime(request)
+    status = enum_param(request, "status", TaskStatus, blank_is_none=True)
 
     def load() -> list[TaskView]:
         page = rt.store.page(status=status, cursor=None, limit=PAGE_SIZE, owner=_listed(who))
-        return load_views(rt, webhooks, who, page.tasks, max_subscribers=MAX_SUBSCRIBERS_IN_LIST)
+        return load_views(rt, who, page.tasks, max_subscribers=MAX_SUBSCRIBERS_IN_LIST)
 
     views = await run_in_threadpool(load)
     return HTMLResponse(tasks_page(views, status=status.value if status else None, csrf=page_csrf_token(request)))
@@ -188,15 +178,15 @@ async def task_detail(request: Request) -> Response:
     who = session_caller(request)
     if who is None:
         return HTMLResponse(login_page(), status_code=401)
-    rt, webhooks = runtime(request), stores(request)
+    rt = runtime(request)
     task_id = request.path_params["task_id"]
 
     def load() -> tuple[TaskView, dict[str, str]] | None:
         task = rt.store.get(task_id)
         if task is None or not who.owns(task.owner):
             return None
-        [view] = load_views(rt, webhooks, who, [task], max_subscribers=None)
-        subs = webhooks.subscriptions.get_many(sorted({d.subscription_id for d in view.deliveries if d.subscription_id}))
+        [view] = load_views(rt, who, [task], max_subscribers=None)
+        subs = rt.subscriptions.get_many(sorted({d.subscription_id for d in view.deliveries if d.subscription_id}))
         return view, {sub_id: sub.url for sub_id, sub in subs.items()}
 
     found = await run_in_threadpool(load)
@@ -213,8 +203,8 @@ async def stream(request: Request) -> Response:
     who = session_caller(request)
     if who is None:
         raise ApiError(401, "unauthorized", "sign in at /dashboard first")
-    rt, webhooks = runtime(request), stores(request)
-    status = _status_filter(request)
+    rt = runtime(request)
+    status = enum_param(request, "status", TaskStatus, blank_is_none=True)
 
     def changed_rows(sent: dict[str, tuple[tuple[int, str, int | None], str]]) -> list[tuple[str, str]]:
         tasks = rt.store.page(status=status, cursor=None, limit=PAGE_SIZE, owner=_listed(who)).tasks
@@ -225,7 +215,7 @@ async def stream(request: Request) -> Response:
         ]
         rows = []
         # Oldest first, so rows new to the page land above each other newest-on-top.
-        for view in reversed(load_views(rt, webhooks, who, hot, max_subscribers=MAX_SUBSCRIBERS_IN_LIST)):
+        for view in reversed(load_views(rt, who, hot, max_subscribers=MAX_SUBSCRIBERS_IN_LIST)):
             html = task_row(view)
             if sent.get(view.task.id, (None, ""))[1] != html:
                 sent[view.task.id] = (_fingerprint(view.task), html)

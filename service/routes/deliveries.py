@@ -12,7 +12,6 @@ from starlette.routing import Route
 from service.auth import Caller
 from service.errors import ApiError
 from service.routes.context import caller, runtime
-from service.routes.subscriptions import stores
 from service.webhooks.deliveries import DeliveryInFlight, DeliveryNotFound
 from service.webhooks.models import Delivery
 
@@ -20,7 +19,7 @@ GONE = "no such delivery (delivery logs expire after WEBHOOK_LOG_TTL_S)"
 
 
 async def _existing(request: Request, who: Caller) -> Delivery:
-    delivery = await run_in_threadpool(stores(request).deliveries.get, request.path_params["delivery_id"])
+    delivery = await run_in_threadpool(runtime(request).deliveries.get, request.path_params["delivery_id"])
     if delivery is None or not who.owns(delivery.owner):
         raise ApiError(404, "not_found", GONE)
     return delivery
@@ -36,17 +35,16 @@ async def retry_delivery(request: Request) -> JSONResponse:
     is in flight, and an attempt is claimed by its number."""
     rt = runtime(request)
     delivery = await _existing(request, caller(request))
-    webhooks = stores(request)
 
     def restart() -> Delivery:
         if delivery.subscription_id is not None:
-            sub = webhooks.subscriptions.get(delivery.subscription_id)
+            sub = rt.subscriptions.get(delivery.subscription_id)
             if sub is None:
                 raise ApiError(409, "subscription_deleted", "the subscription of this delivery was deleted")
             if not sub.enabled:
                 raise ApiError(409, "subscription_disabled", "enable the subscription before retrying its deliveries")
         try:
-            restarted, fresh = webhooks.deliveries.restart(delivery.id, now=time.time())
+            restarted, fresh = rt.deliveries.restart(delivery.id, now=time.time())
         except DeliveryInFlight as exc:
             raise ApiError(409, "delivery_in_flight", "an attempt of this delivery is in flight; retry when it lands") from exc
         except DeliveryNotFound as exc:
@@ -62,7 +60,7 @@ async def default_secret(request: Request) -> JSONResponse:
     """The `whsec_` secret that signs deliveries to the `webhook_url` of this key's tasks
     (Replicate's route): each key has its own, so no client can sign for another's receivers."""
     who = caller(request)
-    return JSONResponse({"secret": await run_in_threadpool(stores(request).subscriptions.default_secret, who.key_id)})
+    return JSONResponse({"secret": await run_in_threadpool(runtime(request).subscriptions.default_secret, who.key_id)})
 
 
 routes = [

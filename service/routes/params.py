@@ -22,9 +22,11 @@ def limit_param(request: Request, default: int = 20, maximum: int = 100) -> int:
     return limit
 
 
-def enum_param(request: Request, name: str, kind: type[E]) -> E | None:
+def enum_param(request: Request, name: str, kind: type[E], *, blank_is_none: bool = False) -> E | None:
+    """The parameter as a member of `kind`; None when absent (or empty, with `blank_is_none`: an
+    HTML form's "any" choice)."""
     raw = request.query_params.get(name)
-    if raw is None:
+    if raw is None or (blank_is_none and not raw):
         return None
     try:
         return kind(raw)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -24,7 +23,6 @@ from service.runtime import Runtime
 from service.webhooks.deliveries import (
     DeliveryInFlight,
     DeliveryNotFound,
-    DeliveryStore,
     Target,
 )
 from service.webhooks.models import (
@@ -40,35 +38,13 @@ from service.webhooks.policy import (
     receives,
     rotate,
 )
-from service.webhooks.replays import PendingReplays
 from service.webhooks.signing import generate_secret
 from service.webhooks.ssrf import UnsafeWebhookURL, check_url_syntax
-from service.webhooks.store import SubscriptionStore
 
 # A replay is prepared inside the request, so bound the work one request can ask for.
 MAX_REPLAY = 10_000
 SEND_BATCH = 200
 Body = TypeVar("Body", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class WebhookStores:
-    subscriptions: SubscriptionStore
-    deliveries: DeliveryStore
-
-
-def stores(request: Request) -> WebhookStores:
-    """The webhook stores over the runtime's Redis, built once per app."""
-    found: WebhookStores | None = getattr(request.app.state, "webhook_stores", None)
-    if found is None:
-        rt = runtime(request)
-        ttl = rt.settings.webhook_log_ttl_s
-        found = WebhookStores(
-            SubscriptionStore(rt.redis, event_ttl_s=ttl),
-            DeliveryStore(rt.redis, ttl_s=ttl, lease_s=rt.settings.webhook_lease_s),
-        )
-        request.app.state.webhook_stores = found
-    return found
 
 
 async def _body(request: Request, model: type[Body]) -> Body:
@@ -88,7 +64,7 @@ def _check_url(rt: Runtime, url: str) -> None:
 
 async def _existing(request: Request, who: Caller) -> Subscription:
     """The subscription, if it exists and this caller may see it (to anyone else it does not exist)."""
-    sub = await run_in_threadpool(stores(request).subscriptions.get, request.path_params["sub_id"])
+    sub = await run_in_threadpool(runtime(request).subscriptions.get, request.path_params["sub_id"])
     if sub is None or not who.owns(sub.owner):
         raise ApiError(404, "not_found", "no such subscription")
     return sub
@@ -114,7 +90,7 @@ async def create_subscription(request: Request) -> JSONResponse:
         updated_at=now,
         secrets=[SigningSecret(secret)],
     )
-    await run_in_threadpool(stores(request).subscriptions.create, sub)
+    await run_in_threadpool(runtime(request).subscriptions.create, sub)
     # The secret is shown here and on rotation only, as Svix and Stripe do.
     return JSONResponse({**sub.public(), "secret": secret}, status_code=201, headers={"location": f"/v1/subscriptions/{sub.id}"})
 
@@ -124,7 +100,7 @@ async def list_subscriptions(request: Request) -> JSONResponse:
     limit = limit_param(request)
     cursor = request.query_params.get("cursor") or None
     owner = None if who.admin else who.key_id
-    page = await run_in_threadpool(lambda: stores(request).subscriptions.list(cursor=cursor, limit=limit, owner=owner))
+    page = await run_in_threadpool(lambda: runtime(request).subscriptions.list(cursor=cursor, limit=limit, owner=owner))
     return JSONResponse({"data": [s.public() for s in page.subscriptions], "next_cursor": page.next_cursor})
 
 
@@ -153,7 +129,7 @@ async def update_subscription(request: Request) -> JSONResponse:
         _check_url(rt, req.url)
     if "event_types" in req.model_fields_set and req.event_types is None:
         raise ApiError(422, "validation_error", "invalid request: event_types", {"event_types": "must not be null"})
-    updated = await run_in_threadpool(stores(request).subscriptions.update, sub.id, lambda s: _apply_update(s, req))
+    updated = await run_in_threadpool(runtime(request).subscriptions.update, sub.id, lambda s: _apply_update(s, req))
     if updated is None:
         raise ApiError(404, "not_found", "no such subscription")
     return JSONResponse(updated.public())
@@ -161,7 +137,7 @@ async def update_subscription(request: Request) -> JSONResponse:
 
 async def delete_subscription(request: Request) -> Response:
     sub = await _existing(request, caller(request))
-    if not await run_in_threadpool(stores(request).subscriptions.delete, sub):
+    if not await run_in_threadpool(runtime(request).subscriptions.delete, sub):
         raise ApiError(404, "not_found", "no such subscription")
     return Response(status_code=204)
 
@@ -176,7 +152,7 @@ async def rotate_secret(request: Request) -> JSONResponse:
     def change(sub: Subscription) -> Subscription:
         return sub.model_copy(update={"secrets": rotate(sub.secrets, secret, now=now, grace_s=grace), "updated_at": unix_to_iso(now)})
 
-    updated = await run_in_threadpool(stores(request).subscriptions.update, sub.id, change)
+    updated = await run_in_threadpool(runtime(request).subscriptions.update, sub.id, change)
     if updated is None:
         raise ApiError(404, "not_found", "no such subscription")
     previous = [s.expires_at for s in updated.secrets[1:] if s.expires_at is not None]
@@ -196,18 +172,18 @@ async def list_deliveries(request: Request) -> JSONResponse:
     limit = limit_param(request)
     cursor = params.get("cursor") or None
     found, next_cursor = await run_in_threadpool(
-        lambda: stores(request).deliveries.for_subscription(sub.id, status=status, cursor=cursor, limit=limit)
+        lambda: runtime(request).deliveries.for_subscription(sub.id, status=status, cursor=cursor, limit=limit)
     )
     return JSONResponse({"data": [d.public() for d in found], "next_cursor": next_cursor})
 
 
-def prepare_replay(rt: Runtime, webhooks: WebhookStores, sub: Subscription, req: ReplayRequest) -> list[str]:
+def prepare_replay(rt: Runtime, sub: Subscription, req: ReplayRequest) -> list[str]:
     """Make the replayed deliveries pending again (creating any the subscription never had, when
     replaying all events about its owner's tasks), and return their ids for sending."""
     now = time.time()
     since = req.since.timestamp()
     until = req.until.timestamp() if req.until else None
-    existing = webhooks.deliveries.subscription_deliveries_between(sub.id, since, until)
+    existing = rt.deliveries.subscription_deliveries_between(sub.id, since, until)
     if req.failed_only:
         chosen = [d for d in existing if d.status is DeliveryStatus.FAILED]
     else:
@@ -216,7 +192,7 @@ def prepare_replay(rt: Runtime, webhooks: WebhookStores, sub: Subscription, req:
     ids: list[str] = []
     for d in chosen[:MAX_REPLAY]:
         try:
-            restarted, fresh = webhooks.deliveries.restart(d.id, now=now)
+            restarted, fresh = rt.deliveries.restart(d.id, now=now)
         except (DeliveryInFlight, DeliveryNotFound):
             continue  # an attempt is under way, or its log just expired: nothing to replay
         if fresh:
@@ -225,14 +201,14 @@ def prepare_replay(rt: Runtime, webhooks: WebhookStores, sub: Subscription, req:
         had = {d.event_id for d in existing}
         target = [Target(sub.id, subscription_id=sub.id, owner=sub.owner)]
         admin_ids = rt.keys.admin_ids
-        for event in webhooks.deliveries.events_between(since, until):
+        for event in rt.deliveries.events_between(since, until):
             if len(ids) >= MAX_REPLAY:
                 break
             if event.event_id in had or event.subject_id == sub.id or not matches(sub.event_types, event.event_type):
                 continue
             if not receives(sub.owner, event.owner, admin_ids):
                 continue  # another key's task: never this subscription's
-            made = webhooks.deliveries.create_many(event, target, now=now, created_at=unix_to_iso(now))
+            made = rt.deliveries.create_many(event, target, now=now, created_at=unix_to_iso(now))
             ids.extend(d.id for d in made if d.status is DeliveryStatus.PENDING)
     return ids
 
@@ -249,12 +225,12 @@ async def replay(request: Request) -> JSONResponse:
     if not sub.enabled:
         raise ApiError(409, "subscription_disabled", "enable the subscription before replaying to it")
     replay_id = new_id("rpl")
-    pending = PendingReplays(rt.redis)
+    pending = rt.replays
     if not await run_in_threadpool(pending.begin, sub.id, replay_id):
         raise ApiError(409, "replay_in_progress", "a replay of this subscription is still being sent; try again when it is done")
     try:
         await enforce(rt, "replay", who.key_id, rt.settings.replay_rate_per_hour, window_s=3600)
-        ids = await run_in_threadpool(prepare_replay, rt, stores(request), sub, req)
+        ids = await run_in_threadpool(prepare_replay, rt, sub, req)
     except BaseException:
         await run_in_threadpool(pending.end, sub.id, replay_id)
         raise

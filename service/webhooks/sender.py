@@ -2,7 +2,7 @@
 
 Why aiohttp: for small POSTs to local receivers on this project's 2-core machines, httpx's own
 async pool managed 270–600 requests/s, httpx over the `httpx-aiohttp` transport 2,100 and aiohttp
-4,500 (issue #3); a raw aiohttp session reaches 6,000–9,000/s in bench/fanout.py, which measures
+4,500; a raw aiohttp session reaches 6,000–9,000/s in bench/fanout.py, which measures
 this engine beside it.
 
 Every attempt: the URL is checked again (a pure check, cached per URL), the host is resolved by `SafeResolver`

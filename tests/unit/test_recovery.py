@@ -12,11 +12,14 @@ from service.domain.recovery import (
     Repoll,
     Resubmit,
     WaitUntil,
+    after_poll,
+    deadline_update,
     decide_recovery,
     looking_late,
     next_poll_in,
     past_deadline,
     revivable,
+    worth_polling,
 )
 from service.domain.status import TaskStatus
 from service.domain.tasks import SubmitAttempt, Task, TaskError, TaskInput, TaskResult
@@ -102,6 +105,64 @@ NEXT_POLLS = {
 @pytest.mark.parametrize(("task", "now_s", "delay"), NEXT_POLLS.values(), ids=NEXT_POLLS.keys())
 def test_the_poll_chain_goes_on_while_a_result_may_still_come(task: Task, now_s: float, delay: float | None) -> None:
     assert next_poll_in(task, regular_s=7.5, now_s=now_s, deadlines=DEADLINES) == delay
+
+
+# --- the poll job ----------------------------------------------------------------------------------
+
+LATE = make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1")
+POLL_OR_NOT = {
+    "gone: no": (None, START, False, False),
+    "unfinished: yes": (make_task(S.RUNNING, provider_task_id="p1"), START, False, True),
+    "succeeded: no": (make_task(S.SUCCEEDED, provider_task_id="p1"), START, True, False),
+    "failed by the provider, even with a callback: no": (make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"), START, True, False),
+    "failed by our deadline, in the late window: yes": (LATE, START + 60, False, True),
+    "failed by our deadline, window over: no": (LATE, START + 90000, False, False),
+    "failed by our deadline, window over, a callback has news: yes": (LATE, START + 90000, True, True),
+}
+
+
+@pytest.mark.parametrize(("task", "now_s", "confirming", "asks"), POLL_OR_NOT.values(), ids=POLL_OR_NOT.keys())
+def test_a_poll_asks_the_provider_while_a_result_may_still_come(task: Task | None, now_s: float, confirming: bool, asks: bool) -> None:
+    assert worth_polling(task, now_s=now_s, deadlines=DEADLINES, confirming=confirming) is asks
+
+
+DEADLINE_CASES = {
+    "within the deadline: nothing": (make_task(S.RUNNING, provider_task_id="p1"), START + 3600, None),
+    "past it: fail with timeout": (make_task(S.RUNNING, provider_task_id="p1"), START + 3601, TIMEOUT),
+    "finished: nothing": (make_task(S.SUCCEEDED, provider_task_id="p1"), START + 9999, None),
+}
+
+
+@pytest.mark.parametrize(("task", "now_s", "error"), DEADLINE_CASES.values(), ids=DEADLINE_CASES.keys())
+def test_our_deadline_fails_an_unfinished_task_with_timeout(task: Task, now_s: float, error: TaskError | None) -> None:
+    update = deadline_update(task, now_s=now_s, deadlines=DEADLINES)
+    if error is None:
+        assert update is None
+    else:
+        assert update == ProviderUpdate(status=S.FAILED, error=error)
+
+
+RUNNING = ProviderUpdate(status=S.RUNNING)
+SUCCEEDED = ProviderUpdate(status=S.SUCCEEDED, result=RESULT)
+AFTER_POLLS = {
+    "still running: the regular schedule": (make_task(S.RUNNING, provider_task_id="p1"), RUNNING, make_task(S.RUNNING, provider_task_id="p1"), START, 7.5),
+    "no answer: the regular schedule": (make_task(S.RUNNING, provider_task_id="p1"), None, make_task(S.RUNNING, provider_task_id="p1"), START, 7.5),
+    "gone meanwhile: the chain ends": (make_task(S.RUNNING, provider_task_id="p1"), RUNNING, None, START, None),
+    "succeeded: the chain ends": (make_task(S.RUNNING, provider_task_id="p1"), SUCCEEDED, make_task(S.SUCCEEDED, provider_task_id="p1"), START, None),
+    "timed out now: late polls": (make_task(S.RUNNING, provider_task_id="p1"), RUNNING, LATE, START + 3700, 300),
+    "a late poll found the provider's end: the chain ends": (LATE, SUCCEEDED, make_task(S.SUCCEEDED, provider_task_id="p1"), START + 4000, None),
+    "a late poll found the provider failed it: the chain ends, our failure stands": (
+        LATE, ProviderUpdate(status=S.FAILED, error=PROVIDER_FAIL), LATE, START + 4000, None,
+    ),
+    "a late poll found it still running: late polls": (LATE, RUNNING, LATE, START + 4000, 300),
+}
+
+
+@pytest.mark.parametrize(("asked", "answer", "current", "now_s", "delay"), AFTER_POLLS.values(), ids=AFTER_POLLS.keys())
+def test_after_a_poll_the_chain_goes_on_or_ends(
+    asked: Task, answer: ProviderUpdate | None, current: Task | None, now_s: float, delay: float | None
+) -> None:
+    assert after_poll(asked, answer, current, regular_s=7.5, now_s=now_s, deadlines=DEADLINES) == delay
 
 
 # --- the sweep -----------------------------------------------------------------------------------
