@@ -36,9 +36,8 @@ from service.domain.events import make_event  # noqa: E402
 from service.domain.ids import new_id  # noqa: E402
 from service.domain.status import TaskStatus  # noqa: E402
 from service.domain.tasks import Task, TaskInput, TaskResult  # noqa: E402
+from service.keys import INFLIGHT_PREFIX, delivery_key, events_key  # noqa: E402
 from service.redis_server import RedisServer, free_port  # noqa: E402
-from service.store import events_key  # noqa: E402
-from service.webhooks.deliveries import delivery_key  # noqa: E402
 from service.webhooks.models import Delivery, Subscription  # noqa: E402
 from service.webhooks.policy import SigningSecret, delivery_id  # noqa: E402
 from service.webhooks.signing import generate_secret  # noqa: E402
@@ -104,7 +103,7 @@ def run_engine(redis: Redis, sub_ids: list[str], rounds: int) -> list[float]:
     # are measured on.
     redis.config_set("notify-keyspace-events", "Kg")
     events = redis.pubsub(ignore_subscribe_messages=True)
-    events.psubscribe(f"__keyspace@0__:{outbox.INFLIGHT_PREFIX}*")
+    events.psubscribe(f"__keyspace@0__:{INFLIGHT_PREFIX}*")
     timings = []
     for _ in range(rounds):
         task_id = new_id("task")

@@ -36,6 +36,7 @@ from ingest import SECRET, seed
 from latency import serve_receivers
 from redis import Redis
 
+from service.keys import DELIVERIES_DUE, OUTBOX
 from service.redis_server import RedisServer, free_port
 
 TARGET_BYTES = 2048
@@ -89,7 +90,7 @@ def settle(redis: Redis, timeout_s: float = 120) -> None:
     """Wait until the outbox is drained and no delivery is pending."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not redis.llen("kr:outbox") and not redis.zcard("kr:dlvdue") and not redis.llen("rq:queue:deliver"):
+        if not redis.llen(OUTBOX) and not redis.zcard(DELIVERIES_DUE) and not redis.llen("rq:queue:deliver"):
             return
         time.sleep(0.2)
     raise RuntimeError("deliveries did not settle")

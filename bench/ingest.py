@@ -27,8 +27,8 @@ from service.auth import key_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskInput
 from service.domain.tokens import callback_token
+from service.keys import index_key, task_key
 from service.redis_server import RedisServer
-from service.store import index_key, task_key
 
 TARGET_RATIO = 0.35
 SECRET = "bench-secret"

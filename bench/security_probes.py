@@ -33,6 +33,7 @@ import httpx
 from common import ROOT, answers_200, wait
 from redis import Redis
 
+from service.keys import PREFIX
 from service.redis_server import RedisServer, free_port
 
 ALICE, BOB = "probe-key-alice-0123456789", "probe-key-bob-9876543210"
@@ -261,7 +262,7 @@ def orphan_keys(s: dict[str, Any], receiver: Receiver) -> str:
         wait(lambda: receiver.hits.get("/slow", 0) >= 1, what="the first attempt")
         alice.delete(f"/v1/subscriptions/{sub['id']}")
         time.sleep(4)
-    left = [k.decode() for k in redis.scan_iter(match=f"kr:*{sub['id']}*") if redis.ttl(k) == -1]
+    left = [k.decode() for k in redis.scan_iter(match=f"{PREFIX}:*{sub['id']}*") if redis.ttl(k) == -1]
     return f"keys of the deleted subscription with no TTL: {left or 'none'}"
 
 

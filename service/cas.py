@@ -1,44 +1,33 @@
 """Compare-and-set writes, the one way the stores change a record that others may change too.
 
-Read a key, decide in Python (the pure domain), then send every resulting command to
-`CAS_SCRIPT`, which runs them only if the key still holds what was read: all of them or none,
-in one round trip. A writer that lost the race reads again and decides again. Unlike
-WATCH/MULTI, nothing is held on a pooled connection between the read and the write, and the
-same script serves the sync stores and the web's async hot path.
+Read a key, decide in Python (the pure domain), then send every resulting command to the `cas`
+script (`service/scripts/cas.lua`), which runs them only if the key still holds what was read:
+all of them or none, in one round trip. A writer that lost the race reads again and decides
+again. Unlike WATCH/MULTI, nothing is held on a pooled connection between the read and the
+write, and the same script serves the sync stores and the web's async hot path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 
 from service.redis_async import PipelinedRedis
+from service.scripts import load, source
 
 Arg = bytes | str | int | float
 
-# Lua that runs the commands spelled (see `spelled`) in ARGV from index `i` to the end.
-RUN_SPELLED = """
-while i <= #ARGV do
-  local argc = tonumber(ARGV[i])
-  redis.call(unpack(ARGV, i + 1, i + argc))
-  i = i + argc + 1
-end
-"""
 
-# KEYS[1]: the guarded key; ARGV[1]: the value it must still hold ('' = must not exist);
-# then commands as <argc> <arg>... . Returns 1 if it ran them, 0 if the key had changed.
-CAS_SCRIPT = """
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
-local i = 2
-""" + RUN_SPELLED + """
-return 1
-"""
+class RecordingOnly(TypeError):
+    """A recording pipeline was asked to execute its commands itself."""
 
 
 def spelled(*commands: Sequence[Arg]) -> list[Arg]:
-    """Commands written out (`("SET", key, value)`, ...) in CAS_SCRIPT's argument form."""
+    """Commands written out (`("SET", key, value)`, ...) in the scripts' argument form
+    (`run_spelled.lua`): per command, its argument count, then the command and its arguments."""
     flat: list[Arg] = []
     for command in commands:
         flat.append(len(command))
@@ -46,23 +35,48 @@ def spelled(*commands: Sequence[Arg]) -> list[Arg]:
     return flat
 
 
+class Recorder(Pipeline):
+    """A pipeline that sends nothing: it records each command queued on it, for a script to run.
+
+    Handed to code that writes through a pipeline (RQ's `enqueue(..., pipeline=...)`, an outbox
+    push), it captures what that code would send. Every redis-py command method ends in
+    `execute_command`, which records here instead of queueing. RQ, given a pipeline, calls
+    `multi()` on it unless `explicit_transaction` is already set and leaves `execute()` to its
+    caller; neither ever runs here, so it is set from the start (which also makes `watch`
+    refuse) and `execute` refuses.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis.connection_pool, redis.response_callbacks, transaction=False, shard_hint=None)
+        self.explicit_transaction = True
+        self.recorded: list[tuple[Arg, ...]] = []
+
+    def execute_command(self, *args: Any, **options: Any) -> Recorder:
+        self.recorded.append(args)
+        return self
+
+    def multi(self) -> None:
+        """Already in a transaction's queueing state: nothing to do."""
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        raise RecordingOnly("a recording pipeline sends nothing: run its commands with a script")
+
+
 def recorded(redis: Redis, build: Callable[[Pipeline], None]) -> list[Arg]:
-    """What `build` would send on a pipeline, in CAS_SCRIPT's argument form: for writes that
-    other code adds to through a pipeline (RQ's enqueue, an outbox push)."""
-    pipe = redis.pipeline(transaction=False)
-    pipe.multi()  # so RQ, handed this pipeline, does not try to open a transaction of its own
-    build(pipe)
-    flat = spelled(*(args for args, _options in pipe.command_stack))
-    pipe.reset()
-    return flat
+    """What `build` would send on a pipeline, spelled for a script: for writes that other code adds
+    to through a pipeline (RQ's enqueue, an outbox push)."""
+    recorder = Recorder(redis)
+    build(recorder)
+    return spelled(*recorder.recorded)
 
 
 class CompareAndSet:
+    """`cas.lua`: run `commands` (spelled) if `key` still holds `expected` (None: if it does not exist)."""
+
     def __init__(self, redis: Redis) -> None:
-        self._script = redis.register_script(CAS_SCRIPT)
+        self._script = load(redis, "cas")
 
     def __call__(self, key: str, expected: bytes | str | None, commands: list[Arg]) -> bool:
-        """Run `commands` if `key` still holds `expected` (None: if it does not exist)."""
         return bool(self._script(keys=[key], args=[_expected(expected), *commands]))
 
 
@@ -70,7 +84,7 @@ class AsyncCompareAndSet:
     """The same, on the web process's pipelined connection (the callback hot path)."""
 
     def __init__(self, redis: PipelinedRedis) -> None:
-        self._script = redis.register_script(CAS_SCRIPT)
+        self._script = redis.register_script(source("cas"))
 
     async def __call__(self, key: str, expected: bytes | str | None, commands: list[Arg]) -> bool:
         return bool(await self._script(keys=[key], args=[_expected(expected), *commands]))

@@ -23,11 +23,8 @@ from rq.worker_registration import REDIS_WORKER_KEYS
 import service.telemetry  # noqa: F401  (registers the counters served here)
 from service.domain.status import TaskStatus
 from service.jobs import QUEUES
-from service.outbox import DEAD as OUTBOX_DEAD
-from service.outbox import OUTBOX
+from service.keys import DELIVERIES_DUE, OUTBOX, OUTBOX_DEAD, index_key
 from service.settings import Settings, SettingsError
-from service.store import index_key
-from service.webhooks.deliveries import DUE
 
 # Log lines keep the logger name they have always had: log queries select on it.
 log = logging.getLogger("service.metrics")
@@ -98,7 +95,7 @@ class RedisCollector(Collector):
             pipe.llen(OUTBOX_DEAD)
             for _, key in [*self.scheduled_keys, *self.failed_keys]:
                 pipe.zcard(key)
-            pipe.zcard(DUE)
+            pipe.zcard(DELIVERIES_DUE)
             for _, key in self.status_keys:
                 pipe.zcard(key)
             pipe.scard(REDIS_WORKER_KEYS)

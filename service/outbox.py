@@ -11,13 +11,8 @@ from __future__ import annotations
 from redis import Redis
 from redis.client import Pipeline
 
-OUTBOX = "kr:outbox"
-INFLIGHT_PREFIX = "kr:outbox:inflight:"
-HEARTBEAT_PREFIX = "kr:outbox:dispatcher:"
-# Entries whose fan-out failed twice for a reason other than Redis (a bug, a corrupt event), set
-# aside so they hold up nothing; the error is logged. `LMOVE kr:outbox:dead kr:outbox LEFT RIGHT`
-# puts one back.
-DEAD = "kr:outbox:dead"
+from service.keys import OUTBOX
+from service.scripts import load
 
 
 def entry(subject_id: str, event_id: str) -> str:
@@ -34,20 +29,23 @@ def push(pipe: Pipeline | Redis, subject_id: str, event_id: str) -> None:
     pipe.rpush(OUTBOX, entry(subject_id, event_id))
 
 
-# Move up to ARGV[1] more entries from the outbox to the in-flight list; returns those moved.
-TAKE_MORE = """
-local taken = {}
-for i = 1, tonumber(ARGV[1]) do
-  local entry = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not entry then break end
-  taken[i] = entry
-end
-return taken
-"""
+class TakeMore:
+    """`take_more.lua`: move up to `count` entries from the head of `outbox` to the tail of
+    `inflight`, in order; returns those moved."""
 
-# Put a dead dispatcher's in-flight entries back at the head of the outbox, in order.
-RETURN_INFLIGHT = """
-local n = 0
-while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') do n = n + 1 end
-return n
-"""
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "take_more")
+
+    def __call__(self, *, outbox: str, inflight: str, count: int) -> list[bytes]:
+        return list(self._script(keys=[outbox, inflight], args=[count]))
+
+
+class ReturnInflight:
+    """`return_inflight.lua`: put `inflight`'s entries back at the head of `outbox`, in their
+    order; returns how many."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "return_inflight")
+
+    def __call__(self, *, inflight: str, outbox: str) -> int:
+        return int(self._script(keys=[inflight, outbox]))

@@ -17,6 +17,7 @@ from service.domain.tasks import ProviderName, Task
 from service.domain.tokens import callback_token
 from service.domain.transition import ProviderUpdate, Transition
 from service.jobs import Jobs
+from service.keys import confirm_key
 from service.metrics_http import web_registry
 from service.providers import registry
 from service.providers.base import ProviderClient
@@ -24,7 +25,7 @@ from service.providers.http import ProviderHttp
 from service.reachability import callbacks_unreachable
 from service.redis_client import connect_redis
 from service.settings import Settings
-from service.store import Decide, TaskStore, confirm_key
+from service.store import Decide, TaskStore
 from service.telemetry import observe_transition
 from service.webhooks.deliveries import DeliveryStore
 from service.webhooks.replays import PendingReplays

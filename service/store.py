@@ -1,4 +1,4 @@
-"""The Redis store for tasks and their events: the only module that knows the key layout.
+"""The Redis store for tasks and their events (key names: `service/keys.py`).
 
 Every write is a compare-and-set (`service/cas.py`): we read a key, decide in Python (the pure
 domain), and send all the resulting commands (the task, its indexes, its event, its outbox entry
@@ -9,7 +9,6 @@ costs two round trips (read, CAS) from sync workers and the async callback recei
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +26,8 @@ from service.domain.ids import id_floor, new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task
 from service.domain.transition import ProviderUpdate, Transition, apply_update
+from service.keys import OUTBOX, OWNERS, WATCHDOG, events_key, index_key, task_key
 from service.redis_async import PipelinedRedis
-
-PREFIX = "kr"
-WATCHDOG = f"{PREFIX}:watchdog"
 
 # Called while a write is built, so whatever it queues commits (or not) with the write.
 AfterWrite = Callable[[Pipeline, Task], None]
@@ -74,41 +71,6 @@ class IdempotencyClaim:
 class Page:
     tasks: list[Task]
     next_cursor: str | None
-
-
-def task_key(task_id: str) -> str:
-    return f"{PREFIX}:task:{task_id}"
-
-
-def events_key(task_id: str) -> str:
-    return f"{PREFIX}:events:{task_id}"
-
-
-def index_key(status: TaskStatus | None, owner: str | None = None) -> str:
-    """Task ids by creation: every task's (admins list these), or one owner's."""
-    scope = f"{owner}:" if owner else ""
-    return f"{PREFIX}:idx:{scope}{status.value if status else 'all'}"
-
-
-# The key ids that own tasks: whose indexes the retention trim walks.
-OWNERS = f"{PREFIX}:owners"
-
-
-def submit_lease_key(task_id: str) -> str:
-    """Held, and renewed, by the job submitting the task (workers/submit.py)."""
-    return f"{PREFIX}:lease:submit:{task_id}"
-
-
-def confirm_key(task_id: str) -> str:
-    """Set while a confirmation poll for the task is pending: one at a time, however many
-    terminal callbacks arrive."""
-    return f"{PREFIX}:confirm:{task_id}"
-
-
-def idempotency_key(owner: str, key: str) -> str:
-    """One API key's (by key id) use of an Idempotency-Key: another key's same header is its own."""
-    digest = hashlib.sha256(key.encode()).hexdigest()
-    return f"{PREFIX}:idem:{owner}:{digest}"
 
 
 def _scopes(task: Task) -> tuple[str | None, ...]:
@@ -265,7 +227,7 @@ class TaskStore:
         if task.status.terminal:
             # A finished task and its events live on for the retention period, then go.
             commands += [("ZREM", WATCHDOG, task.id), ("EXPIRE", key, self.retention_s), ("EXPIRE", events, self.retention_s)]
-        commands.append(("RPUSH", outbox.OUTBOX, outbox.entry(task.id, event.id)))
+        commands.append(("RPUSH", OUTBOX, outbox.entry(task.id, event.id)))
         return spelled(*commands)
 
     def record(self, task_id: str, amend: Callable[[Task], Task | None]) -> Task | None:

@@ -17,7 +17,7 @@ from service.domain.clock import now_iso
 from service.domain.ids import new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskInput, TaskResult
-from service.store import task_key
+from service.keys import task_key
 from tests.browser import browser
 from tests.conftest import API_KEY, Simulator, Stack, wait_for
 from tests.receivers import Receiver, run_task, serve_receiver, subscribe

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from service import outbox
+from service.keys import INFLIGHT_PREFIX
 from tests.conftest import Simulator, Stack, wait_for
 from tests.receivers import (
     deliveries_of,
@@ -82,7 +82,7 @@ def test_worker_stopped_mid_fan_out_records_its_attempts_before_it_exits(api: ht
         stack.workers.clear()
         # The stopped worker waited for its answers and recorded them: nothing is left in flight.
         redis = stack.redis()
-        assert not [key for key in redis.scan_iter(match=f"{outbox.INFLIGHT_PREFIX}*") if redis.llen(key)]
+        assert not [key for key in redis.scan_iter(match=f"{INFLIGHT_PREFIX}*") if redis.llen(key)]
 
         stack.start_worker()
         events = wait_for(lambda: all_delivered(api, task_id, subs), timeout_s=40, interval_s=0.2, what="every delivery")

@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from service import outbox
 from service.jobs import Jobs
+from service.keys import OUTBOX, OUTBOX_DEAD
 from service.redis_server import RedisServer
 from service.webhooks.deliveries import DeliveryStore
 from service.webhooks.planner import Rules
@@ -52,7 +53,7 @@ def test_a_batch_stays_in_flight_until_its_fan_out_releases_it(redis_server: Red
     assert dispatcher.step(block_s=0.1) == 5
     assert [b.entries for b in batches] == [entries]
     # Taken from the outbox, but held until the write that records the first attempts.
-    assert redis.llen(outbox.OUTBOX) == 0
+    assert redis.llen(OUTBOX) == 0
     assert [e.decode() for e in redis.lrange(dispatcher.inflight, 0, -1)] == entries
     _release(redis, batches[0])
     assert redis.llen(dispatcher.inflight) == 0
@@ -101,7 +102,7 @@ def test_a_batch_whose_recording_failed_goes_again(redis_server: RedisServer) ->
     batches[0].hand_back(RedisConnectionError("redis went away"))  # as the recorder does when saving them failed
     assert dispatcher.step(block_s=0.1) == 2
     assert batches[1].entries == entries
-    assert redis.llen(dispatcher.inflight) == 2 and redis.llen(outbox.OUTBOX) == 0
+    assert redis.llen(dispatcher.inflight) == 2 and redis.llen(OUTBOX) == 0
 
 
 def test_an_entry_that_keeps_failing_is_set_aside_and_holds_up_none_of_the_others(redis_server: RedisServer) -> None:
@@ -123,20 +124,20 @@ def test_an_entry_that_keeps_failing_is_set_aside_and_holds_up_none_of_the_other
             pass
     # The batch failed whole, then each entry went alone: the bad one failed again and was set aside.
     assert fanned == [[good_a, bad, good_b], [good_a], [bad], [good_b]]
-    assert [e.decode() for e in redis.lrange(outbox.DEAD, 0, -1)] == [bad]
-    assert redis.llen(dispatcher.inflight) == 0 and redis.llen(outbox.OUTBOX) == 0
+    assert [e.decode() for e in redis.lrange(OUTBOX_DEAD, 0, -1)] == [bad]
+    assert redis.llen(dispatcher.inflight) == 0 and redis.llen(OUTBOX) == 0
 
 
 def test_entries_of_a_dead_dispatcher_go_back_to_the_outbox_in_order(redis_server: RedisServer) -> None:
     redis = _redis(redis_server)
     _push(redis, "0", "1", "2")
     dead = Dispatcher(redis, lambda batch: None, heartbeat_s=5)
-    redis.lmove(outbox.OUTBOX, dead.inflight, "LEFT", "RIGHT")  # it took one entry, then died
+    redis.lmove(OUTBOX, dead.inflight, "LEFT", "RIGHT")  # it took one entry, then died
     assert requeue_orphans(redis) == 1
-    assert [outbox.parse(e) for e in redis.lrange(outbox.OUTBOX, 0, -1)] == [(f"task_{i}", f"evt_{i}") for i in range(3)]
+    assert [outbox.parse(e) for e in redis.lrange(OUTBOX, 0, -1)] == [(f"task_{i}", f"evt_{i}") for i in range(3)]
     live = Dispatcher(redis, lambda batch: None, heartbeat_s=5)
     live.beat()
-    redis.lmove(outbox.OUTBOX, live.inflight, "LEFT", "RIGHT")
+    redis.lmove(OUTBOX, live.inflight, "LEFT", "RIGHT")
     assert requeue_orphans(redis) == 0  # a live dispatcher's entries stay with it
 
 
@@ -160,4 +161,4 @@ def test_a_retired_dispatcher_leaves_its_entries_to_the_next_sweep(redis_server:
     dispatcher.retire()
     dispatcher.beat()  # a late beat from its thread does not bring it back
     assert requeue_orphans(redis) == 1
-    assert [e.decode() for e in redis.lrange(outbox.OUTBOX, 0, -1)] == entries
+    assert [e.decode() for e in redis.lrange(OUTBOX, 0, -1)] == entries

@@ -16,7 +16,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from service.domain.tasks import Task, TaskInput
-from service.store import index_key, task_key
+from service.keys import index_key, task_key
 from tests.conftest import Simulator, Stack, wait_for
 from tests.receivers import (
     Receiver,

@@ -5,7 +5,7 @@ deliveries whose worker died mid-attempt.
 At-least-once, in two stages. A fan-out's first attempts are sent before anything is written:
 the event's outbox entry stays in its dispatcher's in-flight list until every one of them is
 recorded, and a killed dispatcher's list goes back to the outbox, whose re-run sends only what was
-never recorded. A recorded delivery that is still pending carries a deadline in `kr:dlvdue`, and
+never recorded. A recorded delivery that is still pending carries a deadline in `DELIVERIES_DUE`, and
 each retry holds a lease: a killed worker's retries pass their deadline and the sweep sends them
 again. The same `webhook-id` (the event id) lets receivers drop the rare duplicate.
 """
@@ -22,6 +22,7 @@ from functools import lru_cache
 import orjson
 
 from service import outbox
+from service.keys import DELIVERY_SWEEP_LOCK
 from service.runtime import Runtime
 from service.webhooks.deliveries import (
     DeliveryStore,
@@ -41,7 +42,6 @@ from workers.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
-SWEEP_LOCK = "kr:lock:dlvsweep"
 # RQ's scheduler keeps times in whole seconds, so a scheduled retry may start up to 1 s early.
 SCHEDULER_SLACK_S = 1.0
 SWEEP_BATCH = 200
@@ -191,7 +191,7 @@ def _prepare(
 def sweep_deliveries(rt: Runtime) -> int:
     """Re-send deliveries past their deadline (their worker died, or their retry job was lost);
     returns how many. Also trims the delivery indexes to the log TTL."""
-    if not rt.redis.set(SWEEP_LOCK, "1", nx=True, ex=max(int(rt.settings.sweep_interval_s), 1)):
+    if not rt.redis.set(DELIVERY_SWEEP_LOCK, "1", nx=True, ex=max(int(rt.settings.sweep_interval_s), 1)):
         return 0
     ctx = get_context()
     now = time.time()

@@ -11,7 +11,7 @@ retries and replays are RQ jobs (`workers.deliver.send`), scheduled by the RQ sc
 An entry leaves the in-flight list in the same write that records the last first attempt of its
 batch: until then the list is what answers for the event, since none of its deliveries is stored.
 A batch whose fan-out or recording failed is handed back and goes again from the same list (an
-entry that keeps failing for a reason other than Redis is set aside in `kr:outbox:dead`). A
+entry that keeps failing for a reason other than Redis is set aside in `OUTBOX_DEAD`). A
 dispatcher that dies leaves its list behind with its heartbeat expiring; `requeue_orphans` (run by
 the sweep) puts such lists back on the outbox, and the re-run sends only what was never recorded.
 """
@@ -33,7 +33,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service import outbox
+from service.keys import (
+    INFLIGHT_PREFIX,
+    OUTBOX,
+    OUTBOX_DEAD,
+    heartbeat_key,
+    inflight_key,
+)
+from service.outbox import ReturnInflight, TakeMore
 from workers.fanout import FanOutBatch, HandedBack
 
 log = logging.getLogger(__name__)
@@ -53,8 +60,8 @@ class Dispatcher:
         self.fan_out = fan_out
         # Every dispatcher has its own list, empty at birth: what is in it is this one's to finish.
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.inflight = f"{outbox.INFLIGHT_PREFIX}{self.id}"
-        self.heartbeat = f"{outbox.HEARTBEAT_PREFIX}{self.id}"
+        self.inflight = inflight_key(self.id)
+        self.heartbeat = heartbeat_key(self.id)
         self.heartbeat_s = heartbeat_s
         # Batches whose fan-out or recording failed, handed back from any thread.
         self._handed_back: HandedBack = queue.SimpleQueue()
@@ -63,7 +70,7 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._retired = False
         self._beating = threading.Lock()
-        self._take_more = redis.register_script(outbox.TAKE_MORE)
+        self._take_more = TakeMore(redis)
 
     def start(self) -> None:
         """Keep the heartbeat up from its own thread: a batch's first attempts may keep its
@@ -128,14 +135,14 @@ class Dispatcher:
         return len(batch.entries)
 
     def _take(self, block_s: float) -> FanOutBatch | None:
-        taken = self._take_more(keys=[outbox.OUTBOX, self.inflight], args=[BATCH])
-        if not taken:
+        entries = [e.decode() for e in self._take_more(outbox=OUTBOX, inflight=self.inflight, count=BATCH)]
+        if not entries:
             # Nothing waiting: block for the next event, and go with it alone at once.
-            first = self.redis.blmove(outbox.OUTBOX, self.inflight, block_s, "LEFT", "RIGHT")
+            first = self.redis.blmove(OUTBOX, self.inflight, block_s, "LEFT", "RIGHT")
             if first is None:
                 return None
-            taken = [first]
-        return self._batch([e.decode() for e in taken])
+            entries = [first.decode() if isinstance(first, bytes) else first]
+        return self._batch(entries)
 
     def _batch(self, entries: list[str], *, suspect: bool = False) -> FanOutBatch:
         return FanOutBatch(entries, self.inflight, self._handed_back, suspect=suspect)
@@ -162,23 +169,23 @@ class Dispatcher:
         try:
             with self.redis.pipeline() as pipe:
                 pipe.lrem(self.inflight, 1, entry)
-                pipe.rpush(outbox.DEAD, entry)
+                pipe.rpush(OUTBOX_DEAD, entry)
                 pipe.execute()
         except RedisError:
             self._again.append(self._batch([entry], suspect=True))
             return
-        log.error("outbox entry set aside in %s after failing twice: %r (%s: %s)", outbox.DEAD, entry, type(error).__name__, error)
+        log.error("outbox entry set aside in %s after failing twice: %r (%s: %s)", OUTBOX_DEAD, entry, type(error).__name__, error)
 
 
 def requeue_orphans(redis: Redis) -> int:
     """Put the in-flight entries of dispatchers whose heartbeat has expired back on the outbox."""
     returned = 0
-    script = redis.register_script(outbox.RETURN_INFLIGHT)
-    for key in redis.scan_iter(match=f"{outbox.INFLIGHT_PREFIX}*", count=100):
+    return_inflight = ReturnInflight(redis)
+    for key in redis.scan_iter(match=f"{INFLIGHT_PREFIX}*", count=100):
         name = key.decode() if isinstance(key, bytes) else key
-        owner = name.removeprefix(outbox.INFLIGHT_PREFIX)
-        if not redis.exists(f"{outbox.HEARTBEAT_PREFIX}{owner}"):
-            returned += int(script(keys=[name, outbox.OUTBOX]))
+        owner = name.removeprefix(INFLIGHT_PREFIX)
+        if not redis.exists(heartbeat_key(owner)):
+            returned += return_inflight(inflight=name, outbox=OUTBOX)
     if returned:
         log.warning("returned %d in-flight outbox entries of dead dispatchers", returned)
     return returned

@@ -15,18 +15,31 @@ from types import TracebackType
 from redis import Redis
 from redis.exceptions import RedisError
 
+from service.scripts import load
+
 log = logging.getLogger(__name__)
 
-# Renew or release only a lease that is still ours (it may have lapsed during a Redis outage and
-# been taken by another worker since).
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+
+class RenewLease:
+    """`lease_renew.lua`: give the lease `lease` a new TTL of `ttl_ms` while it holds `token`;
+    False once it is no longer ours."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "lease_renew")
+
+    def __call__(self, *, lease: str, token: str, ttl_ms: int) -> bool:
+        return bool(self._script(keys=[lease], args=[token, ttl_ms]))
+
+
+class ReleaseLease:
+    """`lease_release.lua`: delete the lease `lease` while it holds `token`; False once it is no
+    longer ours."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "lease_release")
+
+    def __call__(self, *, lease: str, token: str) -> bool:
+        return bool(self._script(keys=[lease], args=[token]))
 
 
 class Lease:
@@ -37,8 +50,8 @@ class Lease:
         self.token = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._renew = RenewLease(redis)
+        self._release = ReleaseLease(redis)
 
     def acquire(self) -> bool:
         """Take the lease and start renewing it; False if another holder has it."""
@@ -53,7 +66,7 @@ class Lease:
         if self._thread is not None:
             self._thread.join()
         try:
-            self._release(keys=[self.key], args=[self.token])
+            self._release(lease=self.key, token=self.token)
         except RedisError as exc:  # it lapses on its own
             log.warning("lease %s not released: %s", self.key, type(exc).__name__)
 
@@ -66,7 +79,7 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl_ms / 3000):
             try:
-                if not self._renew(keys=[self.key], args=[self.token, self.ttl_ms]):
+                if not self._renew(lease=self.key, token=self.token, ttl_ms=self.ttl_ms):
                     return  # handed over in a write (a retry's), or lapsed: nothing left to renew
             except RedisError as exc:
                 log.warning("lease %s not renewed: %s", self.key, type(exc).__name__)

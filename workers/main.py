@@ -10,14 +10,18 @@ import atexit
 import logging
 import threading
 import time
+from functools import cached_property
 
+from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.scheduler import RQScheduler
 
 from service.jobs import QUEUES
+from service.keys import SCHEDULER_LOCK
 from service.redis_client import connect_redis
+from service.scripts import load
 from workers.context import STOPPING, get_runtime
 from workers.deliver import fan_out, sweep_deliveries
 from workers.dispatch import Dispatcher, requeue_orphans
@@ -51,13 +55,15 @@ def maintain_forever(interval_s: float) -> None:
             log.exception("sweep failed")
 
 
-# Take the scheduling lock, or keep it if it is already ours (compare-and-refresh).
-_HOLD_LOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('expire', KEYS[1], ARGV[2])
-end
-return redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) and 1 or 0
-"""
+class HoldLock:
+    """`hold_lock.lua`: take `lock` for `holder` if it is free, or refresh it for `ttl_s` if it is
+    already `holder`'s; True while `holder` has it."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "hold_lock")
+
+    def __call__(self, *, lock: str, holder: str, ttl_s: int) -> bool:
+        return bool(self._script(keys=[lock], args=[holder, ttl_s]))
 
 
 class ThreadScheduler(RQScheduler):
@@ -69,11 +75,14 @@ class ThreadScheduler(RQScheduler):
     holder refreshes every second lets another worker take over within `LOCK_TTL_S`.
     """
 
-    LOCK = "kr:lock:scheduler"
     LOCK_TTL_S = 5
 
+    @cached_property
+    def _hold_lock(self) -> HoldLock:
+        return HoldLock(self.connection)
+
     def tick(self) -> None:
-        if self.connection.eval(_HOLD_LOCK, 1, self.LOCK, self.name, self.LOCK_TTL_S):
+        if self._hold_lock(lock=SCHEDULER_LOCK, holder=self.name, ttl_s=self.LOCK_TTL_S):
             self._acquired_locks = set(self._queue_names)
             self.enqueue_scheduled_jobs()
 

@@ -1,7 +1,7 @@
 """Poll job: ask the provider where a task stands and apply it through the one transition function.
 
 Each task has at most one *poll chain*: the job id of its next scheduled poll lives in
-`kr:pollchain:{task}`, and only that job may schedule the one after. Extra polls (a callback
+`poll_chain_key(task)`, and only that job may schedule the one after. Extra polls (a callback
 asking for confirmation, a retried job) still apply what they see, but never fork the chain.
 """
 
@@ -21,27 +21,18 @@ from service.domain.schedule import poll_delay
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskError
 from service.domain.transition import ProviderUpdate
+from service.keys import confirm_key, poll_chain_key, poll_count_key
 from service.providers.base import ProviderError
 from service.runtime import Runtime
-from service.store import confirm_key
 from service.telemetry import observe_poll
 from workers.context import get_runtime
 
 log = logging.getLogger(__name__)
 
 
-def chain_key(task_id: str) -> str:
-    return f"kr:pollchain:{task_id}"
-
-
-def count_key(task_id: str) -> str:
-    """Hash of the task's poll bookkeeping: `n` polls so far, `seen` last time seen unfinished."""
-    return f"kr:polls:{task_id}"
-
-
 def schedule_next_poll(rt: Runtime, task_id: str, *, delay_s: float, chain_owner: str | None) -> bool:
     """Schedule the next poll if `chain_owner` holds the chain (None: only if no chain exists)."""
-    key = chain_key(task_id)
+    key = poll_chain_key(task_id)
     job_id = f"poll-{task_id}-{uuid.uuid4().hex[:12]}"
     horizon = delay_s + rt.settings.job_grace_s
     current = rt.redis.get(key)
@@ -68,11 +59,11 @@ def poll_task(task_id: str) -> None:
     # A finished task is only asked about when it failed by our decision: on our own within the
     # late window, and whenever the provider's own callback says there is news.
     if task is None or (task.status.terminal and not (looking_late(task, time.time(), rt.deadlines) or (confirming and revivable(task)))):
-        rt.redis.delete(chain_key(task_id), count_key(task_id))
+        rt.redis.delete(poll_chain_key(task_id), poll_count_key(task_id))
         return
     if task.provider_task_id is None:
         return
-    key = count_key(task_id)
+    key = poll_count_key(task_id)
     with rt.redis.pipeline() as pipe:
         pipe.hincrby(key, "n", 1).hget(key, "seen").expire(key, int(rt.settings.task_deadline_s + rt.settings.late_result_window_s) + 3600)
         polls, seen, _ = pipe.execute()
@@ -95,7 +86,7 @@ def poll_task(task_id: str) -> None:
     provider_ended = task.status.terminal and update is not None and update.status.terminal
     delay = None if current is None or provider_ended else next_poll_in(current, regular_s=regular, now_s=time.time(), deadlines=rt.deadlines)
     if delay is None:
-        rt.redis.delete(chain_key(task_id), count_key(task_id))
+        rt.redis.delete(poll_chain_key(task_id), poll_count_key(task_id))
         return
     schedule_next_poll(rt, task_id, delay_s=delay, chain_owner=me)
 

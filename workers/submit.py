@@ -43,9 +43,10 @@ from service.domain.submission import (
 )
 from service.domain.tasks import SubmitAttempt, Task, TaskError
 from service.domain.transition import ProviderUpdate
+from service.keys import submit_lease_key
 from service.providers.base import ProviderError
 from service.runtime import ProviderNotConfigured, Runtime
-from service.store import Change, submit_lease_key
+from service.store import Change
 from service.telemetry import observe_submit_attempt
 from workers.context import STOPPING, get_runtime
 from workers.lease import Lease

@@ -1,6 +1,6 @@
 """The sweep: the safety net that makes lost jobs harmless.
 
-Every task that still expects something carries a watchdog time (`kr:watchdog`), pushed forward
+Every task that still expects something carries a watchdog time (`WATCHDOG`), pushed forward
 whenever work for it is scheduled or running. A task past its watchdog time may have lost that
 work (a worker killed, Redis restarted without the job); `service/domain/recovery.py` says what
 to do, this module does it. It runs on its own worker thread every SWEEP_INTERVAL_S, under a
@@ -24,18 +24,16 @@ from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskError
 from service.domain.transition import ProviderUpdate
 from service.jobs import SUBMIT, submit_job_id
+from service.keys import SWEEP_LOCK, poll_chain_key, submit_lease_key
 from service.runtime import Runtime
-from service.store import Change, submit_lease_key
-from workers.poll import chain_key, schedule_next_poll
+from service.store import Change
+from workers.poll import schedule_next_poll
 
 log = logging.getLogger(__name__)
 
-LOCK = "kr:lock:sweep"
-
-
 def sweep(rt: Runtime) -> int:
     """Act on every task whose watchdog time has come; returns how many were given new work."""
-    if not rt.redis.set(LOCK, "1", nx=True, ex=max(int(rt.settings.sweep_interval_s), 1)):
+    if not rt.redis.set(SWEEP_LOCK, "1", nx=True, ex=max(int(rt.settings.sweep_interval_s), 1)):
         return 0
     now = time.time()
     rt.store.trim_indexes(now)
@@ -53,7 +51,7 @@ def sweep(rt: Runtime) -> int:
             assert task is not None
             acted += _resubmit(rt, task)
         elif isinstance(action, Repoll):
-            rt.redis.delete(chain_key(task_id))
+            rt.redis.delete(poll_chain_key(task_id))
             schedule_next_poll(rt, task_id, delay_s=0, chain_owner=None)
             acted += 1
             log.warning("sweep restarted polling task_id=%s status=%s", task_id, task.status.value if task else None)

@@ -48,6 +48,7 @@ from service.domain.events import Event
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task
 from service.errors import ApiError
+from service.keys import events_key
 from service.routes.context import runtime
 from service.routes.params import enum_param
 from service.runtime import Runtime
@@ -60,7 +61,6 @@ from service.sessions import (
     session_caller,
     start_session,
 )
-from service.store import events_key
 from service.webhooks.models import TASK_WEBHOOK, Delivery
 from service.webhooks.policy import delivery_id
 

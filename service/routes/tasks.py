@@ -25,13 +25,14 @@ from service.domain.tasks import (
     limit_violations,
 )
 from service.errors import ApiError, validation_error
+from service.keys import idempotency_key
 from service.providers import registry
 from service.ratelimit import enforce
 from service.routes.bodies import json_object, read_json
 from service.routes.context import caller, runtime
 from service.routes.params import enum_param, limit_param
 from service.runtime import Runtime
-from service.store import IdempotencyClaim, IdempotencyConflict, idempotency_key
+from service.store import IdempotencyClaim, IdempotencyConflict
 from service.telemetry import TASKS_CREATED
 from service.webhooks.ssrf import UnsafeWebhookURL, check_url_syntax
 

@@ -1,136 +1,48 @@
-"""The Redis store for deliveries and their attempt logs: the only module that knows their keys.
+"""The Redis store for deliveries and their attempt logs (key names: `service/keys.py`).
 
 A fan-out's deliveries are stored once, when their first attempt is recorded: until then the
 event's outbox entry, held in its dispatcher's in-flight list, is what answers for them.
 
-Keys (prefix `kr:`):
-  kr:dlv:{id}                 a delivery with its attempt log (JSON); expires `webhook_log_ttl_s`
-                              after its last change
-  kr:sub:{sub}:dlvs           a subscription's delivery ids (lexicographic: ids sort by event time);
-                              expires with its newest delivery
-  kr:dlvdue                   pending delivery id → unix time by which its next attempt must have
-                              been recorded; the sweep re-sends whatever is overdue, so a worker
-                              killed mid-attempt or a scheduled job lost with Redis loses nothing
-  kr:dlvlease:{id}:{attempt}  taken by the job making that attempt, so no attempt is made twice;
-                              keyed by attempt number and left to expire, never deleted
-  kr:evidx                    every event fanned out ("{event id}|{subject id}|{type}", lexicographic
-                              by time) so a replay can reach events a subscription never had
+A pending delivery has a deadline in `DELIVERIES_DUE` by which its next attempt must have been
+recorded; the sweep re-sends whatever is overdue, so a worker killed mid-attempt or a scheduled
+job lost with Redis loses nothing. An attempt is claimed with `delivery_lease_key(id, attempt)`,
+keyed by attempt number and left to expire, never deleted, so no attempt is made twice.
+`EVENT_INDEX` has every event fanned out, so a replay can reach events a subscription never had.
+
+Why Lua: a fan-out writes hundreds of deliveries at once. As one script call per batch instead of
+several pipelined commands per delivery, the client packs and parses one command, not hundreds
+(redis-py's per-command cost was most of the engine's time), and sorted-set writes are batched
+into one ZADD/ZREM per batch.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 
 import orjson
 from redis import Redis
 from redis.client import Pipeline
 
-from service.cas import RUN_SPELLED, Arg, recorded, spelled
+from service.cas import Arg, recorded, spelled
 from service.domain.clock import unix_to_iso
 from service.domain.ids import id_floor
 from service.jobs import Jobs
-from service.store import PREFIX, events_key
+from service.keys import (
+    DELIVERIES_DUE,
+    EVENT_INDEX,
+    deliveries_index_key,
+    delivery_key,
+    delivery_lease_key,
+    events_key,
+    failing_key,
+)
+from service.scripts import load
 from service.webhooks.models import Delivery
 from service.webhooks.planner import Plan, Retry
 from service.webhooks.policy import DeliveryStatus, delivery_id
-from service.webhooks.store import deliveries_index_key, failing_key
-
-DUE = f"{PREFIX}:dlvdue"
-EVENT_INDEX = f"{PREFIX}:evidx"
-
-# Why Lua: a fan-out writes hundreds of deliveries at once. As one script call per batch instead
-# of several pipelined commands per delivery, the client packs and parses one command, not
-# hundreds (redis-py's per-command cost was most of the engine's time), and sorted-set writes are
-# batched into one ZADD/ZREM per batch. `unpack` is chunked: Lua's stack is finite.
-
-# KEYS: DUE, then (delivery key, subscription index or "") each. ARGV: ttl, due score, then
-# (delivery id, JSON) each. Returns 1 for each delivery created, 0 for each found.
-_CREATE = """
-local created, due = {}, {}
-for i = 1, (#KEYS - 1) / 2 do
-  local k, id = 2 * i, ARGV[1 + 2 * i]
-  if redis.call('SET', KEYS[k], ARGV[2 + 2 * i], 'NX', 'EX', ARGV[1]) then
-    created[i] = 1
-    due[#due + 1] = ARGV[2]
-    due[#due + 1] = id
-  else
-    created[i] = 0
-  end
-  if KEYS[k + 1] ~= '' then
-    redis.call('ZADD', KEYS[k + 1], 0, id)
-    redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
-  end
-end
-for j = 1, #due, 2000 do redis.call('ZADD', KEYS[1], unpack(due, j, math.min(j + 1999, #due))) end
-return created
-"""
-
-# KEYS: DUE, then one lease key per delivery. ARGV: lease ttl, due score, then the delivery ids.
-_CLAIM = """
-local won, due = {}, {}
-for i = 2, #KEYS do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[1]) then
-    won[i - 1] = 1
-    due[#due + 1] = ARGV[2]
-    due[#due + 1] = ARGV[i + 1]
-  else
-    won[i - 1] = 0
-  end
-end
-for j = 1, #due, 2000 do redis.call('ZADD', KEYS[1], unpack(due, j, math.min(j + 1999, #due))) end
-return won
-"""
-
-# KEYS: the delivery, DUE, the lease of its next attempt. ARGV: the delivery as read, as restarted,
-# ttl, due score, id. -1: an attempt is in flight; 0: it changed since it was read; 1: restarted.
-_RESTART = """
-if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
-return 1
-"""
-
-# KEYS: DUE, then (delivery key, subscription index or "") per delivery. ARGV: ttl, n, then
-# (delivery id, JSON, due score or "" when final, "1" if not stored yet) per delivery, then further
-# commands spelled as in service.cas (lease and failure-run deletes, retry jobs, outbox releases),
-# so that all of it is one atomic call. A delivery not stored yet (a fan-out's first attempt) is
-# written only if no other attempt was recorded first, and joins its subscription's index.
-_SAVE = """
-local n, done, due = tonumber(ARGV[2]), {}, {}
-for i = 1, n do
-  local a, k = 4 * i - 1, 2 * i
-  local wrote = true
-  if ARGV[a + 3] == '1' then
-    wrote = redis.call('SET', KEYS[k], ARGV[a + 1], 'NX', 'EX', ARGV[1])
-    if wrote and KEYS[k + 1] ~= '' then
-      redis.call('ZADD', KEYS[k + 1], 0, ARGV[a])
-      redis.call('EXPIRE', KEYS[k + 1], ARGV[1])
-    end
-  else
-    redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', ARGV[1])
-    if ARGV[a + 2] == '' then done[#done + 1] = ARGV[a] end
-  end
-  if wrote and ARGV[a + 2] ~= '' then
-    due[#due + 1] = ARGV[a + 2]
-    due[#due + 1] = ARGV[a]
-  end
-end
-for j = 1, #done, 1000 do redis.call('ZREM', KEYS[1], unpack(done, j, math.min(j + 999, #done))) end
-for j = 1, #due, 2000 do redis.call('ZADD', KEYS[1], unpack(due, j, math.min(j + 1999, #due))) end
-local i = 4 * n + 3
-""" + RUN_SPELLED + """
-return n
-"""
-
-
-def delivery_key(dlv_id: str) -> str:
-    return f"{PREFIX}:dlv:{dlv_id}"
-
-
-def lease_key(dlv_id: str, attempt: int) -> str:
-    return f"{PREFIX}:dlvlease:{dlv_id}:{attempt}"
 
 
 class DeliveryNotFound(Exception):
@@ -199,26 +111,105 @@ def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _index_of(delivery: Delivery) -> str:
+    """Its subscription's delivery index; "" for a task's own `webhook_url`."""
+    return deliveries_index_key(delivery.subscription_id) if delivery.subscription_id else ""
+
+
+class CreateDeliveries:
+    """`create_deliveries.lua`: store each delivery unless it exists (expiring after `ttl_s`), due
+    at `due_at`, in its subscription's index. Returns, in order, whether each was created."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "create_deliveries")
+
+    def __call__(self, *, deliveries: Sequence[Delivery], ttl_s: int, due_at: float) -> list[bool]:
+        keys: list[str] = [DELIVERIES_DUE]
+        args: list[Arg] = [ttl_s, due_at]
+        for d in deliveries:
+            keys += [delivery_key(d.id), _index_of(d)]
+            args += [d.id, d.dumps()]
+        return [bool(flag) for flag in self._script(keys=keys, args=args)]
+
+
+class ClaimAttempts:
+    """`claim_attempts.lua`: claim each delivery's next attempt for `ttl_s` seconds, moving the
+    deadline of each one won to `due_at`. Returns, in order, whether each was won."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "claim_attempts")
+
+    def __call__(self, *, deliveries: Sequence[Delivery], ttl_s: int, due_at: float) -> list[bool]:
+        keys = [DELIVERIES_DUE, *(delivery_lease_key(d.id, d.attempt_count) for d in deliveries)]
+        won = self._script(keys=keys, args=[ttl_s, due_at, *(d.id for d in deliveries)])
+        return [bool(flag) for flag in won]
+
+
+@dataclass(frozen=True)
+class Attempted:
+    """A delivery to save with `SaveAttempts`: as it now stands, the deadline of its next attempt
+    (None: it is final), and whether it is not stored yet (a fan-out's first attempt)."""
+
+    delivery: Delivery
+    due_at: float | None
+    first: bool
+
+
+class SaveAttempts:
+    """`save_attempts.lua`: save each attempted delivery (expiring after `ttl_s`; a first one only
+    if absent, joining its subscription's index), set or drop its deadline, and run `then`
+    (commands as `spelled`) in the same atomic call. Returns how many deliveries it was given."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "save_attempts")
+
+    def __call__(self, *, attempted: Sequence[Attempted], ttl_s: int, then: Sequence[Arg] = ()) -> int:
+        keys: list[str] = [DELIVERIES_DUE]
+        args: list[Arg] = [ttl_s, len(attempted)]
+        for item in attempted:
+            d = item.delivery
+            keys += [delivery_key(d.id), _index_of(d) if item.first else ""]
+            args += [d.id, d.dumps(), "" if item.due_at is None else item.due_at, "1" if item.first else "0"]
+        return int(self._script(keys=keys, args=[*args, *then]))
+
+
+class Restarted(IntEnum):
+    """What `RestartDelivery` did."""
+
+    IN_FLIGHT = -1  # an attempt is under way: nothing written
+    CHANGED = 0  # saved by someone else since it was read: nothing written
+    RESTARTED = 1
+
+
+class RestartDelivery:
+    """`restart_delivery.lua`: replace the delivery, as `read`, with `restarted` (expiring after
+    `ttl_s`, due at `due_at`) unless its next attempt is in flight or it changed since it was read."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "restart_delivery")
+
+    def __call__(self, *, read: bytes | str, restarted: Delivery, ttl_s: int, due_at: float) -> Restarted:
+        # A restart keeps the attempt count: the lease of its next attempt is the one read.
+        d = restarted
+        keys = [delivery_key(d.id), DELIVERIES_DUE, delivery_lease_key(d.id, d.attempt_count)]
+        return Restarted(int(self._script(keys=keys, args=[read, d.dumps(), ttl_s, due_at, d.id])))
+
+
 class DeliveryStore:
     def __init__(self, redis: Redis, *, ttl_s: int, lease_s: float) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self.lease_s = lease_s
-        self._create = redis.register_script(_CREATE)
-        self._claim = redis.register_script(_CLAIM)
-        self._save = redis.register_script(_SAVE)
-        self._restart = redis.register_script(_RESTART)
+        self._create = CreateDeliveries(redis)
+        self._claim = ClaimAttempts(redis)
+        self._save = SaveAttempts(redis)
+        self._restart = RestartDelivery(redis)
 
     def create_many(self, event: IndexedEvent, targets: list[Target], *, now: float, created_at: str) -> list[Delivery]:
         """The delivery of `event` to each target, created pending and due if missing (SET NX on a
         derived id), so creating them twice yields the same deliveries, never twice as many."""
         fresh = new_deliveries(event, targets, now=now, created_at=created_at)
-        keys: list[str] = [DUE]
-        args: list[Arg] = [self.ttl_s, now + self.lease_s]
-        for d in fresh:
-            keys += [delivery_key(d.id), deliveries_index_key(d.subscription_id) if d.subscription_id else ""]
-            args += [d.id, d.dumps()]
-        flags = self._create(keys=keys, args=args)
+        flags = self._create(deliveries=fresh, ttl_s=self.ttl_s, due_at=now + self.lease_s)
         created = {d.id for d, flag in zip(fresh, flags) if flag}
         if len(created) == len(fresh):
             return fresh
@@ -246,25 +237,18 @@ class DeliveryStore:
         if not deliveries:
             return []
         ttl = max(math.ceil(lease_s), 1)
-        keys = [DUE, *(lease_key(d.id, d.attempt_count) for d in deliveries)]
         # The due score lies past the lease key's expiry, so the sweep's re-send can claim it.
-        won = self._claim(keys=keys, args=[ttl, now + ttl + 1, *(d.id for d in deliveries)])
+        won = self._claim(deliveries=deliveries, ttl_s=ttl, due_at=now + ttl + 1)
         return [d for d, ok in zip(deliveries, won) if ok]
 
     def in_flight(self, delivery: Delivery) -> bool:
-        return bool(self.redis.exists(lease_key(delivery.id, delivery.attempt_count)))
+        return bool(self.redis.exists(delivery_lease_key(delivery.id, delivery.attempt_count)))
 
     def save_attempted(self, plan: Plan, *, jobs: Jobs) -> None:
         """Write a plan in one atomic script call: the attempted deliveries and their due times,
         the failure runs ended, the retry jobs (scheduled on `jobs`' queues) and the release of a
         fan-out batch's outbox entries."""
-        keys: list[str] = [DUE]
-        args: list[Arg] = [self.ttl_s, len(plan.saves)]
-        for save in plan.saves:
-            d = save.delivery
-            index = deliveries_index_key(d.subscription_id) if save.first and d.subscription_id else ""
-            keys += [delivery_key(d.id), index]
-            args += [d.id, d.dumps(), "" if save.due is None else save.due, "1" if save.first else "0"]
+        attempted = [Attempted(save.delivery, save.due, save.first) for save in plan.saves]
         # An attempt's lease is left to expire: a job that loaded the delivery before this save
         # and claims that attempt number only now finds it taken, and sends nothing twice.
         commands: list[tuple[Arg, ...]] = []
@@ -275,18 +259,18 @@ class DeliveryStore:
             if release.events:
                 commands.append(("ZADD", EVENT_INDEX, *(a for e in release.events for a in (0, e.member()))))
             commands += [("LREM", release.inflight, 1, entry) for entry in release.entries]
-        args += spelled(*commands)
+        then = spelled(*commands)
         if plan.retries:
             # RQ builds its jobs through a pipeline: its commands are recorded and run here.
-            args += recorded(self.redis, lambda pipe: _schedule(jobs, pipe, plan.retries))
-        self._save(keys=keys, args=args)
+            then += recorded(self.redis, lambda pipe: _schedule(jobs, pipe, plan.retries))
+        self._save(attempted=attempted, ttl_s=self.ttl_s, then=then)
 
     def save_finished(self, deliveries: list[Delivery]) -> None:
         """Save deliveries that reached a final status without an attempt."""
         with self.redis.pipeline() as pipe:
             for d in deliveries:
                 pipe.set(delivery_key(d.id), d.dumps(), ex=self.ttl_s)
-                pipe.zrem(DUE, d.id)
+                pipe.zrem(DELIVERIES_DUE, d.id)
             pipe.execute()
 
     def restart(self, dlv_id: str, *, now: float) -> tuple[Delivery, bool]:
@@ -308,23 +292,22 @@ class DeliveryStore:
             restarted = d.model_copy(
                 update={"status": DeliveryStatus.PENDING, "round_attempts": 0, "next_attempt_at": now, "updated_at": unix_to_iso(now)}
             )
-            keys = [key, DUE, lease_key(d.id, d.attempt_count)]
-            done = self._restart(keys=keys, args=[raw, restarted.dumps(), self.ttl_s, now + self.lease_s, d.id])
-            if done == 1:
+            done = self._restart(read=raw, restarted=restarted, ttl_s=self.ttl_s, due_at=now + self.lease_s)
+            if done is Restarted.RESTARTED:
                 return restarted, True
-            if done == -1:
+            if done is Restarted.IN_FLIGHT:
                 raise DeliveryInFlight(dlv_id)
 
     def overdue(self, now: float, limit: int = 500) -> list[str]:
-        return [_text(i) for i in self.redis.zrangebyscore(DUE, "-inf", now, start=0, num=limit)]
+        return [_text(i) for i in self.redis.zrangebyscore(DELIVERIES_DUE, "-inf", now, start=0, num=limit)]
 
     def set_due(self, due: dict[str, float]) -> None:
         if due:
-            self.redis.zadd(DUE, due)
+            self.redis.zadd(DELIVERIES_DUE, due)
 
     def forget_due(self, dlv_ids: list[str]) -> None:
         if dlv_ids:
-            self.redis.zrem(DUE, *dlv_ids)
+            self.redis.zrem(DELIVERIES_DUE, *dlv_ids)
 
     def for_subscription(
         self, sub_id: str, *, status: DeliveryStatus | None, cursor: str | None, limit: int, scan_cap: int = 2000

@@ -5,67 +5,72 @@ are still to run, another replay of the same subscription is refused (409): repe
 cannot multiply the POSTs a receiver gets. The marker expires on its own after `PENDING_S`, so a
 batch lost with a killed worker blocks nothing for long.
 
-  kr:replay:{sub}   hash {id, left}: the pending replay and how many batches it has left
+The marker: `service.keys.replay_key`, a hash {id, left}: the pending replay and how many batches
+it has left.
 """
 
 from __future__ import annotations
 
 from redis import Redis
 
-from service.store import PREFIX
+from service.keys import replay_key
+from service.scripts import load
 
 PENDING_S = 900
 
-# KEYS[1]: the marker. ARGV: replay id, expiry. 1 if this replay now holds it, 0 if one is pending.
-_BEGIN = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'left', -1)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
 
-# KEYS[1]: the marker. ARGV: replay id, batches (ARGV[2] > 0: it has that many left; 0: one ran).
-_COUNT = """
-if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
-local left
-if tonumber(ARGV[2]) > 0 then
-  left = tonumber(ARGV[2])
-  redis.call('HSET', KEYS[1], 'left', left)
-else
-  left = redis.call('HINCRBY', KEYS[1], 'left', -1)
-end
-if left <= 0 then redis.call('DEL', KEYS[1]) end
-return 1
-"""
+class BeginReplay:
+    """`replay_begin.lua`: take the marker `marker` for `replay_id` for `expire_s` seconds;
+    False while another replay holds it."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "replay_begin")
+
+    def __call__(self, *, marker: str, replay_id: str, expire_s: int) -> bool:
+        return bool(self._script(keys=[marker], args=[replay_id, expire_s]))
 
 
-def replay_key(sub_id: str) -> str:
-    return f"{PREFIX}:replay:{sub_id}"
+class CountReplay:
+    """`replay_count.lua`: while `marker` is `replay_id`'s, set its batches left (`batches` > 0)
+    or count one down (0), and release it at none; False if it was not this replay's."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "replay_count")
+
+    def __call__(self, *, marker: str, replay_id: str, batches: int) -> bool:
+        return bool(self._script(keys=[marker], args=[replay_id, batches]))
+
+
+class EndReplay:
+    """`replay_end.lua`: release `marker` if it is still `replay_id`'s; False if it was not."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._script = load(redis, "replay_end")
+
+    def __call__(self, *, marker: str, replay_id: str) -> bool:
+        return bool(self._script(keys=[marker], args=[replay_id]))
 
 
 class PendingReplays:
     def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self._begin = redis.register_script(_BEGIN)
-        self._count = redis.register_script(_COUNT)
+        self._begin = BeginReplay(redis)
+        self._count = CountReplay(redis)
+        self._end = EndReplay(redis)
 
     def begin(self, sub_id: str, replay_id: str) -> bool:
         """Hold the subscription's replay slot; False while another replay is pending."""
-        return bool(self._begin(keys=[replay_key(sub_id)], args=[replay_id, PENDING_S]))
+        return self._begin(marker=replay_key(sub_id), replay_id=replay_id, expire_s=PENDING_S)
 
     def sending(self, sub_id: str, replay_id: str, batches: int) -> None:
         """The replay was prepared: `batches` send jobs are on their way (0: nothing to send)."""
         if batches <= 0:
             self.end(sub_id, replay_id)
         else:
-            self._count(keys=[replay_key(sub_id)], args=[replay_id, batches])
+            self._count(marker=replay_key(sub_id), replay_id=replay_id, batches=batches)
 
     def batch_done(self, sub_id: str, replay_id: str) -> None:
-        self._count(keys=[replay_key(sub_id)], args=[replay_id, 0])
+        self._count(marker=replay_key(sub_id), replay_id=replay_id, batches=0)
 
     def end(self, sub_id: str, replay_id: str) -> None:
         """Give the slot up (nothing to send, or the replay was refused after all)."""
-        self.redis.eval(
-            "if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-            1, replay_key(sub_id), replay_id,
-        )
+        self._end(marker=replay_key(sub_id), replay_id=replay_id)

@@ -1,12 +1,7 @@
-"""The Redis store for subscriptions: the only module that knows their key layout.
+"""The Redis store for subscriptions (key names: `service/keys.py`).
 
-Keys (prefix `kr:`):
-  kr:sub:{id}          the subscription (JSON, secrets included)
-  kr:subs              every subscription id (lexicographic sorted set: ids sort by creation)
-  kr:subfail:{id}      when the subscription's current unbroken run of failed attempts began
-  kr:events:{id}       its operational events (`subscription.disabled`), laid out like a
-                       task's events so the one fan-out delivers both
-  kr:whsec:default     the secret that signs deliveries to tasks' one-off `webhook_url`s
+A subscription's operational events (`subscription.disabled`) are kept under `events_key`, laid out
+like a task's events, so the one fan-out delivers both.
 """
 
 from __future__ import annotations
@@ -23,37 +18,20 @@ from service.cas import Arg, CompareAndSet, recorded, spelled
 from service.domain.clock import now_iso
 from service.domain.events import Event
 from service.domain.ids import new_id
-from service.store import PREFIX, events_key
+from service.keys import (
+    SUBSCRIPTIONS,
+    SUBSCRIPTIONS_VERSION,
+    default_secret_key,
+    deliveries_index_key,
+    events_key,
+    failing_key,
+    owner_subscriptions_key,
+    subscription_key,
+)
 from service.webhooks.models import Subscription
 from service.webhooks.policy import SUBSCRIPTION_DISABLED, DisableReason
 from service.webhooks.signing import generate_secret
 
-SUBSCRIPTIONS = f"{PREFIX}:subs"
-# Replaced in the same transaction as every change to any subscription, so a process can keep
-# the enabled set in memory and reload it only when it changed (a fan-out reads it per event).
-# Random rather than a counter: a Redis that lost its last writes cannot repeat an old value.
-VERSION = f"{PREFIX}:subs:version"
-DEFAULT_SECRET = f"{PREFIX}:whsec:default"
-
-
-def owner_index_key(owner: str) -> str:
-    return f"{SUBSCRIPTIONS}:{owner}"
-
-
-def default_secret_key(owner: str | None) -> str:
-    return f"{DEFAULT_SECRET}:{owner}" if owner else DEFAULT_SECRET
-
-
-def subscription_key(sub_id: str) -> str:
-    return f"{PREFIX}:sub:{sub_id}"
-
-
-def failing_key(sub_id: str) -> str:
-    return f"{PREFIX}:subfail:{sub_id}"
-
-
-def deliveries_index_key(sub_id: str) -> str:
-    return f"{PREFIX}:sub:{sub_id}:dlvs"
 
 
 @dataclass(frozen=True)
@@ -63,6 +41,7 @@ class SubscriptionPage:
 
 
 def _new_version() -> str:
+    # Random rather than a counter: a Redis that lost its last writes cannot repeat an old value.
     return secrets.token_hex(8)
 
 
@@ -82,8 +61,8 @@ class SubscriptionStore:
             pipe.set(subscription_key(sub.id), sub.dumps())
             pipe.zadd(SUBSCRIPTIONS, {sub.id: 0})
             if sub.owner:
-                pipe.zadd(owner_index_key(sub.owner), {sub.id: 0})
-            pipe.set(VERSION, _new_version())
+                pipe.zadd(owner_subscriptions_key(sub.owner), {sub.id: 0})
+            pipe.set(SUBSCRIPTIONS_VERSION, _new_version())
             pipe.execute()
 
     def get(self, sub_id: str) -> Subscription | None:
@@ -99,7 +78,7 @@ class SubscriptionStore:
 
     def enabled(self) -> list[Subscription]:
         """Every enabled subscription; one GET when nothing changed since the last call."""
-        version = self.redis.get(VERSION)
+        version = self.redis.get(SUBSCRIPTIONS_VERSION)
         if self._enabled is not None and self._enabled[0] == version:
             return self._enabled[1]
         # Read after the version: a change racing this load bumps it, so the next call reloads.
@@ -109,12 +88,12 @@ class SubscriptionStore:
 
     def ids(self, owner: str | None = None) -> list[str]:
         """Every subscription id, or one owner's."""
-        return [_text(i) for i in self.redis.zrange(owner_index_key(owner) if owner else SUBSCRIPTIONS, 0, -1)]
+        return [_text(i) for i in self.redis.zrange(owner_subscriptions_key(owner) if owner else SUBSCRIPTIONS, 0, -1)]
 
     def list(self, *, cursor: str | None, limit: int, owner: str | None = None) -> SubscriptionPage:
         """Newest first (one owner's, or everyone's with None), with the same cursor scheme as tasks."""
         upper = f"({cursor}" if cursor else "+"
-        index = owner_index_key(owner) if owner else SUBSCRIPTIONS
+        index = owner_subscriptions_key(owner) if owner else SUBSCRIPTIONS
         ids = [_text(i) for i in self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)]
         more = len(ids) > limit
         ids = ids[:limit]
@@ -133,7 +112,7 @@ class SubscriptionStore:
                 return None
             before = Subscription.loads(raw)
             after = change(before)
-            commands: list[tuple[Arg, ...]] = [("SET", key, after.dumps()), ("SET", VERSION, _new_version())]
+            commands: list[tuple[Arg, ...]] = [("SET", key, after.dumps()), ("SET", SUBSCRIPTIONS_VERSION, _new_version())]
             if after.enabled and not before.enabled:
                 commands.append(("DEL", failing_key(sub_id)))
             if self._cas(key, raw, spelled(*commands)):
@@ -146,8 +125,8 @@ class SubscriptionStore:
             pipe.delete(subscription_key(sub.id))
             pipe.zrem(SUBSCRIPTIONS, sub.id)
             if sub.owner:
-                pipe.zrem(owner_index_key(sub.owner), sub.id)
-            pipe.set(VERSION, _new_version())
+                pipe.zrem(owner_subscriptions_key(sub.owner), sub.id)
+            pipe.set(SUBSCRIPTIONS_VERSION, _new_version())
             pipe.delete(failing_key(sub.id), deliveries_index_key(sub.id))
             deleted, *_ = pipe.execute()
         return bool(deleted)
@@ -171,7 +150,7 @@ class SubscriptionStore:
 
             def build(pipe: Pipeline) -> None:
                 pipe.set(key, disabled.dumps())
-                pipe.set(VERSION, _new_version())
+                pipe.set(SUBSCRIPTIONS_VERSION, _new_version())
                 pipe.rpush(events_key(sub_id), event.dumps())
                 pipe.expire(events_key(sub_id), self.event_ttl_s)
                 pipe.delete(failing_key(sub_id))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from rq import Queue
 
-from service import outbox
+from service.keys import INFLIGHT_PREFIX
 from tests.conftest import Simulator, Stack, wait_for
 from tests.faults.ledger import (
     Record,
@@ -100,7 +100,7 @@ def under_way(stack: Stack, during: str, subs: list[Subscriber]) -> set[str]:
         return set(Queue(during, connection=redis).started_job_registry.get_job_ids())
     if not any(s.receiver.received(s.path) for s in subs):
         return set()
-    lists = redis.scan_iter(match=f"{outbox.INFLIGHT_PREFIX}*")
+    lists = redis.scan_iter(match=f"{INFLIGHT_PREFIX}*")
     return {entry.decode() for key in lists for entry in redis.lrange(key, 0, -1)}
 
 
