@@ -16,10 +16,11 @@ from redis.client import Pipeline
 from rq import get_current_job
 
 from service.cas import CompareAndSet, recorded
-from service.domain.recovery import looking_late, next_poll_in, past_deadline, revivable
+from service.domain.clock import iso_to_unix
+from service.domain.recovery import after_poll, deadline_update, worth_polling
 from service.domain.schedule import poll_delay
 from service.domain.status import TaskStatus
-from service.domain.tasks import Task, TaskError
+from service.domain.tasks import Task
 from service.domain.transition import ProviderUpdate
 from service.keys import confirm_key, poll_chain_key, poll_count_key
 from service.providers.base import ProviderError
@@ -56,9 +57,7 @@ def poll_task(task_id: str) -> None:
     # A callback that arrives from now on may ask for another confirmation: this one is under way.
     confirming = bool(rt.redis.delete(confirm_key(task_id)))
     task = rt.store.get(task_id)
-    # A finished task is only asked about when it failed by our decision: on our own within the
-    # late window, and whenever the provider's own callback says there is news.
-    if task is None or (task.status.terminal and not (looking_late(task, time.time(), rt.deadlines) or (confirming and revivable(task)))):
+    if task is None or not worth_polling(task, now_s=time.time(), deadlines=rt.deadlines, confirming=confirming):
         rt.redis.delete(poll_chain_key(task_id), poll_count_key(task_id))
         return
     if task.provider_task_id is None:
@@ -75,16 +74,15 @@ def poll_task(task_id: str) -> None:
     if update is not None:
         rt.apply(task_id, update)
     current = rt.store.get(task_id)
-    if current is not None and past_deadline(current, time.time(), rt.deadlines):
-        timeout = TaskError(code="timeout", message=f"no result within {rt.settings.task_deadline_s:.0f} s")
-        rt.apply(task_id, ProviderUpdate(status=TaskStatus.FAILED, error=timeout))
+    timeout = deadline_update(current, now_s=time.time(), deadlines=rt.deadlines) if current is not None else None
+    if timeout is not None:
+        rt.apply(task_id, timeout)
         log.warning("task timed out task_id=%s provider_task_id=%s; still asking for a late result", task_id, task.provider_task_id)
         current = rt.store.get(task_id)
     s = rt.settings
     eta = update.eta_s if update is not None else None
     regular = poll_delay(polls, initial_s=s.poll_initial_s, factor=s.poll_factor, max_s=s.poll_max_s, eta_s=eta)
-    provider_ended = task.status.terminal and update is not None and update.status.terminal
-    delay = None if current is None or provider_ended else next_poll_in(current, regular_s=regular, now_s=time.time(), deadlines=rt.deadlines)
+    delay = after_poll(task, update, current, regular_s=regular, now_s=time.time(), deadlines=rt.deadlines)
     if delay is None:
         rt.redis.delete(poll_chain_key(task_id), poll_count_key(task_id))
         return
@@ -93,10 +91,8 @@ def poll_task(task_id: str) -> None:
 
 def _unfinished_at(task: Task, seen: bytes | None) -> datetime:
     """The latest moment the task is known to have been unfinished."""
-    updated = datetime.fromisoformat(task.updated_at.replace("Z", "+00:00"))
-    if seen is None:
-        return updated
-    return max(updated, datetime.fromtimestamp(float(seen), tz=UTC))
+    latest = iso_to_unix(task.updated_at) if seen is None else max(iso_to_unix(task.updated_at), float(seen))
+    return datetime.fromtimestamp(latest, tz=UTC)
 
 
 def _fetch(rt: Runtime, task: Task, *, unfinished_at: datetime) -> ProviderUpdate | None:

@@ -100,12 +100,10 @@ def decide_recovery(task: Task | None, *, now_s: float, deadlines: Deadlines) ->
     return Repoll()
 
 
-def worth_polling(task: Task | None, *, now_s: float, deadlines: Deadlines, confirming: bool) -> bool:
+def worth_polling(task: Task, *, now_s: float, deadlines: Deadlines, confirming: bool) -> bool:
     """Whether a poll job asks the provider at all. A finished task is asked about only when it
     failed by our decision: on our own within the late window, and whenever a callback (the
     provider's own news, `confirming`) asks for it."""
-    if task is None:
-        return False
     if task.status.terminal:
         return looking_late(task, now_s, deadlines) or (confirming and revivable(task))
     return True

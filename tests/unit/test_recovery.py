@@ -111,7 +111,6 @@ def test_the_poll_chain_goes_on_while_a_result_may_still_come(task: Task, now_s:
 
 LATE = make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1")
 POLL_OR_NOT = {
-    "gone: no": (None, START, False, False),
     "unfinished: yes": (make_task(S.RUNNING, provider_task_id="p1"), START, False, True),
     "succeeded: no": (make_task(S.SUCCEEDED, provider_task_id="p1"), START, True, False),
     "failed by the provider, even with a callback: no": (make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"), START, True, False),
@@ -122,7 +121,7 @@ POLL_OR_NOT = {
 
 
 @pytest.mark.parametrize(("task", "now_s", "confirming", "asks"), POLL_OR_NOT.values(), ids=POLL_OR_NOT.keys())
-def test_a_poll_asks_the_provider_while_a_result_may_still_come(task: Task | None, now_s: float, confirming: bool, asks: bool) -> None:
+def test_a_poll_asks_the_provider_while_a_result_may_still_come(task: Task, now_s: float, confirming: bool, asks: bool) -> None:
     assert worth_polling(task, now_s=now_s, deadlines=DEADLINES, confirming=confirming) is asks
 
 
