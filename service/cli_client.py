@@ -233,24 +233,37 @@ class StatusLine:
             self.tty = False  # one newline, however often this is called
 
 
+# --- listings -----------------------------------------------------------------------------------
+
+Row = Callable[[dict[str, Any]], list[str]]
+
+
+def _list(client: ApiClient, args: argparse.Namespace, out: Output, path: str, headers: list[str], row: Row) -> int:
+    """One page of a listing (`--limit`, `--status` where the command has it, `--cursor`), as a
+    table or, with --json, as the API's page."""
+    params: dict[str, Any] = {"limit": args.limit}
+    if getattr(args, "status", None):
+        params["status"] = args.status
+    if args.cursor:
+        params["cursor"] = args.cursor
+    page = client.request("GET", path, params=params)
+    if out.as_json:
+        out.json(page)
+        return EXIT_OK
+    out.table([row(item) for item in page["data"]], headers)
+    if page.get("next_cursor"):
+        out.note(f"more: --cursor {page['next_cursor']}")
+    return EXIT_OK
+
+
 # --- tasks ------------------------------------------------------------------------------------
 
 
 def _tasks_list(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
-    params: dict[str, Any] = {"limit": args.limit}
-    if args.status:
-        params["status"] = args.status
-    if args.cursor:
-        params["cursor"] = args.cursor
-    page = client.request("GET", "/v1/tasks", params=params)
-    if out.as_json:
-        out.json(page)
-        return EXIT_OK
-    rows = [[t["id"], t["status"], t["provider"], t["created_at"], excerpt(t["input"]["prompt"], 40)] for t in page["data"]]
-    out.table(rows, ["ID", "STATUS", "PROVIDER", "CREATED", "PROMPT"])
-    if page.get("next_cursor"):
-        out.note(f"more: --cursor {page['next_cursor']}")
-    return EXIT_OK
+    return _list(
+        client, args, out, "/v1/tasks", ["ID", "STATUS", "PROVIDER", "CREATED", "PROMPT"],
+        lambda t: [t["id"], t["status"], t["provider"], t["created_at"], excerpt(t["input"]["prompt"], 40)],
+    )
 
 
 def _tasks_show(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
@@ -295,21 +308,10 @@ def _subscriptions_add(client: ApiClient, args: argparse.Namespace, out: Output)
 
 
 def _subscriptions_list(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
-    params: dict[str, Any] = {"limit": args.limit}
-    if args.cursor:
-        params["cursor"] = args.cursor
-    page = client.request("GET", "/v1/subscriptions", params=params)
-    if out.as_json:
-        out.json(page)
-        return EXIT_OK
-    rows = [
-        [s["id"], "yes" if s["enabled"] else f"no ({s.get('disabled_reason') or 'manual'})", ",".join(s["event_types"]), s["url"]]
-        for s in page["data"]
-    ]
-    out.table(rows, ["ID", "ENABLED", "EVENTS", "URL"])
-    if page.get("next_cursor"):
-        out.note(f"more: --cursor {page['next_cursor']}")
-    return EXIT_OK
+    return _list(
+        client, args, out, "/v1/subscriptions", ["ID", "ENABLED", "EVENTS", "URL"],
+        lambda s: [s["id"], "yes" if s["enabled"] else f"no ({s.get('disabled_reason') or 'manual'})", ",".join(s["event_types"]), s["url"]],
+    )
 
 
 def _subscriptions_rm(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
@@ -330,24 +332,13 @@ def _subscriptions_rotate(client: ApiClient, args: argparse.Namespace, out: Outp
 
 
 def _deliveries_list(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
-    params: dict[str, Any] = {"limit": args.limit}
-    if args.status:
-        params["status"] = args.status
-    if args.cursor:
-        params["cursor"] = args.cursor
-    page = client.request("GET", f"/v1/subscriptions/{args.subscription_id}/deliveries", params=params)
-    if out.as_json:
-        out.json(page)
-        return EXIT_OK
-    rows = []
-    for d in page["data"]:
+    def row(d: dict[str, Any]) -> list[str]:
         last = d["attempts"][0] if d["attempts"] else {}
         answer = str(last.get("status_code") or last.get("error") or "-")
-        rows.append([d["id"], d["status"], d["event_type"], d["subject_id"], str(d["attempt_count"]), excerpt(answer, 30)])
-    out.table(rows, ["ID", "STATUS", "EVENT", "SUBJECT", "ATTEMPTS", "LAST ANSWER"])
-    if page.get("next_cursor"):
-        out.note(f"more: --cursor {page['next_cursor']}")
-    return EXIT_OK
+        return [d["id"], d["status"], d["event_type"], d["subject_id"], str(d["attempt_count"]), excerpt(answer, 30)]
+
+    path = f"/v1/subscriptions/{args.subscription_id}/deliveries"
+    return _list(client, args, out, path, ["ID", "STATUS", "EVENT", "SUBJECT", "ATTEMPTS", "LAST ANSWER"], row)
 
 
 def _deliveries_retry(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
