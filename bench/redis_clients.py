@@ -30,10 +30,11 @@ import uvloop
 from common import ROOT  # noqa: F401  (puts the repository on sys.path)
 from redis.utils import HIREDIS_AVAILABLE
 
-from service.cas import CAS_SCRIPT, spelled
+from service.cas import spelled
 from service.redis_async import PipelinedRedis
 from service.redis_client import CLIENT_OPTIONS
 from service.redis_server import RedisServer
+from service.scripts import source
 
 VALUE = b"x" * 1024
 
@@ -41,7 +42,7 @@ Op = Callable[[int], Awaitable[Any]]
 
 
 def pipelined_op(client: PipelinedRedis) -> Op:
-    cas = client.register_script(CAS_SCRIPT)
+    cas = client.register_script(source("cas"))
 
     async def op(i: int) -> Any:
         key = f"bench:{i}"
@@ -52,7 +53,7 @@ def pipelined_op(client: PipelinedRedis) -> Op:
 
 
 def redis_py_op(client: redis.asyncio.Redis) -> Op:
-    cas = client.register_script(CAS_SCRIPT)
+    cas = client.register_script(source("cas"))
 
     async def op(i: int) -> Any:
         key = f"bench:{i}"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import redis.asyncio
 from starlette.applications import Starlette
 
+from service import scripts
 from service.app import create_app as create_service_app
-from service.cas import AsyncCompareAndSet
 from service.redis_client import CLIENT_OPTIONS
 from service.settings import get_settings
 
@@ -20,7 +20,7 @@ def create_app() -> Starlette:
     app = create_service_app()
     store = app.state.runtime.store
     client = redis.asyncio.Redis.from_url(get_settings().redis_url or "", **CLIENT_OPTIONS)
-    # redis-py's async script object is called like the pipelined one's: (keys=..., args=...).
+    # redis-py's async script object is called like the pipelined one's: (keys, args).
     store.aredis = client
-    store._acas = AsyncCompareAndSet(client)  # type: ignore[arg-type]
+    store._transition._ascript = client.register_script(scripts.source("transition"))
     return app
