@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,8 +54,19 @@ def require_wrk() -> str:
 WEB_PROTOCOL = "service.http_server:LimitedHttpToolsProtocol"
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    pid: int
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server process has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def uvicorn_process(target: str, env: dict[str, str], *, factory: bool = False, http: str = WEB_PROTOCOL) -> Iterator[str]:
+def uvicorn_server(target: str, env: dict[str, str], *, factory: bool = False, http: str = WEB_PROTOCOL) -> Iterator[Served]:
     """Serve `target` with one uvicorn process (uvloop, and the web's HTTP protocol unless told
     otherwise), as production would."""
     port = free_port()
@@ -74,10 +86,17 @@ def uvicorn_process(target: str, env: dict[str, str], *, factory: bool = False, 
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"{target} did not start") from None
                 time.sleep(0.1)
-        yield url
+        yield Served(url, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@contextmanager
+def uvicorn_process(target: str, env: dict[str, str], *, factory: bool = False, http: str = WEB_PROTOCOL) -> Iterator[str]:
+    """`uvicorn_server`, for callers that need only its URL."""
+    with uvicorn_server(target, env, factory=factory, http=http) as served:
+        yield served.url
 
 
 def run_wrk(

@@ -5,9 +5,13 @@ moves its task `submitted → succeeded` (one transition, one event, its outbox 
 Both servers run as one uvicorn process each (uvloop + httptools; ours with the web's HTTP limits,
 service/http_server.py) and are loaded by wrk on loopback in alternating blocks, each block of
 ours on tasks of its own, so a change in how busy the machine is hits both alike; the figures are
-the medians of the blocks.
+the medians of the blocks. Each server's CPU per request (user + system, from /proc) is reported
+too: on a shared machine it moves less than the rates do.
 
-    python bench/ingest.py [--seconds 4] [--blocks 3] [--tasks 40000]
+    python bench/ingest.py [--seconds 4] [--blocks 3] [--tasks 40000] [--app module:factory]
+
+`--app redis_py_app:create_app` serves the receiver on redis-py's asyncio client instead
+(bench/redis_py_app.py), to compare the two Redis clients end to end.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
-from common import ROOT, run_wrk, uvicorn_process
+from common import ROOT, Served, run_wrk, uvicorn_server
 from redis import Redis
 
 from service.auth import key_id
@@ -64,6 +68,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=4, help="wrk time per block")
     parser.add_argument("--blocks", type=int, default=3, help="blocks per server, alternating")
     parser.add_argument("--tasks", type=int, default=40000, help="tasks seeded per block")
+    parser.add_argument("--app", default="service.app:create_app", help="app factory to serve (modules in bench/ are importable)")
     args = parser.parse_args()
     script = ROOT / "bench" / "callbacks.lua"
     with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as server:
@@ -72,28 +77,39 @@ def main() -> None:
         for b, lines in enumerate(files):
             seed(redis, args.tasks, lines, id_of=lambda i, b=b: f"task_bench{b:02d}{i:08d}")
         env = {"REDIS_URL": server.url, "CALLBACK_SECRET": SECRET, "KLING_RELAY_API_KEYS": "bench",
-               "APIKLEY_API_KEY": "bench", "APIKLEY_CONFIRM_CALLBACKS": "false"}
+               "APIKLEY_API_KEY": "bench", "APIKLEY_CONFIRM_CALLBACKS": "false", "PYTHONPATH": str(ROOT / "bench")}
         baselines: list[float] = []
         ours: list[float] = []
+        baseline_cpu: list[float] = []
+        our_cpu: list[float] = []
+
+        def measured(served: Served, lines: Path, cpu: list[float]) -> float:
+            before = served.cpu_s()
+            rate = run_wrk(served.url, script, seconds=args.seconds, extra=[str(lines), "2"])
+            cpu.append((served.cpu_s() - before) / (rate * args.seconds) * 1e6)
+            return rate
+
         # The bare endpoint stays on stock httptools: it is the yardstick, so what our HTTP limits
         # cost shows in the ratio instead of cancelling out.
-        with uvicorn_process("baseline_app:app", {"PYTHONPATH": str(ROOT / "bench")}, http="httptools") as baseline_url, \
-                uvicorn_process("service.app:create_app", env, factory=True) as url:
+        with uvicorn_server("baseline_app:app", {"PYTHONPATH": str(ROOT / "bench")}, http="httptools") as baseline_server, \
+                uvicorn_server(args.app, env, factory=True) as our_server:
             for lines in files:
-                wrk_args = [str(lines), "2"]
-                baselines.append(run_wrk(baseline_url, script, seconds=args.seconds, extra=wrk_args))
-                ours.append(run_wrk(url, script, seconds=args.seconds, extra=wrk_args))
+                baselines.append(measured(baseline_server, lines, baseline_cpu))
+                ours.append(measured(our_server, lines, our_cpu))
         succeeded = redis.zcard(index_key(TaskStatus.SUCCEEDED))
 
     baseline, mine = statistics.median(baselines), statistics.median(ours)
+    cpu_baseline, cpu_mine = statistics.median(baseline_cpu), statistics.median(our_cpu)
     ratio = mine / baseline
-    print(f"bare Starlette endpoint: {baseline:,.0f} req/s     (blocks: {', '.join(f'{r:,.0f}' for r in baselines)})")
+    print(f"bare Starlette endpoint: {baseline:,.0f} req/s     (blocks: {', '.join(f'{r:,.0f}' for r in baselines)}); "
+          f"{cpu_baseline:.0f} µs CPU per request")
     print(f"kling-relay receiver:    {mine:,.0f} callbacks/s (blocks: {', '.join(f'{r:,.0f}' for r in ours)}; "
-          f"{succeeded:,} tasks moved to succeeded)")
+          f"{succeeded:,} tasks moved to succeeded); {cpu_mine:.0f} µs CPU per callback")
     print(f"ratio {ratio:.2f} (target >= {TARGET_RATIO}) {'MET' if ratio >= TARGET_RATIO else 'NOT MET'}")
     if max(ours) * args.seconds >= args.tasks:
         print("warning: a block may have run out of seeded tasks; later callbacks were duplicates (raise --tasks)", file=sys.stderr)
-    print(f"RESULT callbacks_per_s={mine:.0f} baseline_per_s={baseline:.0f} ratio={ratio:.2f}")
+    print(f"RESULT callbacks_per_s={mine:.0f} baseline_per_s={baseline:.0f} ratio={ratio:.2f} "
+          f"cpu_us_per_callback={cpu_mine:.0f} baseline_cpu_us={cpu_baseline:.0f}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Read a key, decide in Python (the pure domain), then send every resulting comman
 script (`service/scripts/cas.lua`), which runs them only if the key still holds what was read:
 all of them or none, in one round trip. A writer that lost the race reads again and decides
 again. Unlike WATCH/MULTI, nothing is held on a pooled connection between the read and the
-write, and the same script serves the sync stores and the web's async hot path.
+write. (A task's transition, the callback receiver's hot path, has a script of its own with the
+same guard and named arguments: `service/scripts/transition.lua`.)
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 
-from service.redis_async import PipelinedRedis
-from service.scripts import load, source
+from service.scripts import load
 
 Arg = bytes | str | int | float
 
@@ -78,16 +78,6 @@ class CompareAndSet:
 
     def __call__(self, key: str, expected: bytes | str | None, commands: list[Arg]) -> bool:
         return bool(self._script(keys=[key], args=[_expected(expected), *commands]))
-
-
-class AsyncCompareAndSet:
-    """The same, on the web process's pipelined connection (the callback hot path)."""
-
-    def __init__(self, redis: PipelinedRedis) -> None:
-        self._script = redis.register_script(source("cas"))
-
-    async def __call__(self, key: str, expected: bytes | str | None, commands: list[Arg]) -> bool:
-        return bool(await self._script(keys=[key], args=[_expected(expected), *commands]))
 
 
 def _expected(value: bytes | str | None) -> Arg:

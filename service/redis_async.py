@@ -1,10 +1,12 @@
 """The web process's async Redis client: one connection, every command pipelined on it.
 
 Why not redis-py's asyncio client: it checks a pooled connection out, health-checks it, wraps
-it in a timeout and a retry, and back in again, for every command: ~70 µs of CPU per command
-here, most of the callback receiver's time. Here a command is packed and written at once, and
-replies are matched to callers in order as they arrive: ~4 µs (bench/ingest.py). Redis runs
-commands one at a time anyway, so a single connection loses nothing.
+it in a timeout and a retry, packs in Python, and writes and reads each command on its own
+socket: the receiver's GET + EVALSHA pair costs it ~125-190 µs of CPU, against ~14-19 µs here
+with 16-256 callers (bench/redis_clients.py; end to end, bench/ingest.py, the receiver spends
+~2.5x the CPU per callback on it). Here a command is packed by hiredis and queued, everything
+queued in one turn of the loop leaves in one write, and replies are matched to callers in order
+as they arrive. Redis runs commands one at a time anyway, so a single connection loses nothing.
 
 Errors are redis-py's exception types, so the app's 503 handler and callers treat both clients
 alike: `ConnectionError` when Redis cannot be reached or the connection drops (in-flight

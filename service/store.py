@@ -1,10 +1,12 @@
 """The Redis store for tasks and their events (key names: `service/keys.py`).
 
-Every write is a compare-and-set (`service/cas.py`): we read a key, decide in Python (the pure
-domain), and send all the resulting commands (the task, its indexes, its event, its outbox entry
-or the job that acts on it) to one Lua script that runs them only if the key still holds what we
-read. So a crash never leaves half a write, two racing writers cannot both win, and a transition
-costs two round trips (read, CAS) from sync workers and the async callback receiver alike.
+Every write is a compare-and-set: we read a key, decide in Python (the pure domain), and send
+the resulting writes (the task, its indexes, its event, its outbox entry or the job that acts on
+it) to one Lua script that makes them only if the key still holds what we read: a transition to
+`service/scripts/transition.lua` (`WriteTransition`), anything else as spelled commands to
+`service/cas.py`'s. So a crash never leaves half a write, two racing writers cannot both win, and
+a transition costs two round trips (read, write) from sync workers and the async callback
+receiver alike.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from service import outbox
-from service.cas import Arg, AsyncCompareAndSet, CompareAndSet, recorded, spelled
+from service.cas import Arg, CompareAndSet, recorded, spelled
 from service.domain.clock import now_iso
 from service.domain.events import Event
 from service.domain.ids import id_floor, new_id
@@ -28,6 +30,7 @@ from service.domain.tasks import Task
 from service.domain.transition import ProviderUpdate, Transition, apply_update
 from service.keys import OUTBOX, OWNERS, WATCHDOG, events_key, index_key, task_key
 from service.redis_async import PipelinedRedis
+from service.scripts import load, source
 
 # Called while a write is built, so whatever it queues commits (or not) with the write.
 AfterWrite = Callable[[Pipeline, Task], None]
@@ -86,13 +89,45 @@ def _call_after(after: AfterWrite, task: Task, pipe: Pipeline) -> None:
     after(pipe, task)
 
 
+class WriteTransition:
+    """`service/scripts/transition.lua`: a transition's writes (and `after`, spelled commands
+    that commit with it), made only if the task still holds `read`. True if they were made.
+
+    Named arguments instead of every command spelled out for the generic compare-and-set: a
+    third of the arguments to pack and send, on the callback receiver's hot path."""
+
+    def __init__(self, redis: Redis, aredis: PipelinedRedis | None, retention_s: int) -> None:
+        self._script = load(redis, "transition")
+        self._ascript = aredis.register_script(source("transition")) if aredis is not None else None
+        self.retention_s = retention_s
+
+    def __call__(self, read: bytes | str, transition: Transition, after: list[Arg]) -> bool:
+        keys, args = self._arguments(read, transition, after)
+        return bool(self._script(keys=keys, args=args))
+
+    async def on_async(self, read: bytes | str, transition: Transition) -> bool:
+        assert self._ascript is not None
+        keys, args = self._arguments(read, transition, [])
+        return bool(await self._ascript(keys, args))
+
+    def _arguments(self, read: bytes | str, transition: Transition, after: list[Arg]) -> tuple[list[str], list[Arg]]:
+        task, event = transition.task, transition.event
+        keys = [task_key(task.id), events_key(task.id), OUTBOX, WATCHDOG]
+        if task.status is not transition.previous_status:
+            for owner in _scopes(task):
+                keys += [index_key(transition.previous_status, owner), index_key(task.status, owner)]
+        # A finished task and its events live on for the retention period, then go.
+        retention: Arg = self.retention_s if task.status.terminal else ""
+        return keys, [read, task.dumps(), event.dumps(), task.id, outbox.entry(task.id, event.id), retention, *after]
+
+
 class TaskStore:
     def __init__(self, redis: Redis, aredis: PipelinedRedis | None = None, *, retention_s: int = 7 * 24 * 3600) -> None:
         self.redis = redis
         self.aredis = aredis
         self.retention_s = retention_s
         self._cas = CompareAndSet(redis)
-        self._acas = AsyncCompareAndSet(aredis) if aredis is not None else None
+        self._transition = WriteTransition(redis, aredis, retention_s)
 
     def create(
         self,
@@ -173,10 +208,9 @@ class TaskStore:
             planned = self._plan(stored, wanted.task, wanted.update)
             if planned is None:
                 return None, None
-            transition, written, commands = planned
-            if wanted.after is not None:
-                commands = [*commands, *recorded(self.redis, partial(_call_after, wanted.after, written))]
-            if self._cas(key, raw, commands):
+            transition, written = planned
+            after = recorded(self.redis, partial(_call_after, wanted.after, written)) if wanted.after is not None else []
+            if self._write(raw, transition, written, after):
                 return transition, written
 
     def apply(self, task_id: str, update: ProviderUpdate) -> Transition | None:
@@ -185,7 +219,7 @@ class TaskStore:
 
     async def aapply(self, task_id: str, update: ProviderUpdate, *, check: Check | None = None) -> Transition | None:
         """`apply` for the async web process (the callback receiver's hot path)."""
-        assert self.aredis is not None and self._acas is not None
+        assert self.aredis is not None
         key = task_key(task_id)
         while True:
             raw = await self.aredis.get(key)
@@ -197,38 +231,25 @@ class TaskStore:
             planned = self._plan(stored, stored, update)
             if planned is None:
                 return None
-            transition, _, commands = planned
-            if await self._acas(key, raw, commands):
+            transition, _ = planned
+            if transition is None or await self._transition.on_async(raw, transition):
                 return transition
 
-    def _plan(
-        self, stored: Task, amended: Task, update: ProviderUpdate | None
-    ) -> tuple[Transition | None, Task, list[Arg]] | None:
+    def _write(self, read: bytes | str, transition: Transition | None, written: Task, after: list[Arg]) -> bool:
+        if transition is not None:
+            return self._transition(read, transition, after)
+        # Bookkeeping alone: no event; KEEPTTL, so a finished task still expires on time.
+        key = task_key(written.id)
+        return self._cas(key, read, [*spelled(("SET", key, written.dumps(), "KEEPTTL")), *after])
+
+    def _plan(self, stored: Task, amended: Task, update: ProviderUpdate | None) -> tuple[Transition | None, Task] | None:
+        """The transition `update` makes (None: none) and the task to write; None if nothing is."""
         transition = apply_update(amended, update, now=now_iso(), event_id=new_id("evt")) if update is not None else None
         if transition is not None:
-            return transition, transition.task, self._transition_commands(transition)
+            return transition, transition.task
         if amended is stored:
             return None
-        # Bookkeeping alone: no event; KEEPTTL, so a finished task still expires on time.
-        return None, amended, spelled(("SET", task_key(amended.id), amended.dumps(), "KEEPTTL"))
-
-    def _transition_commands(self, transition: Transition) -> list[Arg]:
-        # Spelled out rather than `recorded` through a redis-py Pipeline, which cost ~30 µs per
-        # callback here, the largest piece of the receiver's own work.
-        task, event = transition.task, transition.event
-        key, events = task_key(task.id), events_key(task.id)
-        commands: list[tuple[Arg, ...]] = [("SET", key, task.dumps()), ("RPUSH", events, event.dumps())]
-        if task.status is not transition.previous_status:
-            for owner in _scopes(task):
-                commands += [
-                    ("ZREM", index_key(transition.previous_status, owner), task.id),
-                    ("ZADD", index_key(task.status, owner), 0, task.id),
-                ]
-        if task.status.terminal:
-            # A finished task and its events live on for the retention period, then go.
-            commands += [("ZREM", WATCHDOG, task.id), ("EXPIRE", key, self.retention_s), ("EXPIRE", events, self.retention_s)]
-        commands.append(("RPUSH", OUTBOX, outbox.entry(task.id, event.id)))
-        return spelled(*commands)
+        return None, amended
 
     def record(self, task_id: str, amend: Callable[[Task], Task | None]) -> Task | None:
         """Save a bookkeeping change (no status move, no event); `amend` returns None to make none."""

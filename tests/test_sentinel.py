@@ -97,6 +97,32 @@ def test_clients_find_the_master_through_sentinel_and_follow_a_failover(sentinel
     assert wait_for(read_after_failover, timeout_s=20, what="the async client to reach the promoted replica") == b"after"
 
 
+def test_the_async_client_follows_a_failover_whose_old_master_stays_up(sentinel_setup: tuple[RedisServer, RedisServer, SentinelProcess]) -> None:
+    # A manual failover demotes the old master but leaves it running: the connection to it must
+    # not go on being used (writes there would fail READONLY, reads would be stale).
+    master, replica, sentinel = sentinel_setup
+    settings = load_settings(redis_sentinels=f"127.0.0.1:{sentinel.port}", redis_sentinel_master="mymaster", redis_url="redis://ignored-host/2")
+    _, aredis = connect_redis(settings)
+
+    async def write(value: str) -> object:
+        return await aredis.execute("SET", "k", value)
+
+    assert asyncio.run(write("before")) == b"OK"
+    wait_for(lambda: Redis(port=replica.port, db=2).get("k") == b"before", timeout_s=10, what="replication")
+    Redis(port=sentinel.port).execute_command("SENTINEL", "FAILOVER", "mymaster")
+    wait_for(lambda: Redis(port=master.port).role()[0] == b"slave", timeout_s=20, what="the old master to be demoted")
+
+    def written_after_failover() -> bool:
+        try:
+            return asyncio.run(write("after")) == b"OK"
+        except (RedisConnectionError, RedisTimeoutError):
+            time.sleep(0.1)
+            return False
+
+    wait_for(written_after_failover, timeout_s=20, what="the async client to reach the promoted replica")
+    assert Redis(port=replica.port, db=2).get("k") == b"after"
+
+
 def test_sentinels_stand_in_for_redis_url_in_the_settings() -> None:
     load_settings(redis_sentinels="10.0.0.1:26379,sentinel-b:26379").require("redis_url")
     with pytest.raises(SettingsError, match="REDIS_URL"):

@@ -14,28 +14,36 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 
+from service import outbox
 from service.cas import (
-    AsyncCompareAndSet,
     CompareAndSet,
     Recorder,
     RecordingOnly,
     recorded,
     spelled,
 )
+from service.domain.status import TaskStatus
+from service.domain.tasks import Task, TaskInput, TaskResult
+from service.domain.transition import ProviderUpdate, Transition, apply_update
 from service.jobs import POLL, Jobs
 from service.keys import (
     DELIVERIES_DUE,
     OUTBOX,
+    WATCHDOG,
     deliveries_index_key,
     delivery_key,
     delivery_lease_key,
+    events_key,
+    index_key,
     inflight_key,
+    task_key,
 )
 from service.outbox import ReturnInflight, TakeMore
 from service.ratelimit import TakeSlot
 from service.redis_client import connect_redis
 from service.redis_server import RedisServer
 from service.settings import load_settings
+from service.store import WriteTransition
 from service.webhooks.deliveries import (
     Attempted,
     ClaimAttempts,
@@ -90,23 +98,90 @@ def test_cas_expecting_none_runs_only_if_the_key_is_absent(redis: Redis) -> None
     assert not cas("claim", None, spelled(("SET", "claim", "second")))
     assert redis.get("claim") == b"first"
 
+# --- transition.lua -----------------------------------------------------------------------------
 
-def test_async_cas_on_the_pipelined_connection(redis_server: RedisServer, redis: Redis) -> None:
+T0 = "2026-01-01T00:00:00.000Z"
+RETENTION_S = 3600
+
+
+def _stored_task(redis: Redis, status: TaskStatus) -> tuple[Task, bytes]:
+    task = Task(id="task_t1", owner="key1", provider="apikley", provider_task_id="p1", status=status,
+                input=TaskInput(prompt="p"), created_at=T0, updated_at=T0, sequence=1)
+    raw = task.dumps()
+    redis.set(task_key(task.id), raw)
+    for owner in (None, "key1"):
+        redis.zadd(index_key(status, owner), {task.id: 0})
+    redis.zadd(WATCHDOG, {task.id: 1})
+    return task, raw
+
+
+def _transition(task: Task, update: ProviderUpdate) -> Transition:
+    moved = apply_update(task, update, now="2026-01-01T00:00:01.000Z", event_id="evt_1")
+    assert moved is not None
+    return moved
+
+
+def test_a_finishing_transition_writes_everything_and_starts_the_retention(redis: Redis) -> None:
+    task, raw = _stored_task(redis, TaskStatus.RUNNING)
+    done = _transition(task, ProviderUpdate(TaskStatus.SUCCEEDED, result=TaskResult(video_url="https://cdn.example/v.mp4")))
+    assert WriteTransition(redis, None, RETENTION_S)(raw, done, spelled(("SET", "kr:test:after", "1")))
+
+    assert redis.get(task_key(task.id)) == done.task.dumps()
+    assert redis.lrange(events_key(task.id), 0, -1) == [done.event.dumps()]
+    assert redis.lrange(OUTBOX, 0, -1) == [outbox.entry(task.id, "evt_1").encode()]
+    for owner in (None, "key1"):
+        assert redis.zscore(index_key(TaskStatus.RUNNING, owner), task.id) is None
+        assert redis.zscore(index_key(TaskStatus.SUCCEEDED, owner), task.id) == 0
+    assert redis.zscore(WATCHDOG, task.id) is None
+    assert 0 < redis.ttl(task_key(task.id)) <= RETENTION_S
+    assert 0 < redis.ttl(events_key(task.id)) <= RETENTION_S
+    assert redis.get("kr:test:after") == b"1"  # what commits with it
+
+
+def test_an_unfinished_transition_keeps_the_task_and_its_watchdog(redis: Redis) -> None:
+    task, raw = _stored_task(redis, TaskStatus.SUBMITTED)
+    running = _transition(task, ProviderUpdate(TaskStatus.RUNNING, progress=10))
+    assert WriteTransition(redis, None, RETENTION_S)(raw, running, [])
+
+    assert redis.get(task_key(task.id)) == running.task.dumps()
+    assert redis.zscore(index_key(TaskStatus.RUNNING, "key1"), task.id) == 0
+    assert redis.zscore(WATCHDOG, task.id) == 1
+    assert redis.ttl(task_key(task.id)) == -1 and redis.ttl(events_key(task.id)) == -1
+
+
+def test_a_progress_event_moves_no_index(redis: Redis) -> None:
+    task, raw = _stored_task(redis, TaskStatus.RUNNING)
+    progress = _transition(task, ProviderUpdate(TaskStatus.RUNNING, progress=50))
+    assert progress.event.type == "task.progress"
+    assert WriteTransition(redis, None, RETENTION_S)(raw, progress, [])
+    assert redis.zscore(index_key(TaskStatus.RUNNING, "key1"), task.id) == 0
+    assert redis.lrange(events_key(task.id), 0, -1) == [progress.event.dumps()]
+
+
+def test_nothing_is_written_if_the_task_changed_since_it_was_read(redis: Redis) -> None:
+    task, raw = _stored_task(redis, TaskStatus.RUNNING)
+    redis.set(task_key(task.id), task.model_copy(update={"sequence": 2}).dumps())  # another writer won
+    done = _transition(task, ProviderUpdate(TaskStatus.FAILED))
+    before = {key: redis.dump(key) for key in redis.keys("*")}
+    assert not WriteTransition(redis, None, RETENTION_S)(raw, done, spelled(("SET", "kr:test:after", "1")))
+    assert {key: redis.dump(key) for key in redis.keys("*")} == before
+
+
+def test_write_transition_on_the_pipelined_connection(redis_server: RedisServer, redis: Redis) -> None:
     _, aredis = connect_redis(load_settings(redis_url=f"redis://127.0.0.1:{redis_server.port}/{DB}"))
-    assert aredis is not None
-    cas = AsyncCompareAndSet(aredis)
-    redis.set("guard", "v1")
+    task, raw = _stored_task(redis, TaskStatus.RUNNING)
+    done = _transition(task, ProviderUpdate(TaskStatus.FAILED))
+    write = WriteTransition(redis, aredis, RETENTION_S)
 
     async def main() -> tuple[bool, bool]:
         try:
-            won = await cas("guard", b"v1", spelled(("SET", "guard", "v2")))
-            lost = await cas("guard", b"v1", spelled(("SET", "guard", "stale")))
-            return won, lost
+            return await write.on_async(raw, done), await write.on_async(raw, done)
         finally:
             await aredis.aclose()
 
-    assert asyncio.run(main()) == (True, False)
-    assert redis.get("guard") == b"v2"
+    assert asyncio.run(main()) == (True, False)  # the second read a task that has changed since
+    assert redis.get(task_key(task.id)) == done.task.dumps()
+    assert redis.lrange(events_key(task.id), 0, -1) == [done.event.dumps()]
 
 
 def test_a_recorder_captures_rq_enqueues_and_sends_nothing_itself(redis: Redis) -> None:

@@ -1,0 +1,30 @@
+-- A task's transition, written only if the task still holds what was read: the task, its event,
+-- its move between status indexes, its outbox entry, and for a finished task its retention TTL
+-- and its leaving the watchdog; then any commands that commit with it (a job, a watchdog entry).
+-- All of them or none, in one call: a writer that lost the race reads again and decides again.
+-- The same writes service/cas.py's compare-and-set would make, spelled out once here instead of
+-- sent with every call (the callback receiver's hot path).
+--
+-- KEYS[1] the task, KEYS[2] its events, KEYS[3] the outbox, KEYS[4] the watchdog,
+-- KEYS[5..] (index left, index joined) pairs, one per index scope; none if the status stayed.
+-- ARGV[1] the task as read, ARGV[2] the task as written, ARGV[3] the event, ARGV[4] the task id,
+-- ARGV[5] the outbox entry, ARGV[6] seconds a finished task is kept ('': not finished),
+-- ARGV[7..] further commands as <argc> <arg>... (service/cas.py `spelled`).
+-- Returns 1 if it wrote, 0 if the task had changed.
+-- #include run_spelled
+
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[3])
+for k = 5, #KEYS, 2 do
+  redis.call('ZREM', KEYS[k], ARGV[4])
+  redis.call('ZADD', KEYS[k + 1], 0, ARGV[4])
+end
+if ARGV[6] ~= '' then
+  redis.call('ZREM', KEYS[4], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+redis.call('RPUSH', KEYS[3], ARGV[5])
+run_spelled(7)
+return 1
