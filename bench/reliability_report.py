@@ -63,7 +63,8 @@ ORDER = [
 def run_tests(junit: Path) -> int:
     FIGURES.unlink(missing_ok=True)
     env = {**os.environ, "RELIABILITY_FIGURES": str(FIGURES)}
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", "tests/stack/faults", *SUITES]
+    # One module at a time (-n 0): the figures include each scenario's wall-clock seconds.
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", f"--junitxml={junit}", "tests/stack/faults", *SUITES]
     return subprocess.call(args, cwd=ROOT, env=env)
 
 

@@ -1,4 +1,4 @@
-"""Real parts for every test: a redis-server on a free port, the provider simulator served by
+"""Real parts for every stack test: a redis-server on a free port, the provider simulator served by
 uvicorn, and the service itself as real `kling-relay web` / `kling-relay worker` processes."""
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ class Simulator:
         return body["callbacks"] if isinstance(body, dict) else body
 
 
+# One Redis database per module stack. Each xdist worker is a session of its own, with its own
+# redis-server, simulator and this counter.
 _databases = itertools.count(1)
 
 # Timings scaled down so the whole pipeline runs in seconds.
