@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from _pytest.nodeid import NodeId
 from redis import Redis
 from starlette.applications import Starlette
 
@@ -60,6 +62,17 @@ class ServedApp:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each schemathesis test its own id. Schemathesis names a test per API operation
+    (`test_x[POST /v1/tasks]`), but pytest 9.2 builds an item's id from its original name and
+    parametrization only, so all of them share `test_x`; xdist tells tests apart by id and would
+    run one per shared id."""
+    ids = Counter(item.nodeid for item in items)
+    for item in items:
+        if ids[item.nodeid] > 1 and item.parent is not None and item.name != item.nodeid.rpartition("::")[2]:
+            item._id = NodeId.parse(f"{item.parent.nodeid}::{item.name}")  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")
