@@ -4,7 +4,7 @@ then render the figures each fault scenario recorded, and the suites' results, a
     .venv/bin/python bench/reliability_report.py                # run everything, then render
     .venv/bin/python bench/reliability_report.py --render-only  # re-render docs/reliability.json
 
-The fault tests write their figures when RELIABILITY_FIGURES names a file (tests/faults/conftest.py);
+The fault tests write their figures when RELIABILITY_FIGURES names a file (tests/stack/faults/conftest.py);
 the suites' pass counts come from pytest's JUnit XML. Exits non-zero if any test failed or any
 scenario lost or duplicated anything, after writing the report, so the report shows the damage.
 """
@@ -28,10 +28,11 @@ REPORT = ROOT / "docs" / "reliability.md"
 
 # Bad-input and security suites: module → what it proves.
 SUITES = {
-    "tests/test_api_fuzz.py": "schemathesis, positive and negative cases, against the served `/openapi.json`: no 5xx; status codes, media types, headers and bodies match the document; every operation refuses a request without a key",
-    "tests/test_status_machine_properties.py": "hypothesis: no sequence of provider reports moves a task backwards, out of a terminal status, or emits two events for one transition; sequences go 1, 2, 3 …; also with reports racing on the real Redis store",
-    "tests/test_callback_fuzz.py": "fuzzed callback bodies on a real task with its valid token (wrong types, huge strings, deep nesting, invalid UTF-8, NaN, random JSON and bytes): always 4xx, never a change",
-    "tests/test_security.py": "every `/v1/*` route in the app's route table refuses missing/bad keys; no key or secret in logs, answers or Redis; tokens open one task only; body limits on every route; per-key rate limit with Retry-After",
+    "tests/stack/test_api_fuzz.py": "schemathesis, positive and negative cases, against the served `/openapi.json`: no 5xx; status codes, media types, headers and bodies match the document; every operation refuses a request without a key",
+    "tests/unit/test_status_machine_properties.py": "hypothesis: no sequence of provider reports moves a task backwards, out of a terminal status, or emits two events for one transition; sequences go 1, 2, 3 …",
+    "tests/stack/test_status_machine_properties.py": "hypothesis: the same sequences, with the reports racing from threads on the real Redis store: one event per transition, numbered 1, 2, 3 …",
+    "tests/stack/test_callback_fuzz.py": "fuzzed callback bodies on a real task with its valid token (wrong types, huge strings, deep nesting, invalid UTF-8, NaN, random JSON and bytes): always 4xx, never a change",
+    "tests/stack/test_security.py": "every `/v1/*` route in the app's route table refuses missing/bad keys; no key or secret in logs, answers or Redis; tokens open one task only; body limits on every route; per-key rate limit with Retry-After",
 }
 COLUMNS = [
     ("scenario", "Scenario"),
@@ -62,7 +63,8 @@ ORDER = [
 def run_tests(junit: Path) -> int:
     FIGURES.unlink(missing_ok=True)
     env = {**os.environ, "RELIABILITY_FIGURES": str(FIGURES)}
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", "tests/faults", *SUITES]
+    # One module at a time (-n 0): the figures include each scenario's wall-clock seconds.
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", f"--junitxml={junit}", "tests/stack/faults", *SUITES]
     return subprocess.call(args, cwd=ROOT, env=env)
 
 
@@ -111,7 +113,7 @@ def render(book: dict[str, Any], counts: dict[str, Counter[str]] | None) -> str:
         f"Totals: {total['tasks']:,} tasks, {total['events']:,} events, {total['delivered']:,} of "
         f"{total['deliveries_expected']:,} deliveries, **{total['lost']} lost, {total['duplicated']} duplicated**.",
         "",
-        "How the columns are counted (`tests/faults/ledger.py`):",
+        "How the columns are counted (`tests/stack/faults/ledger.py`):",
         "",
         "- **Terminal**: tasks accepted with `202` that ended `succeeded` or `failed` with that status's event last.",
         "- **Deliveries expected** = events × subscribers; **Delivered** = distinct (event, subscriber) pairs a",
@@ -134,7 +136,7 @@ def render(book: dict[str, Any], counts: dict[str, Counter[str]] | None) -> str:
             "",
             "Every provider call may create a paid task. Each scenario below is one task of ours; the",
             "provider tasks column counts what the simulator created (and a real provider would bill) for it",
-            "(`tests/faults/test_paid_submissions.py`).",
+            "(`tests/stack/faults/test_paid_submissions.py`).",
             "",
             "| Scenario | How it is injected | Provider tasks created | Outcome |",
             "|---|---|---:|---|",
