@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *metrics.routes,
             *dashboard.routes,
         ],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         # The outer bound for every route; routes that read a body also cap it at their own limit.
         middleware=[Middleware(BodyLimitMiddleware, max_bytes=max(settings.max_body_bytes, callbacks.MAX_CALLBACK_BYTES))],
     )

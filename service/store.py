@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import orjson
 from redis import Redis
@@ -179,8 +180,7 @@ class TaskStore:
         """Newest first (of one owner's tasks, or everyone's with None). Ids sort by creation
         time, so the index is a lexicographic sorted set."""
         upper = f"({cursor}" if cursor else "+"
-        ids = self.redis.zrevrangebylex(index_key(status, owner), upper, "-", start=0, num=limit + 1)
-        ids = [_text(i) for i in ids]
+        ids = [_text(i) for i in self.redis.zrevrangebylex(index_key(status, owner), upper, "-", start=0, num=limit + 1)]
         more = len(ids) > limit
         ids = ids[:limit]
         raws = self.redis.mget([task_key(i) for i in ids]) if ids else []
@@ -284,6 +284,6 @@ class TaskStore:
         self.redis.zrem(WATCHDOG, task_id)
 
     def due_tasks(self, limit: int = 500) -> list[str]:
-        ids = self.redis.zrangebyscore(WATCHDOG, "-inf", time.time(), start=0, num=limit)
+        ids = cast(list[bytes], self.redis.zrangebyscore(WATCHDOG, "-inf", time.time(), start=0, num=limit))
         return [_text(i) for i in ids]
 

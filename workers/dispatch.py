@@ -138,7 +138,7 @@ class Dispatcher:
         entries = [e.decode() for e in self._take_more(outbox=OUTBOX, inflight=self.inflight, count=BATCH)]
         if not entries:
             # Nothing waiting: block for the next event, and go with it alone at once.
-            first = self.redis.blmove(OUTBOX, self.inflight, block_s, "LEFT", "RIGHT")
+            first = self.redis.blmove(OUTBOX, self.inflight, block_s, "LEFT", "RIGHT")  # type: ignore[arg-type]  # Redis takes fractions
             if first is None:
                 return None
             entries = [first.decode() if isinstance(first, bytes) else first]

@@ -36,7 +36,7 @@ RQ_MAINTENANCE_S = 60
 class RelayWorker(SimpleWorker):
     def request_stop(self, signum: int, frame: object) -> None:
         STOPPING.set()
-        super().request_stop(signum, frame)  # type: ignore[arg-type]
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
 
 def maintain_forever(interval_s: float) -> None:
@@ -84,7 +84,7 @@ class ThreadScheduler(RQScheduler):
     def tick(self) -> None:
         if self._hold_lock(lock=SCHEDULER_LOCK, holder=self.name, ttl_s=self.LOCK_TTL_S):
             self._acquired_locks = set(self._queue_names)
-            self.enqueue_scheduled_jobs()
+            self.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
 
     def run_forever(self) -> None:
         while True:

@@ -64,7 +64,9 @@ def poll_task(task_id: str) -> None:
         return
     key = poll_count_key(task_id)
     with rt.redis.pipeline() as pipe:
-        pipe.hincrby(key, "n", 1).hget(key, "seen").expire(key, int(rt.settings.task_deadline_s + rt.settings.late_result_window_s) + 3600)
+        pipe.hincrby(key, "n", 1)
+        pipe.hget(key, "seen")
+        pipe.expire(key, int(rt.settings.task_deadline_s + rt.settings.late_result_window_s) + 3600)
         polls, seen, _ = pipe.execute()
     asked_at = time.time()
     update = _fetch(rt, task, unfinished_at=_unfinished_at(task, seen))

@@ -33,7 +33,6 @@ from service.webhooks.policy import SUBSCRIPTION_DISABLED, DisableReason
 from service.webhooks.signing import generate_secret
 
 
-
 @dataclass(frozen=True)
 class SubscriptionPage:
     subscriptions: list[Subscription]
