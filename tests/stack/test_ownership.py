@@ -15,6 +15,8 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from service.domain.clock import now_iso
+from service.domain.ids import new_id
 from service.domain.tasks import Task, TaskInput
 from service.keys import index_key, task_key
 from tests.stack.conftest import Simulator, Stack, wait_for
@@ -158,8 +160,10 @@ def test_each_key_has_its_own_default_webhook_secret(world: World) -> None:
 
 
 def test_tasks_from_before_ownership_are_the_admins(world: World) -> None:
-    # As an upgrade finds them: stored with no owner, listed only in the everyone index.
-    legacy = Task(id="task_0legacy00000000000000000", provider="apikley", input=TaskInput(prompt="old"), created_at="2026-01-01T00:00:00.000Z", updated_at="2026-01-01T00:00:00.000Z")
+    # As an upgrade finds them: stored with no owner, listed only in the everyone index. Its id is
+    # fresh, so the retention sweep, which trims index entries by id time, leaves it be.
+    now = now_iso()
+    legacy = Task(id=new_id("task"), provider="apikley", input=TaskInput(prompt="old"), created_at=now, updated_at=now)
     redis = world.stack.redis()
     redis.set(task_key(legacy.id), legacy.dumps())
     redis.zadd(index_key(None), {legacy.id: 0})

@@ -14,6 +14,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from service.redis_client import connect_redis
 from service.redis_server import RedisServer, find_redis_server, free_port
@@ -29,16 +30,27 @@ class SentinelProcess:
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {data_dir}\n"
             f"sentinel monitor mymaster 127.0.0.1 {master_port} 1\n"
-            "sentinel down-after-milliseconds mymaster 300\n"
+            # Long enough that a busy machine's slow answer is not taken for a dead master.
+            "sentinel down-after-milliseconds mymaster 1000\n"
             "sentinel failover-timeout mymaster 2000\n"
         )
         self.process = subprocess.Popen([find_redis_server(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         client = Redis(port=self.port, socket_connect_timeout=0.2)
         wait_for(lambda: _answers(client), timeout_s=10, what="sentinel to start")
+        sentinel = Sentinel([("127.0.0.1", self.port)], socket_timeout=1)
+        wait_for(lambda: _master_known(sentinel), timeout_s=20, what="sentinel to vouch for the master")
 
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+
+
+def _master_known(sentinel: Sentinel) -> bool:
+    try:
+        sentinel.discover_master("mymaster")
+        return True
+    except MasterNotFoundError:
+        return False
 
 
 def _answers(client: Redis) -> bool:
