@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from service.bodylimit import BodyLimitMiddleware
 from service.errors import EXCEPTION_HANDLERS
+from service.http_server import ON_SHUTDOWN
+from service.live.hub import BLOCK_MS, Hub
+from service.live.log import EventLog
 from service.routes import (
     callbacks,
     dashboard,
@@ -17,6 +23,7 @@ from service.routes import (
     health,
     metrics,
     openapi,
+    streams,
     subscriptions,
     tasks,
 )
@@ -24,6 +31,15 @@ from service.runtime import Runtime
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    hub: Hub = app.state.hub
+    # The server calls this as soon as it starts shutting down: open streams end, so it need
+    # not wait for them (service/http_server.py).
+    yield {ON_SHUTDOWN: hub.close}
+    await hub.aclose()
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -35,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *callbacks.routes,
             *health.routes,
             *tasks.routes,
+            *streams.routes,
             *subscriptions.routes,
             *deliveries.routes,
             *openapi.routes,
@@ -45,8 +62,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         # The outer bound for every route; routes that read a body also cap it at their own limit.
         middleware=[Middleware(BodyLimitMiddleware, max_bytes=max(settings.max_body_bytes, callbacks.MAX_CALLBACK_BYTES))],
+        lifespan=_lifespan,
     )
     app.state.runtime = runtime = Runtime.from_settings(settings)
+    aredis = runtime.store.aredis
+    assert aredis is not None
+    # The live reader's XREAD blocks its connection for up to BLOCK_MS: give it its own.
+    reader = aredis.sibling(timeout_s=BLOCK_MS / 1000 + aredis.timeout_s)
+    app.state.hub = Hub(EventLog(reader), EventLog(aredis))
     if runtime.callbacks_unreachable:
         log.warning(runtime.callbacks_unreachable)
     return app

@@ -32,7 +32,8 @@ def _web(args: argparse.Namespace) -> int:
         # Leave logging to ours (configure_logging): uvicorn's lines become JSON lines too.
         log_config=None,
         proxy_headers=True,
-        # Dashboard streams never end by themselves; don't let them hold a shutdown up for long.
+        # Event streams end as shutdown begins (service/http_server.py ON_SHUTDOWN); dashboard
+        # streams do not: don't let them hold a shutdown up for long.
         timeout_graceful_shutdown=5,
     )
     return 0

@@ -21,6 +21,7 @@ import orjson
 
 from service.domain.tasks import AUTO
 from service.providers import registry
+from service.sse_client import StreamRefused, follow
 from service.text import excerpt
 
 EXIT_OK = 0
@@ -174,18 +175,27 @@ def _submit(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
 
 
 def wait_for_task(client: ApiClient, task: dict[str, Any], out: Output, *, timeout_s: float, interval_s: float) -> int:
-    """Show the task's status live until it ends; print its video URL (stdout) on success."""
+    """Show the task's status live until it ends; print its video URL (stdout) on success.
+
+    Follows the task's event stream; if the server offers none (an older one) or the stream
+    breaks, asks for the task every `interval_s` instead. The output is the same either way."""
     started = time.monotonic()
     status_line = StatusLine(out.err)
+
+    def show(current: dict[str, Any]) -> None:
+        status_line.show(current, time.monotonic() - started)
+        if current["status"] not in TERMINAL and time.monotonic() - started > timeout_s:
+            status_line.done()
+            raise CliError(EXIT_TIMEOUT, f"{current['id']} still {current['status']} after {timeout_s:g}s (kling-relay tasks show {current['id']})")
+
     try:
+        show(task)
+        if task["status"] not in TERMINAL:
+            task = _follow_task(client, task, show, timeout_s - (time.monotonic() - started))
         while task["status"] not in TERMINAL:
-            status_line.show(task, time.monotonic() - started)
-            if time.monotonic() - started > timeout_s:
-                status_line.done()
-                raise CliError(EXIT_TIMEOUT, f"{task['id']} still {task['status']} after {timeout_s:g}s (kling-relay tasks show {task['id']})")
             time.sleep(interval_s)
             task = client.request("GET", f"/v1/tasks/{task['id']}")
-        status_line.show(task, time.monotonic() - started)
+            show(task)
     finally:
         status_line.done()
     if out.as_json:
@@ -197,6 +207,23 @@ def wait_for_task(client: ApiClient, task: dict[str, Any], out: Output, *, timeo
     if not out.as_json:
         out.line((task.get("result") or {}).get("video_url", ""))
     return EXIT_OK
+
+
+def _follow_task(client: ApiClient, task: dict[str, Any], show: Callable[[dict[str, Any]], None], timeout_s: float) -> dict[str, Any]:
+    """The task as of its last event on its stream (`show`n as each arrives; a heartbeat re-checks
+    the deadline), or as given if the stream is unavailable or breaks (the caller polls on)."""
+    try:
+        for message in follow(client.http, f"/v1/tasks/{task['id']}/stream", read_timeout_s=max(timeout_s, 0.1)):
+            if message.data:
+                task = orjson.loads(message.data)["data"]
+            show(task)
+            if task["status"] in TERMINAL:
+                break
+    except httpx.TimeoutException:
+        show(task)  # past the deadline: raises
+    except (httpx.HTTPError, StreamRefused, orjson.JSONDecodeError, KeyError, TypeError):
+        pass
+    return task
 
 
 class StatusLine:
@@ -458,3 +485,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     replay.add_argument("--since", required=True, metavar="ISO", help="e.g. 2025-01-31T12:00:00Z")
     replay.add_argument("--until", default=None, metavar="ISO")
     replay.add_argument("--failed-only", action="store_true", help="only deliveries that ended failed")
+
+    from service import cli_listen  # it builds on this module
+
+    cli_listen.register(sub, common, EXIT_CODES)

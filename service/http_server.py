@@ -13,6 +13,10 @@ stops sending. `LimitedHttpToolsProtocol` (given to uvicorn as `http=`) adds:
 A connection checks its deadlines on a timer of its own every quarter of the timeout, so what
 a request pays is a few attribute writes (about 1 µs); a slow client is closed within 1.25 timeouts.
 The connection cap and the keep-alive timeout are uvicorn's own (`service.cli._web`).
+
+Neither limit cuts a long response (an event stream): once a GET's head is read, nothing is
+awaited from the client until its next request. And on shutdown every connection calls the
+app's `ON_SHUTDOWN` hook first, so open event streams end and uvicorn can stop.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from service.settings import get_settings
+
+# A callable the app may put in its lifespan state under this name: called once the server
+# starts shutting down, before it waits for open responses (so endless ones, event streams,
+# can end instead of holding the shutdown up until its timeout).
+ON_SHUTDOWN = "kling_relay.on_shutdown"
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -56,6 +65,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._last_read = self.loop.time()
         self._head_deadline = self._last_read + self.read_timeout_s
         self._watch = self.loop.call_later(self.read_timeout_s / 4, self._check_deadlines)
+
+    def shutdown(self) -> None:
+        hook = self.app_state.get(ON_SHUTDOWN)
+        if hook is not None:
+            hook()
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._watch is not None:

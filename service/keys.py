@@ -71,6 +71,21 @@ def poll_count_key(task_id: str) -> str:
     return f"{PREFIX}:polls:{task_id}"
 
 
+# --- live streams (service/live/) ---------------------------------------------------------------
+
+# Stream, every event as it is written, by reference (fields o owner, s subject, i event id; the
+# JSON stays in `events_key`), for the web's one reader per process and admins' resumes;
+# transitions and subscription disabling; no TTL, capped at STREAM_GLOBAL_EVENTS entries (MAXLEN ~).
+EVENT_LOG = f"{PREFIX}:evlog"
+
+
+def event_log_key(owner: str) -> str:
+    """Stream, one API key's events as references (fields s subject, i event id; the JSON stays in
+    `events_key`), for resuming `/v1/events/stream`; transitions and subscription disabling;
+    STREAM_HISTORY_S after its last event, capped at STREAM_HISTORY_EVENTS entries (MAXLEN ~)."""
+    return f"{EVENT_LOG}:{owner}"
+
+
 # --- the outbox (service/outbox.py, workers/dispatch.py) ----------------------------------------
 
 # List, "{subject id} {event id}" entries waiting for fan-out; transitions (service/outbox.py); no TTL.

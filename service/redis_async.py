@@ -138,6 +138,14 @@ class PipelinedRedis:
             protocol = await self._connected()
         return await protocol.send(args)
 
+    def sibling(self, *, timeout_s: float) -> PipelinedRedis:
+        """Another client to the same server, with a connection of its own (for blocking reads,
+        which would hold up every command pipelined behind them)."""
+        return PipelinedRedis(
+            self.locate, db=self.db, username=self.username, password=self.password, ssl=self.ssl,
+            timeout_s=timeout_s, connect_timeout_s=self.connect_timeout_s,
+        )
+
     async def get(self, key: str) -> bytes | None:
         reply: bytes | None = await self.execute("GET", key)
         return reply

@@ -18,6 +18,7 @@ from service.domain.tokens import callback_token
 from service.domain.transition import ProviderUpdate, Transition
 from service.jobs import Jobs
 from service.keys import confirm_key
+from service.live.log import LogLimits
 from service.metrics_http import web_registry
 from service.providers import registry
 from service.providers.base import ProviderClient
@@ -47,7 +48,8 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         redis, aredis = connect_redis(settings)
-        return cls(settings=settings, redis=redis, store=TaskStore(redis, aredis, retention_s=settings.task_retention_s), jobs=Jobs(redis))
+        store = TaskStore(redis, aredis, retention_s=settings.task_retention_s, limits=LogLimits.from_settings(settings))
+        return cls(settings=settings, redis=redis, store=store, jobs=Jobs(redis))
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -66,7 +68,7 @@ class Runtime:
         self.callbacks_unreachable = callbacks_unreachable(s)
         self._cas = CompareAndSet(self.redis)
         self.keys = Keys(s.kling_relay_api_keys, s.kling_relay_admin_keys)
-        self.subscriptions = SubscriptionStore(self.redis, event_ttl_s=s.webhook_log_ttl_s)
+        self.subscriptions = SubscriptionStore(self.redis, event_ttl_s=s.webhook_log_ttl_s, limits=LogLimits.from_settings(s))
         self.deliveries = DeliveryStore(self.redis, ttl_s=s.webhook_log_ttl_s, lease_s=s.webhook_lease_s)
         self.replays = PendingReplays(self.redis)
 

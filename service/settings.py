@@ -127,6 +127,16 @@ class Settings(BaseSettings):
     # this old, is presumed lost (worker killed) and is sent again.
     webhook_lease_s: float = 60.0
 
+    # Live event streams (service/live/). An API key's events stay resumable (Last-Event-ID) on
+    # `/v1/events/stream` for this long after its last event, up to this many of its latest events.
+    stream_history_s: int = Field(default=24 * 3600, gt=0)
+    stream_history_events: int = Field(default=1000, ge=10)
+    # Every key's events, newest this many: what a web's reader catches up on after a Redis outage,
+    # and what an admin's stream resumes from.
+    stream_global_events: int = Field(default=10_000, ge=100)
+    # An idle stream gets a `: ping` comment this often (proxies' idle timeouts; dead clients found).
+    stream_heartbeat_s: float = Field(default=15.0, gt=0)
+
     # The web's HTTP server (service/http_server.py). A request line and headers over this many bytes get 431.
     http_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     # A request head not complete this long after it began, or a body silent this long, is cut off (408).

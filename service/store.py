@@ -29,7 +29,8 @@ from service.domain.ids import id_floor, new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task
 from service.domain.transition import ProviderUpdate, Transition, apply_update
-from service.keys import OUTBOX, OWNERS, WATCHDOG, events_key, index_key, task_key
+from service.keys import EVENT_LOG, OUTBOX, OWNERS, WATCHDOG, event_log_key, events_key, index_key, task_key
+from service.live.log import LogLimits
 from service.redis_async import PipelinedRedis
 from service.scripts import load, source
 
@@ -92,15 +93,17 @@ def _call_after(after: AfterWrite, task: Task, pipe: Pipeline) -> None:
 
 class WriteTransition:
     """`service/scripts/transition.lua`: a transition's writes (and `after`, spelled commands
-    that commit with it), made only if the task still holds `read`. True if they were made.
+    that commit with it), its live log entries included, made only if the task still holds
+    `read`. True if they were made.
 
     Named arguments instead of every command spelled out for the generic compare-and-set: a
     third of the arguments to pack and send, on the callback receiver's hot path."""
 
-    def __init__(self, redis: Redis, aredis: PipelinedRedis | None, retention_s: int) -> None:
+    def __init__(self, redis: Redis, aredis: PipelinedRedis | None, retention_s: int, limits: LogLimits = LogLimits()) -> None:
         self._script = load(redis, "transition")
         self._ascript = aredis.register_script(source("transition")) if aredis is not None else None
         self.retention_s = retention_s
+        self.limits = limits
 
     def __call__(self, read: bytes | str, transition: Transition, after: list[Arg]) -> bool:
         keys, args = self._arguments(read, transition, after)
@@ -112,23 +115,29 @@ class WriteTransition:
         return bool(await self._ascript(keys, args))
 
     def _arguments(self, read: bytes | str, transition: Transition, after: list[Arg]) -> tuple[list[str], list[Arg]]:
-        task, event = transition.task, transition.event
-        keys = [task_key(task.id), events_key(task.id), OUTBOX, WATCHDOG]
+        task, event, limits = transition.task, transition.event, self.limits
+        owner_log = event_log_key(task.owner) if task.owner else EVENT_LOG
+        keys = [task_key(task.id), events_key(task.id), OUTBOX, WATCHDOG, EVENT_LOG, owner_log]
         if task.status is not transition.previous_status:
             for owner in _scopes(task):
                 keys += [index_key(transition.previous_status, owner), index_key(task.status, owner)]
         # A finished task and its events live on for the retention period, then go.
         retention: Arg = self.retention_s if task.status.terminal else ""
-        return keys, [read, task.dumps(), event.dumps(), task.id, outbox.entry(task.id, event.id), retention, *after]
+        return keys, [
+            read, task.dumps(), event.dumps(), task.id, outbox.entry(task.id, event.id), retention,
+            task.owner or "", event.id, limits.global_events, limits.owner_events, limits.owner_ttl_s, *after,
+        ]
 
 
 class TaskStore:
-    def __init__(self, redis: Redis, aredis: PipelinedRedis | None = None, *, retention_s: int = 7 * 24 * 3600) -> None:
+    def __init__(
+        self, redis: Redis, aredis: PipelinedRedis | None = None, *, retention_s: int = 7 * 24 * 3600, limits: LogLimits = LogLimits()
+    ) -> None:
         self.redis = redis
         self.aredis = aredis
         self.retention_s = retention_s
         self._cas = CompareAndSet(redis)
-        self._transition = WriteTransition(redis, aredis, retention_s)
+        self._transition = WriteTransition(redis, aredis, retention_s, limits)
 
     def create(
         self,

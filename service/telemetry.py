@@ -19,7 +19,7 @@ import logging
 from functools import lru_cache
 from typing import TYPE_CHECKING, TypeVar
 
-from prometheus_client import Counter, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 from service.domain.transition import Transition
 from service.webhooks.policy import Outcome, classify
@@ -54,6 +54,7 @@ POLLS = Counter("kling_relay_polls", "Provider status polls, by provider and out
 DELIVERY_ATTEMPTS = Counter(
     "kling_relay_delivery_attempts", "Webhook delivery attempts, by outcome (delivered, failed, gone)", ["outcome"]
 )
+LIVE_STREAMS = Gauge("kling_relay_live_streams", "Event streams (GET /v1/tasks/{id}/stream, /v1/events/stream) open in this web process")
 DELIVERY_LATENCY = Histogram(
     "kling_relay_delivery_latency_seconds",
     "Time from sending a webhook to its answer (or failure)",

@@ -35,3 +35,14 @@ def id_floor(prefix: str, unix_s: float) -> str:
     """The lowest id `new_id(prefix)` can return at `unix_s` or later: a lexicographic bound for
     "created since" range queries over sets of ids."""
     return f"{prefix}_{_time_part(max(int(unix_s * 1000), 0))}"
+
+
+def id_millis(value: str) -> int | None:
+    """The creation time (ms since the epoch) `new_id` wrote into an id; None if it is not one."""
+    _, sep, rest = value.partition("_")
+    if not sep or len(rest) != 25 or not rest.isalnum() or rest != rest.lower():
+        return None
+    try:
+        return int(rest[:9], 36)
+    except ValueError:
+        return None

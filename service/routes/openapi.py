@@ -260,6 +260,20 @@ def build_spec() -> Schema:
             )
         },
     }
+    last_event_id: Schema = {
+        "name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string", "pattern": "^evt_[0-9a-z]{25}$"},
+        "description": "Resume after this event (EventSource sends it when it reconnects)",
+    }
+    for path, summary, parameters in (
+        ("/v1/tasks/{task_id}/stream", "A task's events as Server-Sent Events, from its first (or after Last-Event-ID); ends after its terminal event", [task]),
+        ("/v1/events/stream", "Your events (an admin key: everyone's) as Server-Sent Events, live (or after Last-Event-ID)", []),
+    ):
+        operation = _operation(summary, {200: None}, [400, *([404] if parameters else [])], parameters=[*parameters, last_event_id])
+        operation["responses"]["200"] = {
+            "description": "`id:` the event id, `event:` its type, `data:` the event JSON (an Event); `: ping` comments when idle",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+        paths[path] = {"get": operation}
     components = _components()
     for provider in registry.all():
         if provider.callback is None:

@@ -28,6 +28,8 @@ from service.keys import (
     owner_subscriptions_key,
     subscription_key,
 )
+from service.live import log as live_log
+from service.live.log import LogLimits
 from service.webhooks.models import Subscription
 from service.webhooks.policy import SUBSCRIPTION_DISABLED, DisableReason
 from service.webhooks.signing import generate_secret
@@ -49,9 +51,10 @@ def _text(value: object) -> str:
 
 
 class SubscriptionStore:
-    def __init__(self, redis: Redis, *, event_ttl_s: int) -> None:
+    def __init__(self, redis: Redis, *, event_ttl_s: int, limits: LogLimits = LogLimits()) -> None:
         self.redis = redis
         self.event_ttl_s = event_ttl_s
+        self.limits = limits
         self._enabled: tuple[object, list[Subscription]] | None = None
         self._cas = CompareAndSet(redis)
 
@@ -132,7 +135,7 @@ class SubscriptionStore:
 
     def disable(self, sub_id: str, reason: DisableReason) -> Event | None:
         """Disable an enabled subscription and record a `subscription.disabled` event, with its
-        outbox entry, in the same compare-and-set. None if already disabled."""
+        outbox entry and live log entries, in the same compare-and-set. None if already disabled."""
         key = subscription_key(sub_id)
         while True:
             raw = self.redis.get(key)
@@ -151,6 +154,7 @@ class SubscriptionStore:
                 pipe.set(key, disabled.dumps())
                 pipe.set(SUBSCRIPTIONS_VERSION, _new_version())
                 pipe.rpush(events_key(sub_id), event.dumps())
+                live_log.append(pipe, self.limits, sub.owner, sub_id, event)
                 pipe.expire(events_key(sub_id), self.event_ttl_s)
                 pipe.delete(failing_key(sub_id))
                 outbox.push(pipe, sub_id, event.id)

@@ -28,11 +28,13 @@ from service.domain.transition import ProviderUpdate, Transition, apply_update
 from service.jobs import POLL, Jobs
 from service.keys import (
     DELIVERIES_DUE,
+    EVENT_LOG,
     OUTBOX,
     WATCHDOG,
     deliveries_index_key,
     delivery_key,
     delivery_lease_key,
+    event_log_key,
     events_key,
     index_key,
     inflight_key,
@@ -43,6 +45,7 @@ from service.ratelimit import TakeSlot
 from service.redis_client import connect_redis
 from service.redis_server import RedisServer
 from service.settings import load_settings
+from service.live.log import LogLimits
 from service.store import WriteTransition
 from service.webhooks.deliveries import (
     Attempted,
@@ -55,8 +58,9 @@ from service.webhooks.deliveries import (
     Target,
     new_deliveries,
 )
-from service.webhooks.models import Delivery
-from service.webhooks.policy import DeliveryStatus
+from service.webhooks.models import Delivery, Subscription
+from service.webhooks.policy import DeliveryStatus, DisableReason
+from service.webhooks.store import SubscriptionStore
 from service.webhooks.replays import BeginReplay, CountReplay, EndReplay
 from workers.lease import ReleaseLease, RenewLease
 from workers.main import HoldLock
@@ -165,6 +169,53 @@ def test_nothing_is_written_if_the_task_changed_since_it_was_read(redis: Redis) 
     before = {key: redis.dump(key) for key in redis.keys("*")}
     assert not WriteTransition(redis, None, RETENTION_S)(raw, done, spelled(("SET", "kr:test:after", "1")))
     assert {key: redis.dump(key) for key in redis.keys("*")} == before
+
+
+def _log(redis: Redis, key: str) -> list[dict[bytes, bytes]]:
+    return [fields for _, fields in redis.xrange(key)]
+
+
+def test_a_transition_joins_the_live_logs_by_reference_in_the_same_write(redis: Redis) -> None:
+    task, raw = _stored_task(redis, TaskStatus.RUNNING)
+    done = _transition(task, ProviderUpdate(TaskStatus.FAILED))
+    limits = LogLimits(global_events=100, owner_events=100, owner_ttl_s=600)
+    assert WriteTransition(redis, None, RETENTION_S, limits)(raw, done, [])
+    assert _log(redis, EVENT_LOG) == [{b"o": b"key1", b"s": task.id.encode(), b"i": b"evt_1"}]
+    assert _log(redis, event_log_key("key1")) == [{b"s": task.id.encode(), b"i": b"evt_1"}]
+    assert 0 < redis.ttl(event_log_key("key1")) <= 600
+    assert redis.ttl(EVENT_LOG) == -1  # capped instead
+
+
+def test_an_ownerless_tasks_transition_joins_the_global_log_only(redis: Redis) -> None:
+    task, raw = _stored_task(redis, TaskStatus.RUNNING)
+    ownerless = task.model_copy(update={"owner": None})
+    redis.set(task_key(task.id), ownerless.dumps())
+    done = _transition(ownerless, ProviderUpdate(TaskStatus.SUCCEEDED, result=TaskResult(video_url="https://cdn.example/v.mp4")))
+    assert WriteTransition(redis, None, RETENTION_S)(ownerless.dumps(), done, [])
+    assert _log(redis, EVENT_LOG) == [{b"o": b"", b"s": task.id.encode(), b"i": b"evt_1"}]
+    assert [k for k in redis.keys("kr:evlog:*")] == []
+
+
+def test_the_logs_are_capped(redis: Redis) -> None:
+    limits = LogLimits(global_events=10, owner_events=10, owner_ttl_s=600)
+    for n in range(500):
+        task, raw = _stored_task(redis, TaskStatus.RUNNING)
+        moved = apply_update(task, ProviderUpdate(TaskStatus.RUNNING, progress=n % 100 + 1), now=T0, event_id=f"evt_{n}")
+        assert moved is not None
+        assert WriteTransition(redis, None, RETENTION_S, limits)(raw, moved, [])
+    # Approximate trimming (MAXLEN ~) drops whole nodes: at most a node (100 entries) over.
+    assert 10 <= redis.xlen(EVENT_LOG) <= 110 and 10 <= redis.xlen(event_log_key("key1")) <= 110
+
+
+def test_a_subscription_disabled_event_joins_the_live_logs(redis: Redis) -> None:
+    sub = Subscription(id="sub_1", owner="key1", url="https://hooks.example/in", event_types=["*"], created_at=T0, updated_at=T0)
+    store = SubscriptionStore(redis, event_ttl_s=600)
+    store.create(sub)
+    event = store.disable(sub.id, DisableReason.FAILING)
+    assert event is not None
+    assert redis.lrange(events_key(sub.id), 0, -1) == [event.dumps()]
+    assert _log(redis, EVENT_LOG) == [{b"o": b"key1", b"s": b"sub_1", b"i": event.id.encode()}]
+    assert _log(redis, event_log_key("key1")) == [{b"s": b"sub_1", b"i": event.id.encode()}]
 
 
 def test_write_transition_on_the_pipelined_connection(redis_server: RedisServer, redis: Redis) -> None:

@@ -13,7 +13,7 @@ from service.cli_client import StatusLine
 COMMANDS = [
     [], ["web"], ["worker"], ["simulator"], ["dev"], ["submit"], ["tasks"], ["tasks", "list"], ["tasks", "show"],
     ["subscriptions"], ["subscriptions", "add"], ["subscriptions", "list"], ["subscriptions", "rm"],
-    ["subscriptions", "rotate"], ["deliveries"], ["deliveries", "list"], ["deliveries", "retry"], ["replay"],
+    ["subscriptions", "rotate"], ["deliveries"], ["deliveries", "list"], ["deliveries", "retry"], ["replay"], ["listen"],
 ]
 
 
