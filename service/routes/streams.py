@@ -39,6 +39,10 @@ class EventStream(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
+            if scope.get("method") == "HEAD":  # the headers only: a stream has no end to wait for
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": b""})
+                return
             await super().__call__(scope, receive, send)
         finally:
             self.on_end()
@@ -67,7 +71,7 @@ async def _listen(request: Request, *, task: str | None = None, owner: str | Non
 
 
 def _body(
-    history: Sequence[LiveEvent], listener: Listener, *, task_over: bool | None, heartbeat_s: float
+    history: Sequence[LiveEvent], listener: Listener | None, *, task_over: bool | None, heartbeat_s: float
 ) -> AsyncIterator[bytes]:
     """The stream: its history, then live events (each once), pings when idle. `task_over`:
     None for an events stream (endless); for a task stream, whether its history already holds
@@ -76,7 +80,7 @@ def _body(
 
     async def body() -> AsyncIterator[bytes]:
         yield RETRY + b"".join(event.sse() for event in history)
-        if task_over:
+        if task_over or listener is None:
             return
         while True:
             events = await listener.take(heartbeat_s)
@@ -106,17 +110,20 @@ async def task_stream(request: Request) -> Response:
     raw = await aredis.get(task_key(task_id))
     if raw is None or not who.owns(Task.loads(raw).owner):
         raise ApiError(404, "not_found", "no such task")
-    listener = await _listen(request, task=task_id)
-    try:
-        history = await live.history.subject_events(task_id)
-    except BaseException:
-        live.leave(listener)
-        raise
-    # Written with the task in one step: a task finished when read has its terminal event here.
+    history = await live.history.subject_events(task_id)
+    # A task's terminal event is written with its status: once read here, nothing is to come.
+    listener = None
+    if not any(event.ends_task for event in history):
+        listener = await _listen(request, task=task_id)
+        try:
+            history = await live.history.subject_events(task_id)  # again, now that it listens
+        except BaseException:
+            live.leave(listener)
+            raise
     over = any(event.ends_task for event in history)
-    history = history[after([event.id for event in history], last):]
+    history = history[after([event.id for event in history], last) :]
     body = _body(history, listener, task_over=over, heartbeat_s=rt.settings.stream_heartbeat_s)
-    return EventStream(body, lambda: live.leave(listener))
+    return EventStream(body, (lambda: live.leave(listener)) if listener is not None else (lambda: None))
 
 
 async def events_stream(request: Request) -> Response:

@@ -107,7 +107,7 @@ def test_stopping_the_web_ends_its_streams_at_once(stack: Stack, tmp_path: Path)
     web = stack.web
     assert web is not None
     web.terminate()
-    assert web.wait(timeout=15) == 0
+    assert web.wait(timeout=15) in (0, -15)  # uvicorn re-raises the SIGTERM once it has shut down
     reader.join(timeout_s=5)
     assert reader.ended  # the server ended it: the response completed
     logs = "".join(p.read_text(errors="replace") for p in stack.log_dir.glob("web-*.log"))

@@ -167,3 +167,8 @@ def test_another_keys_task_stream_does_not_exist(stack: Stack, api: httpx.Client
         assert other.get(f"/v1/tasks/{task_id}/stream").status_code == 404
         with admin.stream("GET", f"/v1/tasks/{task_id}/stream") as response:
             assert response.status_code == 200
+
+
+def test_head_answers_with_the_headers_only(stack: Stack, api: httpx.Client) -> None:
+    response = api.head("/v1/events/stream")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
