@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from service.domain.events import event_type_for
 from service.domain.ids import id_millis
@@ -21,7 +22,7 @@ RETRY = b"retry: 2000\n\n"
 CLOCK_SKEW_MS = 60_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LiveEvent:
     """An event as stored (`data`, its JSON, sent byte for byte), with what routes it."""
 
@@ -31,8 +32,10 @@ class LiveEvent:
     owner: str
     data: bytes
 
-    def sse(self) -> bytes:
-        # The stored JSON is one line (orjson), so it is one `data:` field.
+    @cached_property
+    def frame(self) -> bytes:
+        """The SSE message, made once however many streams send it. The stored JSON is one
+        line (orjson), so it is one `data:` field."""
         return b"id: %s\nevent: %s\ndata: %s\n\n" % (self.id.encode(), self.type.encode(), self.data)
 
     @property

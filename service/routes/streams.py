@@ -79,7 +79,7 @@ def _body(
     seen = {event.id for event in history}
 
     async def body() -> AsyncIterator[bytes]:
-        yield RETRY + b"".join(event.sse() for event in history)
+        yield RETRY + b"".join(event.frame for event in history)
         if task_over or listener is None:
             return
         while True:
@@ -93,10 +93,10 @@ def _body(
             fresh = [event for event in events if event.id not in seen]
             for position, event in enumerate(fresh):
                 if task_over is not None and event.ends_task:
-                    yield b"".join(e.sse() for e in fresh[: position + 1])
+                    yield b"".join(e.frame for e in fresh[: position + 1])
                     return
             if fresh:
-                yield b"".join(event.sse() for event in fresh)
+                yield b"".join(event.frame for event in fresh)
 
     return body()
 

@@ -24,12 +24,12 @@ def _event(event_id: str, event_type: str = "task.running") -> LiveEvent:
 
 def test_a_message_carries_the_id_the_type_and_the_stored_json_byte_for_byte() -> None:
     event = _event("evt_1", "task.succeeded")
-    assert event.sse() == b"id: evt_1\nevent: task.succeeded\ndata: " + event.data + b"\n\n"
+    assert event.frame == b"id: evt_1\nevent: task.succeeded\ndata: " + event.data + b"\n\n"
 
 
 def test_what_the_server_frames_the_client_parses_back_with_heartbeats_between() -> None:
     events = [_event("evt_1", "task.submitted"), _event("evt_2", "task.succeeded")]
-    wire = (b"retry: 2000\n\n" + events[0].sse() + b": ping\n\n" + events[1].sse()).decode()
+    wire = (b"retry: 2000\n\n" + events[0].frame + b": ping\n\n" + events[1].frame).decode()
     parsed = [m for m in parse(wire.split("\n")) if m is not PING]
     assert parsed == [Message(e.id, e.type, e.data.decode()) for e in events]
     assert PING in list(parse(wire.split("\n")))
