@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from service.webhooks.sender import AttemptResult
 
 # Log lines keep the logger name they have always had: log queries select on it.
-log = logging.getLogger("service.metrics")
+log = logging.getLogger(__name__)
 
 # `*_created` timestamps double the output and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
