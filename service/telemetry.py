@@ -27,7 +27,7 @@ from service.webhooks.policy import Outcome, classify
 if TYPE_CHECKING:
     from service.domain.transition import ProviderUpdate
     from service.webhooks.models import Delivery
-    from service.webhooks.sender import AttemptResult
+    from service.webhooks.outcomes import AttemptResult
 
 # Log lines keep the logger name they have always had: log queries select on it.
 log = logging.getLogger(__name__)
