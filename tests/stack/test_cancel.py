@@ -105,6 +105,31 @@ def test_a_queued_task_canceled_before_its_submit_runs_is_never_sent(stack: Stac
     assert event_types(api, task["id"]) == ["task.canceled"]
 
 
+def test_a_submit_in_flight_at_the_cancel_records_its_paid_attempt_but_leaves_the_task_canceled(
+    stack: Stack, api: httpx.Client, sim: Simulator
+) -> None:
+    # The provider creates the task, then holds its answer: the cancel lands while the call is open.
+    sim.configure(answer_delay_s=2)
+    created = create(api, provider="novita")
+    prompt = created["input"]["prompt"]
+    wait_for(lambda: [t for t in sim.tasks() if prompt in json.dumps(t["request"])], what="the provider to create the task")
+    answer = cancel(api, created["id"])
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "canceled"
+
+    redis = stack.redis()
+    wait_for(lambda: not redis.exists(Job.key_for(submit_job_id(created["id"], 0))), what="the submit job to end")
+    task = api.get(f"/v1/tasks/{created['id']}").json()
+    (attempt,) = task["attempts"]
+    assert task["status"] == "canceled" and attempt["outcome"] == "accepted"
+    # The paid provider task is on record, and nobody asks about it.
+    (provider_task,) = [t for t in sim.tasks() if prompt in json.dumps(t["request"])]
+    assert task["provider_task_id"] == attempt["provider_task_id"] == provider_task["task_id"]
+    assert not redis.exists(poll_chain_key(created["id"]))
+    assert provider_task["queries"] == 0
+    assert event_types(api, created["id"]) == ["task.canceled"]
+
+
 def test_a_running_novita_task_canceled_is_no_longer_polled_and_stays_canceled_when_the_provider_finishes(
     stack: Stack, api: httpx.Client, sim: Simulator, receiver: Receiver
 ) -> None:
