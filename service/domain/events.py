@@ -15,6 +15,7 @@ EVENT_TYPES = (
     "task.running",
     "task.succeeded",
     "task.failed",
+    "task.canceled",
     "task.progress",
 )
 
