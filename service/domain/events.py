@@ -16,6 +16,9 @@ EVENT_TYPES = (
     "task.succeeded",
     "task.failed",
     "task.progress",
+    # Our copy of a succeeded task's video: kept, or given up on after the last try.
+    "task.stored",
+    "task.storage_failed",
 )
 
 
