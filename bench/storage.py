@@ -112,7 +112,17 @@ def redis_bytes(redis: Redis, task_id: str, succeeded: dict[str, Any], stored_ev
     redis.delete(scratch_task, scratch_events)
     entries = int(redis.zcard(STORED))
     index = int(redis.memory_usage(STORED) or 0) // max(entries, 1)
-    return {"task_and_events": after - before, "stored_index_entry": index, "event_json": len(orjson.dumps(stored_event))}
+    # Every succeeded task now carries the storage fields, null until kept: in the task and in
+    # its task.succeeded event alike.
+    result = succeeded["data"]["result"]
+    bare = {k: v for k, v in result.items() if k in ("video_url", "expires_at")}
+    nulls = 2 * (len(orjson.dumps(result)) - len(orjson.dumps(bare)))
+    return {
+        "task_and_events": after - before,
+        "stored_index_entry": index,
+        "event_json": len(orjson.dumps(stored_event)),
+        "null_fields_before_kept": nulls,
+    }
 
 
 def main() -> None:
@@ -132,7 +142,8 @@ def main() -> None:
     print(
         f"RESULT video_mb={args.mb:g} job_mb_per_s={statistics.median(rates):.1f} "
         f"download_and_keep_mb_per_s={statistics.median(job_rates) if job_rates else 0:.1f} "
-        f"redis_bytes_per_task={statistics.median(a['task_and_events'] + a['stored_index_entry'] for a in added):.0f}"
+        f"redis_bytes_per_task={statistics.median(a['task_and_events'] + a['stored_index_entry'] for a in added):.0f} "
+        f"null_fields_per_succeeded_task={added[0]['null_fields_before_kept']}"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -94,13 +95,17 @@ class Runtime:
         duplicate try is harmless, so this is the job's limit plus JOB_GRACE_S."""
         return time.time() + delay_s + self.storage_job_timeout_s + self.settings.job_grace_s
 
-    def _start_storing(self, pipe: Pipeline, transition: Transition) -> None:
+    def _start_storing(self, transition: Transition) -> Callable[[Pipeline], None] | None:
         """A task that has just succeeded gets its store job, with the success's write."""
         if transition.previous_status is TaskStatus.SUCCEEDED or not needs_storing(transition.task):
-            return
+            return None
         task_id = transition.task.id
-        self.jobs.store(task_id, tries=0, timeout_s=self.storage_job_timeout_s, pipeline=pipe)
-        pipe.zadd(STORAGE_DUE, {task_id: self.storage_deadline_s(0)})
+
+        def build(pipe: Pipeline) -> None:
+            self.jobs.store(task_id, tries=0, timeout_s=self.storage_job_timeout_s, pipeline=pipe)
+            pipe.zadd(STORAGE_DUE, {task_id: self.storage_deadline_s(0)})
+
+        return build
 
     @cached_property
     def metrics_registry(self) -> CollectorRegistry:

@@ -143,7 +143,8 @@ class Settings(BaseSettings):
     storage_retry_max_s: float = Field(default=1800.0, gt=0)
     storage_url_ttl_s: float = Field(default=24 * 3600.0, gt=0)
     # A kept copy is deleted this long after it was kept (then `GET /v1/tasks/{id}/video` is 410).
-    storage_retention_s: int = Field(default=30 * 24 * 3600, gt=0)
+    # As long as a finished task by default: past its task, a copy cannot be fetched by the API.
+    storage_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
     # S3's presigned GET URLs, to which the video route redirects, last this long.
     storage_presign_s: int = Field(default=300, gt=0)
 

@@ -35,9 +35,10 @@ from service.scripts import load, source
 
 # Called while a write is built, so whatever it queues commits (or not) with the write.
 AfterWrite = Callable[[Pipeline, Task], None]
-# Called while any transition's write is built (from every writer, sync or async): the follow-up
-# work a transition starts (storing a succeeded task's video) commits with it.
-FollowUp = Callable[[Pipeline, Transition], None]
+# Asked about every transition before its write (from every writer, sync or async): the writes of
+# the follow-up work it starts (storing a succeeded task's video), which commit with it; None for
+# none (most transitions: nothing is recorded for them).
+FollowUp = Callable[[Transition], Callable[[Pipeline], None] | None]
 
 
 # Sees the stored task before an update is decided; raises to refuse it.
@@ -227,10 +228,8 @@ class TaskStore:
                 return transition, written
 
     def _follow_ups(self, transition: Transition | None) -> list[Arg]:
-        if transition is None or self.follow_up is None:
-            return []
-        follow_up = self.follow_up
-        return recorded(self.redis, lambda pipe: follow_up(pipe, transition))
+        build = self.follow_up(transition) if transition is not None and self.follow_up is not None else None
+        return recorded(self.redis, build) if build is not None else []
 
     def apply(self, task_id: str, update: Update) -> Transition | None:
         """Apply a provider report atomically (polls, our own decisions)."""

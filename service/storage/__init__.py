@@ -31,7 +31,11 @@ def check_storage_url(url: str | None) -> str | None:
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ValueError("a file URL must be file:///absolute/path")
         return url
-    raise ValueError("must be file:///path or none")
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ValueError("an S3 URL must name its bucket: s3://bucket/prefix")
+        return url
+    raise ValueError("must be file:///path, s3://bucket/prefix or none")
 
 
 def open_storage(url: str | None) -> Storage | None:
@@ -40,4 +44,12 @@ def open_storage(url: str | None) -> Storage | None:
         return None
     if url is None:
         return LocalStorage(DEFAULT_FOLDER.resolve())
-    return LocalStorage(Path(unquote(urlsplit(url).path)))
+    parts = urlsplit(url)
+    if parts.scheme == "s3":
+        try:
+            from service.storage.s3 import S3Storage  # only S3 users load boto3
+        except ImportError as exc:
+            raise RuntimeError("STORAGE_URL=s3://… needs boto3: pip install 'kling-relay[s3]'") from exc
+
+        return S3Storage(bucket=parts.netloc, prefix=parts.path.strip("/"))
+    return LocalStorage(Path(unquote(parts.path)))

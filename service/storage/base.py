@@ -1,7 +1,9 @@
-"""What every storage backend offers (service/storage/local.py, s3.py)."""
+"""What every storage backend offers (service/storage/local.py, s3.py), and the partial files
+downloads are written into before they are kept."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -31,3 +33,25 @@ class Storage(Protocol):
     def clean_partials(self, *, older_than_s: float, now_s: float) -> int:
         """Delete partial files a killed try left behind; how many went."""
         ...
+
+
+class PartialFiles:
+    """A folder of `*.part` files, one per download try."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def new(self) -> Path:
+        return self.folder / f"{uuid.uuid4().hex}.part"
+
+    def clean(self, *, older_than_s: float, now_s: float) -> int:
+        gone = 0
+        for path in self.folder.glob("*.part"):
+            try:
+                if path.stat().st_mtime < now_s - older_than_s:
+                    path.unlink()
+                    gone += 1
+            except FileNotFoundError:
+                continue  # its try just finished, or another sweeper took it
+        return gone

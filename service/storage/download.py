@@ -74,7 +74,9 @@ async def adownload(url: str, into: Path, rules: DownloadRules, *, resolver: Res
 async def _follow(session: aiohttp.ClientSession, url: str, into: Path, rules: DownloadRules) -> Downloaded:
     for _ in range(MAX_REDIRECTS + 1):
         target: URL = checked_url(url, allow_private=rules.allow_private)
-        async with session.get(target, allow_redirects=False, auto_decompress=False) as response:
+        # identity: the bytes kept and hashed are the video's own, never a compressed transfer.
+        headers = {"Accept-Encoding": "identity"}
+        async with session.get(target, allow_redirects=False, auto_decompress=False, headers=headers) as response:
             if response.status in REDIRECTS and "Location" in response.headers:
                 url = str(target.join(URL(response.headers["Location"])))
                 continue

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
-from service.storage.base import StorageWriteError
+from service.storage.base import PartialFiles, StorageWriteError
 
 PARTIAL_DIR = ".partial"
 
@@ -15,11 +14,10 @@ PARTIAL_DIR = ".partial"
 class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._partials = root / PARTIAL_DIR
-        self._partials.mkdir(parents=True, exist_ok=True)
+        self._partials = PartialFiles(root / PARTIAL_DIR)
 
     def partial(self) -> Path:
-        return self._partials / f"{uuid.uuid4().hex}.part"
+        return self._partials.new()
 
     def keep(self, partial: Path, name: str, content_type: str) -> None:
         try:
@@ -46,12 +44,4 @@ class LocalStorage:
             raise StorageWriteError(f"could not delete {name}: {exc}") from exc
 
     def clean_partials(self, *, older_than_s: float, now_s: float) -> int:
-        gone = 0
-        for path in self._partials.glob("*.part"):
-            try:
-                if path.stat().st_mtime < now_s - older_than_s:
-                    path.unlink()
-                    gone += 1
-            except FileNotFoundError:
-                continue  # its try just finished, or another sweeper took it
-        return gone
+        return self._partials.clean(older_than_s=older_than_s, now_s=now_s)

@@ -43,13 +43,13 @@ def sha256_of(size: int) -> str:
     return hashlib.sha256(b"".join(video_chunks(size))).hexdigest()
 
 
-def stored_or_failed(api: httpx.Client, task_id: str) -> dict[str, Any]:
+def stored_or_failed(api: httpx.Client, task_id: str, timeout_s: float = 30) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         task: dict[str, Any] = api.get(f"/v1/tasks/{task_id}").json()
         result = task.get("result") or {}
         return task if result.get("sha256") or result.get("storage_error") else None
 
-    return wait_for(check, timeout_s=30, what=f"task {task_id}'s video to be stored or given up")  # type: ignore[no-any-return]
+    return wait_for(check, timeout_s=timeout_s, what=f"task {task_id}'s video to be stored or given up")  # type: ignore[no-any-return]
 
 
 def storage_events(api: httpx.Client, task_id: str) -> list[str]:
@@ -66,6 +66,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def storage_stack(redis_server: RedisServer, simulator: Simulator, base: Path, videos: Path, **env: str) -> Stack:
+    base.mkdir(parents=True, exist_ok=True)
     return start_stack(redis_server, simulator, base, {**ENV, "STORAGE_URL": videos.as_uri(), **env})
 
 
@@ -192,7 +193,7 @@ def test_a_private_address_is_refused_when_private_webhooks_are_not_allowed(
         stack.stop()
 
 
-def test_a_name_resolving_to_a_private_address_is_refused_before_connecting(sim: Simulator, tmp_path: Path) -> None:
+def test_a_name_resolving_to_a_private_address_is_refused_before_connecting(tmp_path: Path) -> None:
     """A name only our resolver knows, pointing at a loopback listener (the simulator): refused
     unless private addresses are allowed, and then the connection goes where the resolver said."""
     requested: list[str] = []
@@ -261,7 +262,7 @@ def test_a_worker_killed_mid_download_still_stores_the_video_once(
     size = 1_000_000
     videos = tmp_path / "videos"
     stack = storage_stack(redis_server, simulator, tmp_path / "logs", videos, STORAGE_MAX_BYTES=str(size))
-    sim.configure(video_bytes=size, video_trickle_s=2.5)
+    sim.configure(video_bytes=size, video_trickle_s=2)
     try:
         with stack.client() as api:
             task = run_task(api)
@@ -269,7 +270,8 @@ def test_a_worker_killed_mid_download_still_stores_the_video_once(
             assert api.get(f"/v1/tasks/{task['id']}").json()["result"]["sha256"] is None
             stack.kill_workers()
             stack.start_worker()
-            done = stored_or_failed(api, task["id"])
+            # Picked up again once its try is overdue (2 × STORAGE_TIMEOUT_S + 5 + JOB_GRACE_S).
+            done = stored_or_failed(api, task["id"], timeout_s=90)
             assert done["result"]["sha256"] == sha256_of(size) and done["result"]["bytes"] == size
             assert storage_events(api, task["id"]) == ["task.stored"]
             assert sim_video_requests(sim, task["provider_task_id"]) >= 2

@@ -4,6 +4,7 @@ until the URL expires, what a download must look like, Range headers, the simula
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,7 @@ from service.domain.tasks import StorageError, Task, TaskInput, TaskResult
 from service.domain.transition import ProviderUpdate, apply_update
 from service.simulator.state import FAKE_MP4, video_chunks
 from service.storage import check_storage_url
+from service.storage.local import LocalStorage
 
 NOW = "2026-01-01T00:00:00.000Z"
 LATER = "2026-01-01T00:01:00.000Z"
@@ -179,12 +181,34 @@ def test_the_simulators_video_has_its_size_and_stable_bytes(size: int) -> None:
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(b"".join(video_chunks(size))).hexdigest()
 
 
-@pytest.mark.parametrize("url", [None, "none", "file:///srv/videos"])
+@pytest.mark.parametrize("url", [None, "none", "file:///srv/videos", "s3://bucket", "s3://bucket/some/prefix"])
 def test_storage_urls_we_take(url: str | None) -> None:
     assert check_storage_url(url) == url
 
 
-@pytest.mark.parametrize("url", ["file://host/x", "file:relative", "http://x/y", "/srv/videos"])
+@pytest.mark.parametrize("url", ["file://host/x", "file:relative", "s3:///prefix", "http://x/y", "/srv/videos"])
 def test_storage_urls_we_refuse(url: str) -> None:
     with pytest.raises(ValueError):
         check_storage_url(url)
+
+
+def test_a_local_copy_is_kept_by_rename_and_partials_are_cleaned(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "videos")
+    first, second = storage.partial(), storage.partial()
+    assert first != second and first.parent == second.parent
+    first.write_bytes(b"one")
+    storage.keep(first, "task_a.mp4", "video/mp4")
+    assert not first.exists() and storage.locate("task_a.mp4", expires_s=60) == tmp_path / "videos" / "task_a.mp4"
+    # A re-run keeps the same name again: replaced whole, never a second object.
+    second.write_bytes(b"two")
+    storage.keep(second, "task_a.mp4", "video/mp4")
+    assert (tmp_path / "videos" / "task_a.mp4").read_bytes() == b"two"
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == [".partial", "task_a.mp4"]
+    storage.delete("task_a.mp4")
+    storage.delete("task_a.mp4")
+    assert storage.locate("task_a.mp4", expires_s=60) is None
+    left = storage.partial()
+    left.write_bytes(b"killed mid-download")
+    now = left.stat().st_mtime
+    assert storage.clean_partials(older_than_s=10, now_s=now + 5) == 0
+    assert storage.clean_partials(older_than_s=10, now_s=now + 11) == 1 and not left.exists()
