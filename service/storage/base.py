@@ -36,18 +36,19 @@ class Storage(Protocol):
 
 
 class PartialFiles:
-    """A folder of `*.part` files, one per download try."""
+    """A folder of `*.part` files, one per download try; made on first use (a web process that
+    only serves copies never makes it)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
 
     def new(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
         return self.folder / f"{uuid.uuid4().hex}.part"
 
     def clean(self, *, older_than_s: float, now_s: float) -> int:
         gone = 0
-        for path in self.folder.glob("*.part"):
+        for path in self.folder.glob("*.part") if self.folder.is_dir() else ():
             try:
                 if path.stat().st_mtime < now_s - older_than_s:
                     path.unlink()
