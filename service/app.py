@@ -19,6 +19,7 @@ from service.routes import (
     openapi,
     subscriptions,
     tasks,
+    video,
 )
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *callbacks.routes,
             *health.routes,
             *tasks.routes,
+            *video.routes,
             *subscriptions.routes,
             *deliveries.routes,
             *openapi.routes,

@@ -162,6 +162,19 @@ def replay_key(sub_id: str) -> str:
     return f"{PREFIX}:replay:{sub_id}"
 
 
+# --- stored videos (service/storage, workers/store_video.py) -------------------------------------
+
+# Sorted set, task id → deadline of its pending storage try (the job's run, or its scheduled
+# retry, plus JOB_GRACE_S); the sweep gives an overdue task a new job. Written with the success
+# transition, pushed forward by each try; entry removed once stored or given up on.
+STORAGE_DUE = f"{PREFIX}:storage:due"
+# Sorted set, task id → when its stored copy is deleted (STORAGE_RETENTION_S after it was kept);
+# the store job; the sweep deletes due copies and their entries.
+STORED = f"{PREFIX}:stored"
+# String, one worker cleans up stored copies at a time; workers/store_video.py; SWEEP_INTERVAL_S.
+STORAGE_SWEEP_LOCK = f"{PREFIX}:lock:storagesweep"
+
+
 # --- rate limits, locks -------------------------------------------------------------------------
 
 

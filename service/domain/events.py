@@ -17,6 +17,9 @@ EVENT_TYPES = (
     "task.failed",
     "task.canceled",
     "task.progress",
+    # Our copy of a succeeded task's video: kept, or given up on after the last try.
+    "task.stored",
+    "task.storage_failed",
 )
 
 

@@ -57,6 +57,8 @@ ERROR_MEANING = {
     413: "Request body too large",
     415: "Body is not application/json",
     422: "The body is valid JSON but not a valid request; `fields` names what is wrong",
+    410: "Gone: the stored copy was deleted after its retention period",
+    416: "The Range asks for nothing inside the object",
     429: "Too many requests for this API key; retry after `Retry-After` seconds",
     503: "Storage temporarily unavailable; retry after `Retry-After` seconds",
 }
@@ -73,6 +75,20 @@ IDEMPOTENCY_KEY = {
     "description": "The same key with the same body returns the same task; with another body, 409",
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
+
+def _video_operation(task: Schema) -> Schema:
+    """The stored video: bytes (whole or one range), not modified, or a redirect to S3."""
+    operation = _operation("Our stored copy of the task's video (docs/storage.md)", {}, [404, 410, 416], parameters=[task])
+    video = {"video/*": {"schema": {"type": "string", "format": "binary"}}}
+    operation["responses"] |= {
+        "200": {"description": "The video; `ETag` is its sha256", "content": video},
+        "206": {"description": "One range of it (`Content-Range`)", "content": video},
+        "304": {"description": "Not modified (`If-None-Match` matched the ETag)"},
+        "307": {"description": "The copy is in S3: a short-lived presigned URL in `Location`"},
+    }
+    operation["parameters"].append({"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}})
+    return operation
+
 
 def _ref(name: str) -> Schema:
     return {"$ref": REF.format(model=name)}
@@ -214,6 +230,7 @@ def build_spec() -> Schema:
                 parameters=[task],
             )
         },
+        "/v1/tasks/{task_id}/video": {"get": _video_operation(task)},
         "/v1/subscriptions": {
             "post": _operation("Create a subscription", {201: _ref("CreatedSubscription")}, [400, 413, 415, 422], body="SubscriptionCreate"),
             "get": _operation("List subscriptions, newest first", {200: _page("Subscription")}, [400], parameters=[LIMIT, CURSOR]),
