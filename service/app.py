@@ -11,6 +11,7 @@ from service.bodylimit import BodyLimitMiddleware
 from service.errors import EXCEPTION_HANDLERS
 from service.routes import (
     callbacks,
+    catalog,
     dashboard,
     deliveries,
     docs,
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *tasks.routes,
             *subscriptions.routes,
             *deliveries.routes,
+            *catalog.routes,
             *openapi.routes,
             *docs.routes,
             *metrics.routes,
