@@ -30,15 +30,15 @@ EXIT_API_ERROR = 3
 EXIT_TIMEOUT = 4
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}  success (with --wait: the task succeeded)
-  {EXIT_TASK_FAILED}  the task failed (submit --wait)
+  {EXIT_TASK_FAILED}  the task failed or was canceled (submit --wait)
   {EXIT_USAGE}  usage or configuration error (bad option, no API key)
   {EXIT_API_ERROR}  the API refused the request or could not be reached
   {EXIT_TIMEOUT}  timed out (the API did not answer, or the task did not finish within --timeout)
 """
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = {"succeeded", "failed"}
+TERMINAL = {"succeeded", "failed", "canceled"}
 # Where a status sits on the progress bar when the provider reports no percentage.
-STAGE_PERCENT = {"queued": 2, "submitted": 10, "running": 30, "succeeded": 100, "failed": 100}
+STAGE_PERCENT = {"queued": 2, "submitted": 10, "running": 30, "succeeded": 100, "failed": 100, "canceled": 100}
 
 
 class CliError(Exception):
@@ -194,6 +194,9 @@ def wait_for_task(client: ApiClient, task: dict[str, Any], out: Output, *, timeo
         error = task.get("error") or {}
         out.note(f"{task['id']} failed: {error.get('code', '?')}: {error.get('message', '')}")
         return EXIT_TASK_FAILED
+    if task["status"] == "canceled":
+        out.note(f"{task['id']} was canceled")
+        return EXIT_TASK_FAILED
     if not out.as_json:
         out.line((task.get("result") or {}).get("video_url", ""))
     return EXIT_OK
@@ -285,6 +288,16 @@ def _tasks_show(client: ApiClient, args: argparse.Namespace, out: Output) -> int
     out.line("events:")
     for event in events:
         out.line(f"  {event['sequence']:>3}  {event['created_at']}  {event['type']:<15} {event['id']}")
+    return EXIT_OK
+
+
+def _tasks_cancel(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
+    task = client.request("POST", f"/v1/tasks/{args.task_id}/cancel")
+    if out.as_json:
+        out.json(task)
+        return EXIT_OK
+    out.line(task["status"])
+    out.note(f"{task['id']} canceled; the provider may still finish it, and charge for it")
     return EXIT_OK
 
 
@@ -427,13 +440,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit.add_argument("--timeout", type=float, default=900.0, metavar="S", help="with --wait: give up after S seconds (exit 4; default 900)")
     submit.add_argument("--poll-interval", type=float, default=1.0, metavar="S", help="with --wait: seconds between status checks")
 
-    tasks = group("tasks", "list and inspect tasks")
+    tasks = group("tasks", "list, inspect and cancel tasks")
     listing = leaf(tasks, "list", _tasks_list, "list tasks, newest first")
     listing.add_argument("--status", choices=sorted(STAGE_PERCENT), default=None, help="only tasks in this status")
     listing.add_argument("--limit", type=int, default=20, help="how many (1-100, default 20)")
     listing.add_argument("--cursor", default=None, help="continue after this task id (printed as 'more:')")
     show = leaf(tasks, "show", _tasks_show, "show one task and its events")
     show.add_argument("task_id", metavar="ID")
+    cancel = leaf(
+        tasks,
+        "cancel",
+        _tasks_cancel,
+        "cancel an unfinished task; prints its new status",
+        "cancel a queued, submitted or running task (POST /v1/tasks/{id}/cancel) and print its new\n"
+        "status. A finished task cannot be canceled (exit 3). Neither provider can stop a task it\n"
+        "already has, so it may still be charged for.",
+    )
+    cancel.add_argument("task_id", metavar="ID")
 
     subs = group("subscriptions", "manage webhook subscriptions")
     add = leaf(subs, "add", _subscriptions_add, "subscribe a URL to events; prints the id and the signing secret (shown once)")

@@ -22,7 +22,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from service import outbox
-from service.cas import Arg, CompareAndSet, recorded, spelled
+from service.cas import CompareAndSet, recorded, spelled
 from service.domain.clock import now_iso
 from service.domain.events import Event
 from service.domain.ids import id_floor, new_id
@@ -30,7 +30,7 @@ from service.domain.status import TaskStatus
 from service.domain.tasks import Task
 from service.domain.transition import ProviderUpdate, Transition, apply_update
 from service.keys import OUTBOX, OWNERS, WATCHDOG, events_key, index_key, task_key
-from service.redis_async import PipelinedRedis
+from service.redis_async import Arg, PipelinedRedis
 from service.scripts import load, source
 
 # Called while a write is built, so whatever it queues commits (or not) with the write.

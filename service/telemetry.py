@@ -27,10 +27,10 @@ from service.webhooks.policy import Outcome, classify
 if TYPE_CHECKING:
     from service.domain.transition import ProviderUpdate
     from service.webhooks.models import Delivery
-    from service.webhooks.sender import AttemptResult
+    from service.webhooks.outcomes import AttemptResult
 
 # Log lines keep the logger name they have always had: log queries select on it.
-log = logging.getLogger("service.metrics")
+log = logging.getLogger(__name__)
 
 # `*_created` timestamps double the output and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]

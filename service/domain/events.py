@@ -50,6 +50,11 @@ CATALOG: tuple[EventType, ...] = (
         " decided for want of news (`timeout`, `submit_unconfirmed`) may still be followed by"
         " task.succeeded if the provider delivers after all.",
     ),
+    EventType(
+        "task.canceled",
+        "The task was canceled (POST /v1/tasks/{id}/cancel). Neither provider can cancel a task: the"
+        " provider may still finish the video and charge for it; its later news is ignored.",
+    ),
     EventType("task.progress", "The provider reported progress while the task runs: `progress` is a percentage (steps of 10)."),
     EventType(
         SUBSCRIPTION_DISABLED,

@@ -65,11 +65,28 @@ def apply_update(task: Task, update: ProviderUpdate, *, now: str, event_id: str)
     return None
 
 
+class NotCancelable(Exception):
+    """The task has finished: there is nothing left to cancel."""
+
+    def __init__(self, status: TaskStatus) -> None:
+        super().__init__(f"the task has already finished as {status.value}")
+        self.status = status
+
+
+def cancel_update(task: Task) -> ProviderUpdate:
+    """The client's cancel, as the update the transition function applies: any unfinished task
+    becomes `canceled`. Raises NotCancelable once the task has finished (canceled included)."""
+    if task.status.terminal:
+        raise NotCancelable(task.status)
+    return ProviderUpdate(status=TaskStatus.CANCELED)
+
+
 def revives(task: Task, update: ProviderUpdate) -> bool:
     """A verified success after a failure we decided ourselves (deadline, unconfirmed submit):
     the one move out of a terminal status. Our failure was a guess for want of news; the
     provider's result is the truth, and the user paid for it. Failures the provider reported stay
-    final. Callers pass only verified reports here (a poll, or a callback confirmed by one)."""
+    final, and so does a cancel: that was the client's decision, not a guess. Callers pass only
+    verified reports here (a poll, or a callback confirmed by one)."""
     return (
         task.status is TaskStatus.FAILED
         and update.status is TaskStatus.SUCCEEDED

@@ -32,7 +32,7 @@ from service.webhooks.models import (
     SubscriptionCreate,
     SubscriptionUpdate,
 )
-from service.webhooks.policy import DeliveryStatus
+from service.webhooks.policy import ALL_EVENT_TYPES, DeliveryStatus
 
 REF = "#/components/schemas/{model}"
 Schema = dict[str, Any]
@@ -201,6 +201,8 @@ def _components() -> dict[str, Schema]:
     delivery = schemas["Delivery"]
     delivery["properties"].pop("round_attempts")
     delivery["properties"]["next_attempt_at"] = {**NULLABLE_STRING, "description": "When the next attempt is due (pending only)"}
+    # Every type an event may carry (the models keep it a plain string).
+    schemas["Event"]["properties"]["type"]["enum"] = list(ALL_EVENT_TYPES)
     schemas["Error"] = ERROR
     return schemas
 
@@ -227,6 +229,17 @@ def _webhooks() -> dict[str, Schema]:
     return hooks
 
 
+def _cancel_operation(task: Schema) -> Schema:
+    operation = _operation("Cancel a task", {200: _ref("Task")}, [404, 409], parameters=[task])
+    operation["description"] = (
+        "Moves a queued, submitted or running task to `canceled` and emits `task.canceled`. Neither "
+        "provider can cancel a task: we stop asking about it and ignore its later news, but the "
+        "provider may still finish the video and charge for it."
+    )
+    operation["responses"]["409"]["description"] = "The task has already finished (`task_finished`), canceled included"
+    return operation
+
+
 def build_spec() -> Schema:
     task_statuses = [s.value for s in TaskStatus]
     delivery_statuses = [s.value for s in DeliveryStatus]
@@ -248,6 +261,7 @@ def build_spec() -> Schema:
             "get": _operation("List tasks, newest first", {200: _page("Task")}, [400], parameters=[_status_filter(task_statuses), LIMIT, CURSOR]),
         },
         "/v1/tasks/{task_id}": {"get": _operation("Get a task", {200: _ref("Task")}, [404], parameters=[task])},
+        "/v1/tasks/{task_id}/cancel": {"post": _cancel_operation(task)},
         "/v1/tasks/{task_id}/events": {
             "get": _operation(
                 "A task's events, oldest first",

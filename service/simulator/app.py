@@ -148,6 +148,7 @@ class Simulator:
         task = self.store.find(Provider.APIKLEY, task_id)
         if task is None:
             return self.apikley_answer(404, f"task not found: {task_id}")
+        task.queries += 1
         answer = apikley_record_answer(
             task,
             time.time() - task.created_at,
@@ -190,6 +191,7 @@ class Simulator:
         task = self.store.find(Provider.NOVITA, task_id)
         if task is None:
             return novita_error(404, "TASK_NOT_FOUND", f"task not found: {task_id}")
+        task.queries += 1
         elapsed = time.time() - task.created_at
         return JSONResponse(novita_result(task, elapsed, self.video_url(request, task)))
 
@@ -239,6 +241,7 @@ class Simulator:
             "request": task.request,
             "plan": asdict(task.plan),
             "callback_url": task.callback_url,
+            "queries": task.queries,
             "video_url": self.video_url(request, task),
             "callbacks": [asdict(c) for c in self.store.callbacks if c.task_id == task.task_id],
         }

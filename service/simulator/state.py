@@ -232,6 +232,8 @@ class SimTask:
     plan: TaskPlan
     created_at: float
     callback_url: str | None = None
+    # Status queries about this task (Get Task Details, task-result): who is still asking.
+    queries: int = 0
 
     def phase(self, now: float) -> Phase:
         return phase_at(self.plan, now - self.created_at)

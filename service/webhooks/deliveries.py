@@ -26,7 +26,7 @@ import orjson
 from redis import Redis
 from redis.client import Pipeline
 
-from service.cas import Arg, recorded, spelled
+from service.cas import recorded, spelled
 from service.domain.clock import unix_to_iso
 from service.domain.ids import id_floor
 from service.jobs import Jobs
@@ -39,6 +39,7 @@ from service.keys import (
     events_key,
     failing_key,
 )
+from service.redis_async import Arg
 from service.scripts import load
 from service.webhooks.models import Delivery
 from service.webhooks.planner import Plan, Retry

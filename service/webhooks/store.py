@@ -14,7 +14,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from service import outbox
-from service.cas import Arg, CompareAndSet, recorded, spelled
+from service.cas import CompareAndSet, recorded, spelled
 from service.domain.clock import now_iso
 from service.domain.events import SUBSCRIPTION_DISABLED, Event
 from service.domain.ids import new_id
@@ -28,6 +28,7 @@ from service.keys import (
     owner_subscriptions_key,
     subscription_key,
 )
+from service.redis_async import Arg
 from service.webhooks.models import Subscription
 from service.webhooks.policy import DisableReason
 from service.webhooks.signing import generate_secret

@@ -11,7 +11,7 @@ from service.cli import build_parser
 from service.cli_client import StatusLine
 
 COMMANDS = [
-    [], ["web"], ["worker"], ["simulator"], ["dev"], ["submit"], ["tasks"], ["tasks", "list"], ["tasks", "show"],
+    [], ["web"], ["worker"], ["simulator"], ["dev"], ["submit"], ["tasks"], ["tasks", "list"], ["tasks", "show"], ["tasks", "cancel"],
     ["subscriptions"], ["subscriptions", "add"], ["subscriptions", "list"], ["subscriptions", "rm"],
     ["subscriptions", "rotate"], ["deliveries"], ["deliveries", "list"], ["deliveries", "retry"], ["replay"],
     ["subscriptions", "test"],
