@@ -95,9 +95,11 @@ def test_real_deliveries_of_every_event_type_validate_against_the_catalog(
     sim.configure(generate_s=4)  # Novita, polled: submitted, running, progress, succeeded
     polled = api.post("/v1/tasks", json={"prompt": "a slow sunrise", "provider": "novita"}).json()
     failing = api.post("/v1/tasks", json={"prompt": "a fox [sim:fail]", "provider": "apikley"}).json()
+    canceled = api.post("/v1/tasks", json={"prompt": "a snail [sim:slow]", "provider": "apikley"}).json()
+    assert api.post(f"/v1/tasks/{canceled['id']}/cancel").status_code == 200
     assert wait_for_status(api, polled["id"], {"succeeded", "failed"})["status"] == "succeeded"
     assert wait_for_status(api, failing["id"], {"succeeded", "failed"})["status"] == "failed"
-    events = [e for t in (polled, failing) for e in api.get(f"/v1/tasks/{t['id']}/events").json()["data"]]
+    events = [e for t in (polled, failing, canceled) for e in api.get(f"/v1/tasks/{t['id']}/events").json()["data"]]
     got = receiver.wait_for_count("every-task-event", len(events))
     [notice] = receiver.wait_for_count("ops", 1)
 
@@ -107,7 +109,9 @@ def test_real_deliveries_of_every_event_type_validate_against_the_catalog(
         validators[payload["type"]].validate(payload)  # and against the schema as served
         assert "test" not in payload
         seen.add(payload["type"])
-    assert seen == {"task.submitted", "task.running", "task.progress", "task.succeeded", "task.failed", "subscription.disabled"}
+    assert seen == {
+        "task.submitted", "task.running", "task.progress", "task.succeeded", "task.failed", "task.canceled", "subscription.disabled",
+    }
 
 
 def test_a_test_event_arrives_signed_marked_valid_and_logged_to_that_subscription_only(
