@@ -11,6 +11,7 @@ from service.bodylimit import BodyLimitMiddleware
 from service.errors import EXCEPTION_HANDLERS
 from service.routes import (
     callbacks,
+    catalog,
     dashboard,
     deliveries,
     docs,
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *video.routes,
             *subscriptions.routes,
             *deliveries.routes,
+            *catalog.routes,
             *openapi.routes,
             *docs.routes,
             *metrics.routes,

@@ -344,6 +344,17 @@ def _subscriptions_rotate(client: ApiClient, args: argparse.Namespace, out: Outp
     return EXIT_OK
 
 
+def _subscriptions_test(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
+    body = {"event_type": args.event_type} if args.event_type else {}
+    delivery = client.request("POST", f"/v1/subscriptions/{args.subscription_id}/test", json=body)
+    if out.as_json:
+        out.json(delivery)
+        return EXIT_OK
+    out.line(delivery["id"])
+    out.note(f"sending a test {delivery['event_type']} event to {args.subscription_id}: see `kling-relay deliveries list {args.subscription_id}`")
+    return EXIT_OK
+
+
 def _deliveries_list(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
     def row(d: dict[str, Any]) -> list[str]:
         last = d["attempts"][0] if d["attempts"] else {}
@@ -459,6 +470,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rm.add_argument("subscription_id", metavar="ID")
     rotate = leaf(subs, "rotate", _subscriptions_rotate, "rotate a subscription's signing secret; prints the new one")
     rotate.add_argument("subscription_id", metavar="ID")
+    test = leaf(subs, "test", _subscriptions_test, "send a signed sample event, marked test, to a subscription; prints the delivery id")
+    test.add_argument("subscription_id", metavar="SUB_ID")
+    test.add_argument("--event-type", default=None, metavar="TYPE", help="which event to sample (default: task.succeeded)")
 
     deliveries = group("deliveries", "inspect and retry webhook deliveries")
     dlv_list = leaf(deliveries, "list", _deliveries_list, "list a subscription's deliveries, newest first")

@@ -22,7 +22,8 @@ def task_key(task_id: str) -> str:
 
 def events_key(subject_id: str) -> str:
     """List (JSON), a task's (or subscription's) events in order; TaskStore / SubscriptionStore;
-    expires with its task (a subscription's: after its event TTL)."""
+    expires with its task (a subscription's: after its event TTL). A test event is kept under its
+    sample's own id (`task_test_…`, `sub_test_…`) by DeliveryStore.create_test, WEBHOOK_LOG_TTL_S."""
     return f"{PREFIX}:events:{subject_id}"
 
 

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     task_create_rate_per_min: int = Field(default=600, ge=0)
     # Replays one API key may start in any hour (each re-sends up to 10,000 deliveries); 0: no limit.
     replay_rate_per_hour: int = Field(default=30, ge=0)
+    # Test events one API key may send in any 60 s (each is a delivery kept WEBHOOK_LOG_TTL_S); 0: no limit.
+    test_event_rate_per_min: int = Field(default=60, ge=0)
 
     # Subscriber webhooks. One attempt (connect, send, first 1 KB of the answer) must end within this.
     webhook_timeout_s: float = 15.0

@@ -3,7 +3,9 @@ requests and shape responses, so the document cannot drift from what the service
 
 Bodies and resources come from pydantic (`TaskRequest`, `Task`, `Event`, the webhook models);
 this module only adds what pydantic cannot know: the operations, their parameters and status
-codes, and the public views that differ from the stored models (no secrets, ISO times).
+codes, and the public views that differ from the stored models (no secrets, ISO times). The
+`webhooks` section has every event type of the catalog (`service.domain.catalog`), with the
+schema `GET /v1/event-types` gives.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.domain.events import Event
+from service.domain.catalog import data_name, payload_schema
+from service.domain.events import BY_NAME, CATALOG, Event
 from service.domain.status import TaskStatus
 from service.domain.tasks import AUTO, Task, TaskRequest
 from service.providers import registry
 from service.webhooks.models import (
     Delivery,
     ReplayRequest,
+    SendTestEvent,
     Subscription,
     SubscriptionCreate,
     SubscriptionUpdate,
@@ -90,6 +94,33 @@ def _video_operation(task: Schema) -> Schema:
     return operation
 
 
+# Standard Webhooks headers: what every delivery carries.
+WEBHOOK_HEADERS = [
+    {
+        "name": "webhook-id",
+        "in": "header",
+        "required": True,
+        "description": "The event id: the same on every attempt, so a receiver can drop duplicates",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "webhook-timestamp",
+        "in": "header",
+        "required": True,
+        "description": "Unix seconds when this attempt was signed",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    {
+        "name": "webhook-signature",
+        "in": "header",
+        "required": True,
+        "description": 'v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}"> under the subscription\'s'
+        " secret; several, space-separated, while a rotated secret still signs",
+        "schema": {"type": "string"},
+    },
+]
+
+
 def _ref(name: str) -> Schema:
     return {"$ref": REF.format(model=name)}
 
@@ -122,6 +153,7 @@ def _operation(
     body: str | None = None,
     parameters: list[Schema] | None = None,
     secured: bool = True,
+    body_required: bool = True,
 ) -> Schema:
     responses: dict[str, Schema] = {}
     for status, schema in ok.items():
@@ -135,7 +167,7 @@ def _operation(
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": _json(_ref(body))}
+        operation["requestBody"] = {"required": body_required, "content": _json(_ref(body))}
     operation["security"] = [{"bearer": []}] if secured else []
     return operation
 
@@ -147,6 +179,7 @@ def _components() -> dict[str, Schema]:
             (SubscriptionCreate, "validation"),
             (SubscriptionUpdate, "validation"),
             (ReplayRequest, "validation"),
+            (SendTestEvent, "validation"),
             (Task, "serialization"),
             (Event, "serialization"),
             (Subscription, "serialization"),
@@ -164,6 +197,7 @@ def _components() -> dict[str, Schema]:
         ("SubmitAttempt", "provider", names),
     ):
         schemas[model]["properties"][name]["enum"] = choices
+    schemas["SendTestEvent"]["properties"]["event_type"]["enum"] = list(BY_NAME)
     # Clients may send the duration as a number; it is stored as the string providers want.
     duration = schemas["TaskRequest"]["properties"]["duration"]
     schemas["TaskRequest"]["properties"]["duration"] = {
@@ -187,6 +221,28 @@ def _components() -> dict[str, Schema]:
     schemas["Event"]["properties"]["type"]["enum"] = list(ALL_EVENT_TYPES)
     schemas["Error"] = ERROR
     return schemas
+
+
+def _webhooks() -> dict[str, Schema]:
+    """Each event type as OpenAPI 3.1 describes a webhook: the POST we make, its body's schema
+    (the catalog's, with `data` pointing at the components) and what each answer means."""
+    hooks: dict[str, Schema] = {}
+    for event_type in CATALOG:
+        body = payload_schema(event_type, REF.format(model=data_name(event_type)))
+        hooks[event_type.name] = {
+            "post": {
+                "summary": event_type.name,
+                "description": event_type.description,
+                "parameters": copy.deepcopy(WEBHOOK_HEADERS),
+                "requestBody": {"required": True, "content": _json(body)},
+                "responses": {
+                    "2XX": {"description": "Delivered (any 2xx within WEBHOOK_TIMEOUT_S)"},
+                    "410": {"description": "Gone: the subscription is disabled and the delivery fails"},
+                    "default": {"description": "Anything else, or no answer in time: retried on the backoff schedule"},
+                },
+            }
+        }
+    return hooks
 
 
 def _cancel_operation(task: Schema) -> Schema:
@@ -279,6 +335,43 @@ def build_spec() -> Schema:
                 parameters=[sub],
             )
         },
+        "/v1/subscriptions/{sub_id}/test": {
+            "post": _operation(
+                "Send a signed sample event, marked test, to this subscription",
+                {202: _ref("Delivery")},
+                [400, 404, 409, 413, 415, 422, 429],
+                body="SendTestEvent",
+                parameters=[sub],
+                body_required=False,
+            )
+        },
+        "/v1/event-types": {
+            "get": _operation(
+                "Every event type, with the JSON Schema of its payload",
+                {
+                    200: {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "data": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["type", "description", "operational", "schema"],
+                                    "properties": {
+                                        "type": {"type": "string", "enum": list(BY_NAME)},
+                                        "description": {"type": "string"},
+                                        "operational": {"type": "boolean"},
+                                        "schema": {"type": "object"},
+                                    },
+                                },
+                            }
+                        },
+                    }
+                },
+                [],
+            )
+        },
         "/v1/deliveries/{delivery_id}": {"get": _operation("Get a delivery", {200: _ref("Delivery")}, [404], parameters=[dlv])},
         "/v1/deliveries/{delivery_id}/retry": {
             "post": _operation("Send a delivery again now", {202: _ref("Delivery")}, [404, 409], parameters=[dlv])
@@ -315,6 +408,7 @@ def build_spec() -> Schema:
             "description": f"Webhook-driven relay for Kling V2.1 Master text-to-video ({', '.join(p.title for p in registry.all())}).",
         },
         "paths": paths,
+        "webhooks": _webhooks(),
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A key from KLING_RELAY_API_KEYS"}},

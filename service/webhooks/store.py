@@ -16,7 +16,7 @@ from redis.client import Pipeline
 from service import outbox
 from service.cas import CompareAndSet, recorded, spelled
 from service.domain.clock import now_iso
-from service.domain.events import Event
+from service.domain.events import SUBSCRIPTION_DISABLED, Event
 from service.domain.ids import new_id
 from service.keys import (
     SUBSCRIPTIONS,
@@ -30,7 +30,7 @@ from service.keys import (
 )
 from service.redis_async import Arg
 from service.webhooks.models import Subscription
-from service.webhooks.policy import SUBSCRIPTION_DISABLED, DisableReason
+from service.webhooks.policy import DisableReason
 from service.webhooks.signing import generate_secret
 
 

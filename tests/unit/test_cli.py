@@ -14,6 +14,7 @@ COMMANDS = [
     [], ["web"], ["worker"], ["simulator"], ["dev"], ["submit"], ["tasks"], ["tasks", "list"], ["tasks", "show"], ["tasks", "cancel"],
     ["subscriptions"], ["subscriptions", "add"], ["subscriptions", "list"], ["subscriptions", "rm"],
     ["subscriptions", "rotate"], ["deliveries"], ["deliveries", "list"], ["deliveries", "retry"], ["replay"],
+    ["subscriptions", "test"],
 ]
 
 
