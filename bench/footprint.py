@@ -111,6 +111,8 @@ def main() -> None:
             **os.environ, "REDIS_URL": server.url, "CALLBACK_SECRET": SECRET, "KLING_RELAY_API_KEYS": "bench",
             "APIKLEY_API_KEY": "bench", "APIKLEY_CONFIRM_CALLBACKS": "false", "ALLOW_PRIVATE_WEBHOOKS": "true",
             "WEBHOOK_LOG_TTL_S": str(LOG_TTL_S), "SWEEP_INTERVAL_S": "1", "WORKER_TTL_S": "17",
+            # The callback path's keys alone; stored videos' bytes are bench/storage.py's figure.
+            "STORAGE_URL": "none",
         }
         worker: subprocess.Popen[bytes] | None = None
         try:

@@ -138,6 +138,8 @@ def main() -> None:
         env = {
             **os.environ, "REDIS_URL": server.url, "CALLBACK_SECRET": SECRET, "KLING_RELAY_API_KEYS": "bench",
             "APIKLEY_API_KEY": "bench", "APIKLEY_CONFIRM_CALLBACKS": "false", "ALLOW_PRIVATE_WEBHOOKS": "true",
+            # The seeded results name no real video: no store jobs beside the deliveries measured.
+            "STORAGE_URL": "none",
         }
         workers = [
             subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], env=env, cwd=ROOT,

@@ -17,6 +17,7 @@ from service.live.hub import BLOCK_MS, Hub
 from service.live.log import EventLog
 from service.routes import (
     callbacks,
+    catalog,
     dashboard,
     deliveries,
     docs,
@@ -26,6 +27,7 @@ from service.routes import (
     streams,
     subscriptions,
     tasks,
+    video,
 )
 from service.runtime import Runtime
 from service.settings import Settings, get_settings
@@ -52,8 +54,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             *health.routes,
             *tasks.routes,
             *streams.routes,
+            *video.routes,
             *subscriptions.routes,
             *deliveries.routes,
+            *catalog.routes,
             *openapi.routes,
             *docs.routes,
             *metrics.routes,

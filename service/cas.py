@@ -16,9 +16,8 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 
+from service.redis_async import Arg
 from service.scripts import load
-
-Arg = bytes | str | int | float
 
 
 class RecordingOnly(TypeError):

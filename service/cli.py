@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--port", type=int, default=None, help="port (default: $PORT or 8000)")
     web.set_defaults(run=_web)
 
-    worker = sub.add_parser("worker", help="run an RQ worker for the submit, poll and deliver queues")
+    worker = sub.add_parser("worker", help="run an RQ worker for the submit, poll, deliver and store queues")
     worker.add_argument("--burst", action="store_true", help="exit once the queues are empty")
     worker.set_defaults(run=_worker)
 

@@ -31,15 +31,15 @@ EXIT_API_ERROR = 3
 EXIT_TIMEOUT = 4
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}  success (with --wait: the task succeeded)
-  {EXIT_TASK_FAILED}  the task failed (submit --wait)
+  {EXIT_TASK_FAILED}  the task failed or was canceled (submit --wait)
   {EXIT_USAGE}  usage or configuration error (bad option, no API key)
   {EXIT_API_ERROR}  the API refused the request or could not be reached
   {EXIT_TIMEOUT}  timed out (the API did not answer, or the task did not finish within --timeout)
 """
 DEFAULT_URL = "http://127.0.0.1:8000"
-TERMINAL = {"succeeded", "failed"}
+TERMINAL = {"succeeded", "failed", "canceled"}
 # Where a status sits on the progress bar when the provider reports no percentage.
-STAGE_PERCENT = {"queued": 2, "submitted": 10, "running": 30, "succeeded": 100, "failed": 100}
+STAGE_PERCENT = {"queued": 2, "submitted": 10, "running": 30, "succeeded": 100, "failed": 100, "canceled": 100}
 
 
 class CliError(Exception):
@@ -204,6 +204,9 @@ def wait_for_task(client: ApiClient, task: dict[str, Any], out: Output, *, timeo
         error = task.get("error") or {}
         out.note(f"{task['id']} failed: {error.get('code', '?')}: {error.get('message', '')}")
         return EXIT_TASK_FAILED
+    if task["status"] == "canceled":
+        out.note(f"{task['id']} was canceled")
+        return EXIT_TASK_FAILED
     if not out.as_json:
         out.line((task.get("result") or {}).get("video_url", ""))
     return EXIT_OK
@@ -315,6 +318,16 @@ def _tasks_show(client: ApiClient, args: argparse.Namespace, out: Output) -> int
     return EXIT_OK
 
 
+def _tasks_cancel(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
+    task = client.request("POST", f"/v1/tasks/{args.task_id}/cancel")
+    if out.as_json:
+        out.json(task)
+        return EXIT_OK
+    out.line(task["status"])
+    out.note(f"{task['id']} canceled; the provider may still finish it, and charge for it")
+    return EXIT_OK
+
+
 # --- subscriptions, deliveries, replay ----------------------------------------------------------
 
 
@@ -355,6 +368,17 @@ def _subscriptions_rotate(client: ApiClient, args: argparse.Namespace, out: Outp
     out.line(rotated["secret"])
     if rotated.get("previous_secret_expires_at"):
         out.note(f"the previous secret keeps signing until {rotated['previous_secret_expires_at']}")
+    return EXIT_OK
+
+
+def _subscriptions_test(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
+    body = {"event_type": args.event_type} if args.event_type else {}
+    delivery = client.request("POST", f"/v1/subscriptions/{args.subscription_id}/test", json=body)
+    if out.as_json:
+        out.json(delivery)
+        return EXIT_OK
+    out.line(delivery["id"])
+    out.note(f"sending a test {delivery['event_type']} event to {args.subscription_id}: see `kling-relay deliveries list {args.subscription_id}`")
     return EXIT_OK
 
 
@@ -443,13 +467,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit.add_argument("--timeout", type=float, default=900.0, metavar="S", help="with --wait: give up after S seconds (exit 4; default 900)")
     submit.add_argument("--poll-interval", type=float, default=1.0, metavar="S", help="with --wait: seconds between status checks")
 
-    tasks = group("tasks", "list and inspect tasks")
+    tasks = group("tasks", "list, inspect and cancel tasks")
     listing = leaf(tasks, "list", _tasks_list, "list tasks, newest first")
     listing.add_argument("--status", choices=sorted(STAGE_PERCENT), default=None, help="only tasks in this status")
     listing.add_argument("--limit", type=int, default=20, help="how many (1-100, default 20)")
     listing.add_argument("--cursor", default=None, help="continue after this task id (printed as 'more:')")
     show = leaf(tasks, "show", _tasks_show, "show one task and its events")
     show.add_argument("task_id", metavar="ID")
+    cancel = leaf(
+        tasks,
+        "cancel",
+        _tasks_cancel,
+        "cancel an unfinished task; prints its new status",
+        "cancel a queued, submitted or running task (POST /v1/tasks/{id}/cancel) and print its new\n"
+        "status. A finished task cannot be canceled (exit 3). Neither provider can stop a task it\n"
+        "already has, so it may still be charged for.",
+    )
+    cancel.add_argument("task_id", metavar="ID")
 
     subs = group("subscriptions", "manage webhook subscriptions")
     add = leaf(subs, "add", _subscriptions_add, "subscribe a URL to events; prints the id and the signing secret (shown once)")
@@ -463,6 +497,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rm.add_argument("subscription_id", metavar="ID")
     rotate = leaf(subs, "rotate", _subscriptions_rotate, "rotate a subscription's signing secret; prints the new one")
     rotate.add_argument("subscription_id", metavar="ID")
+    test = leaf(subs, "test", _subscriptions_test, "send a signed sample event, marked test, to a subscription; prints the delivery id")
+    test.add_argument("subscription_id", metavar="SUB_ID")
+    test.add_argument("--event-type", default=None, metavar="TYPE", help="which event to sample (default: task.succeeded)")
 
     deliveries = group("deliveries", "inspect and retry webhook deliveries")
     dlv_list = leaf(deliveries, "list", _deliveries_list, "list a subscription's deliveries, newest first")

@@ -44,6 +44,7 @@ code { font-size: 12px; }
 .status { display: inline-block; padding: .05em .55em; border-radius: 1em; font-weight: 600; font-size: 12px; }
 .s-queued { background: #e3e6eb; } .s-submitted { background: #dbe8ff; } .s-running { background: #fff1c2; }
 .s-succeeded, .s-delivered { background: #d5f5dd; } .s-failed { background: #ffd9d6; } .s-pending { background: #fff1c2; }
+.s-canceled { background: #e3e6eb; color: #6b7280; text-decoration: line-through; }
 .live { font-size: 12px; } .live.on { color: #7ee08f; } .live.off { color: #ffb3ad; }
 .muted { color: #6b7280; } .filters a { margin-right: .8em; }
 dl { display: grid; grid-template-columns: max-content auto; gap: .2em 1em; background: #fff; padding: 1em; }

@@ -13,7 +13,8 @@ from rq.job import Job
 SUBMIT = "submit"
 POLL = "poll"
 DELIVER = "deliver"
-QUEUES = (SUBMIT, POLL, DELIVER)
+STORE = "store"
+QUEUES = (SUBMIT, POLL, DELIVER, STORE)
 
 # Retries here only cover a worker dying mid-job (RQ re-runs abandoned jobs that have retries
 # left); provider answers are retried by the jobs themselves with their own schedule.
@@ -35,9 +36,12 @@ class Jobs:
         delay_s: float,
         pipeline: Pipeline | None,
         job_id: str | None = None,
+        timeout_s: int | None = None,
     ) -> str:
         q = self._queues[queue]
         options = {**self._options, "retry": _CRASH_RETRY, "job_id": job_id}
+        if timeout_s is not None:
+            options["timeout"] = timeout_s
         if delay_s > 0:
             job = q.create_job(func, args=args, **options)  # type: ignore[arg-type]
             q.schedule_job(job, _in(delay_s), pipeline=pipeline)
@@ -84,6 +88,20 @@ class Jobs:
         """The job making a delivery's next attempt once `attempt` attempts were made: one job id
         per attempt number, so scheduling the same retry twice keeps one job."""
         self.deliver([delivery_id], delay_s=delay_s, pipeline=pipeline, job_id=retry_job_id(delivery_id, attempt))
+
+
+    def store(
+        self, task_id: str, *, tries: int, timeout_s: int, delay_s: float = 0, pipeline: Pipeline | None = None, job_id: str | None = None
+    ) -> str:
+        """Download and keep the task's video; `tries`: how many were made before this one. One job
+        id per try, so the same retry scheduled twice is one job."""
+        args = (task_id, tries)
+        job_id = job_id or store_job_id(task_id, tries)
+        return self._put(STORE, "workers.store_video.store_video", args, delay_s=delay_s, pipeline=pipeline, job_id=job_id, timeout_s=timeout_s)
+
+
+def store_job_id(task_id: str, tries: int) -> str:
+    return f"store-{task_id}-{tries}"
 
 
 def submit_job_id(task_id: str, attempt: int) -> str:

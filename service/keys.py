@@ -22,7 +22,8 @@ def task_key(task_id: str) -> str:
 
 def events_key(subject_id: str) -> str:
     """List (JSON), a task's (or subscription's) events in order; TaskStore / SubscriptionStore;
-    expires with its task (a subscription's: after its event TTL)."""
+    expires with its task (a subscription's: after its event TTL). A test event is kept under its
+    sample's own id (`task_test_…`, `sub_test_…`) by DeliveryStore.create_test, WEBHOOK_LOG_TTL_S."""
     return f"{PREFIX}:events:{subject_id}"
 
 
@@ -175,6 +176,19 @@ def replay_key(sub_id: str) -> str:
     """Hash {id, left}, a subscription's pending replay and its batches left; PendingReplays;
     15 min (PENDING_S)."""
     return f"{PREFIX}:replay:{sub_id}"
+
+
+# --- stored videos (service/storage, workers/store_video.py) -------------------------------------
+
+# Sorted set, task id → deadline of its pending storage try (the job's run, or its scheduled
+# retry, plus JOB_GRACE_S); the sweep gives an overdue task a new job. Written with the success
+# transition, pushed forward by each try; entry removed once stored or given up on.
+STORAGE_DUE = f"{PREFIX}:storage:due"
+# Sorted set, task id → when its stored copy is deleted (STORAGE_RETENTION_S after it was kept);
+# the store job; the sweep deletes due copies and their entries.
+STORED = f"{PREFIX}:stored"
+# String, one worker cleans up stored copies at a time; workers/store_video.py; SWEEP_INTERVAL_S.
+STORAGE_SWEEP_LOCK = f"{PREFIX}:lock:storagesweep"
 
 
 # --- rate limits, locks -------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from service.keys import DELIVERIES_DUE, OUTBOX, OUTBOX_DEAD, index_key
 from service.settings import Settings, SettingsError
 
 # Log lines keep the logger name they have always had: log queries select on it.
-log = logging.getLogger("service.metrics")
+log = logging.getLogger(__name__)
 
 
 class RedisCollector(Collector):

@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+# A command's argument, as both Redis clients (and the scripts' wrappers) take it.
 Arg = bytes | str | int | float
 # Where the server is now: fixed for a URL, asked of Sentinel on every (re)connect.
 Locate = Callable[[], Awaitable[tuple[str, int]]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -12,12 +14,14 @@ from redis.client import Pipeline
 from service.auth import Keys
 from service.cas import CompareAndSet, recorded
 from service.domain.recovery import Deadlines
+from service.domain.status import TaskStatus
+from service.domain.storage import RetryRules, needs_storing
 from service.domain.submission import SubmitPolicy
 from service.domain.tasks import ProviderName, Task
 from service.domain.tokens import callback_token
 from service.domain.transition import ProviderUpdate, Transition
 from service.jobs import Jobs
-from service.keys import confirm_key
+from service.keys import STORAGE_DUE, confirm_key
 from service.live.log import LogLimits
 from service.metrics_http import web_registry
 from service.providers import registry
@@ -26,6 +30,7 @@ from service.providers.http import ProviderHttp
 from service.reachability import callbacks_unreachable
 from service.redis_client import connect_redis
 from service.settings import Settings
+from service.storage import Storage, open_storage
 from service.store import Decide, TaskStore
 from service.telemetry import observe_transition
 from service.webhooks.deliveries import DeliveryStore
@@ -71,6 +76,38 @@ class Runtime:
         self.subscriptions = SubscriptionStore(self.redis, event_ttl_s=s.webhook_log_ttl_s, limits=LogLimits.from_settings(s))
         self.deliveries = DeliveryStore(self.redis, ttl_s=s.webhook_log_ttl_s, lease_s=s.webhook_lease_s)
         self.replays = PendingReplays(self.redis)
+        self.storage_rules = RetryRules(
+            initial_s=s.storage_retry_initial_s,
+            factor=s.storage_retry_factor,
+            max_s=s.storage_retry_max_s,
+            default_url_ttl_s=s.storage_url_ttl_s,
+        )
+        self.storage: Storage | None = open_storage(s.storage_url)
+        if self.storage is not None:
+            self.store.follow_up = self._start_storing
+
+    @property
+    def storage_job_timeout_s(self) -> int:
+        # RQ's limit on a store job: STORAGE_TIMEOUT_S to download, as long again to keep the
+        # copy (an upload to S3), and a little for the Redis write.
+        return int(2 * self.settings.storage_timeout_s) + 5
+
+    def storage_deadline_s(self, delay_s: float) -> float:
+        """When a storage try starting in `delay_s` is presumed lost (its worker killed): a
+        duplicate try is harmless, so this is the job's limit plus JOB_GRACE_S."""
+        return time.time() + delay_s + self.storage_job_timeout_s + self.settings.job_grace_s
+
+    def _start_storing(self, transition: Transition) -> Callable[[Pipeline], None] | None:
+        """A task that has just succeeded gets its store job, with the success's write."""
+        if transition.previous_status is TaskStatus.SUCCEEDED or not needs_storing(transition.task):
+            return None
+        task_id = transition.task.id
+
+        def build(pipe: Pipeline) -> None:
+            self.jobs.store(task_id, tries=0, timeout_s=self.storage_job_timeout_s, pipeline=pipe)
+            pipe.zadd(STORAGE_DUE, {task_id: self.storage_deadline_s(0)})
+
+        return build
 
     @cached_property
     def metrics_registry(self) -> CollectorRegistry:

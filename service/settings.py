@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.domain.tasks import ProviderName, not_one_of
 from service.providers import registry
+from service.storage import check_storage_url
 
 
 class SettingsError(RuntimeError):
@@ -108,6 +109,8 @@ class Settings(BaseSettings):
     task_create_rate_per_min: int = Field(default=600, ge=0)
     # Replays one API key may start in any hour (each re-sends up to 10,000 deliveries); 0: no limit.
     replay_rate_per_hour: int = Field(default=30, ge=0)
+    # Test events one API key may send in any 60 s (each is a delivery kept WEBHOOK_LOG_TTL_S); 0: no limit.
+    test_event_rate_per_min: int = Field(default=60, ge=0)
 
     # Subscriber webhooks. One attempt (connect, send, first 1 KB of the answer) must end within this.
     webhook_timeout_s: float = 15.0
@@ -136,6 +139,25 @@ class Settings(BaseSettings):
     stream_global_events: int = Field(default=10_000, ge=100)
     # An idle stream gets a `: ping` comment this often (proxies' idle timeouts; dead clients found).
     stream_heartbeat_s: float = Field(default=15.0, gt=0)
+    # Our copy of each succeeded task's video (docs/storage.md). `file:///path`,
+    # `s3://bucket/prefix` or `none` (no copies); unset: the folder `var/videos` under the
+    # working directory. S3's endpoint and credentials: the usual AWS_* variables.
+    storage_url: str | None = None
+    # A download over this many bytes is refused (declared or counted).
+    storage_max_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # One download try must end within this (connect, headers, the whole body).
+    storage_timeout_s: float = Field(default=600.0, gt=0)
+    # Failed tries are retried after initial × factor^n seconds, at most max, until the provider's
+    # URL expires (its stated expiry, else STORAGE_URL_TTL_S after the success).
+    storage_retry_initial_s: float = Field(default=10.0, gt=0)
+    storage_retry_factor: float = Field(default=2.0, ge=1)
+    storage_retry_max_s: float = Field(default=1800.0, gt=0)
+    storage_url_ttl_s: float = Field(default=24 * 3600.0, gt=0)
+    # A kept copy is deleted this long after it was kept (then `GET /v1/tasks/{id}/video` is 410).
+    # As long as a finished task by default: past its task, a copy cannot be fetched by the API.
+    storage_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # S3's presigned GET URLs, to which the video route redirects, last this long.
+    storage_presign_s: int = Field(default=300, gt=0)
 
     # The web's HTTP server (service/http_server.py). A request line and headers over this many bytes get 431.
     http_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
@@ -184,6 +206,11 @@ class Settings(BaseSettings):
         if timeout is not None and value <= timeout:
             raise ValueError(f"must be longer than WEBHOOK_TIMEOUT_S ({timeout:g} s)")
         return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_url(cls, value: str | None) -> str | None:
+        return check_storage_url(value)
 
     @field_validator("default_provider")
     @classmethod

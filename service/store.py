@@ -22,20 +22,24 @@ from redis import Redis
 from redis.client import Pipeline
 
 from service import outbox
-from service.cas import Arg, CompareAndSet, recorded, spelled
+from service.cas import CompareAndSet, recorded, spelled
 from service.domain.clock import now_iso
 from service.domain.events import Event
 from service.domain.ids import id_floor, new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task
-from service.domain.transition import ProviderUpdate, Transition, apply_update
+from service.domain.transition import ProviderUpdate, Transition, Update, apply_update
 from service.keys import EVENT_LOG, OUTBOX, OWNERS, WATCHDOG, event_log_key, events_key, index_key, task_key
 from service.live.log import LogLimits
-from service.redis_async import PipelinedRedis
+from service.redis_async import Arg, PipelinedRedis
 from service.scripts import load, source
 
 # Called while a write is built, so whatever it queues commits (or not) with the write.
 AfterWrite = Callable[[Pipeline, Task], None]
+# Asked about every transition before its write (from every writer, sync or async): the writes of
+# the follow-up work it starts (storing a succeeded task's video), which commit with it; None for
+# none (most transitions: nothing is recorded for them).
+FollowUp = Callable[[Transition], Callable[[Pipeline], None] | None]
 
 
 # Sees the stored task before an update is decided; raises to refuse it.
@@ -46,11 +50,12 @@ class Change:
     """What a writer wants done to a task, decided from the task as stored.
 
     `task` is the stored task after bookkeeping (or the stored task itself); `update`, a provider
-    report for the transition function; `after`, writes that commit with it (a job, a watchdog).
+    report (or a storage outcome) for the transition function; `after`, writes that commit with
+    it (a job, a watchdog).
     """
 
     task: Task
-    update: ProviderUpdate | None = None
+    update: Update | None = None
     after: AfterWrite | None = None
 
 
@@ -109,9 +114,9 @@ class WriteTransition:
         keys, args = self._arguments(read, transition, after)
         return bool(self._script(keys=keys, args=args))
 
-    async def on_async(self, read: bytes | str, transition: Transition) -> bool:
+    async def on_async(self, read: bytes | str, transition: Transition, after: list[Arg]) -> bool:
         assert self._ascript is not None
-        keys, args = self._arguments(read, transition, [])
+        keys, args = self._arguments(read, transition, after)
         return bool(await self._ascript(keys, args))
 
     def _arguments(self, read: bytes | str, transition: Transition, after: list[Arg]) -> tuple[list[str], list[Arg]]:
@@ -131,11 +136,18 @@ class WriteTransition:
 
 class TaskStore:
     def __init__(
-        self, redis: Redis, aredis: PipelinedRedis | None = None, *, retention_s: int = 7 * 24 * 3600, limits: LogLimits = LogLimits()
+        self,
+        redis: Redis,
+        aredis: PipelinedRedis | None = None,
+        *,
+        retention_s: int = 7 * 24 * 3600,
+        follow_up: FollowUp | None = None,
+        limits: LogLimits = LogLimits(),
     ) -> None:
         self.redis = redis
         self.aredis = aredis
         self.retention_s = retention_s
+        self.follow_up = follow_up
         self._cas = CompareAndSet(redis)
         self._transition = WriteTransition(redis, aredis, retention_s, limits)
 
@@ -219,10 +231,15 @@ class TaskStore:
                 return None, None
             transition, written = planned
             after = recorded(self.redis, partial(_call_after, wanted.after, written)) if wanted.after is not None else []
+            after += self._follow_ups(transition)
             if self._write(raw, transition, written, after):
                 return transition, written
 
-    def apply(self, task_id: str, update: ProviderUpdate) -> Transition | None:
+    def _follow_ups(self, transition: Transition | None) -> list[Arg]:
+        build = self.follow_up(transition) if transition is not None and self.follow_up is not None else None
+        return recorded(self.redis, build) if build is not None else []
+
+    def apply(self, task_id: str, update: Update) -> Transition | None:
         """Apply a provider report atomically (polls, our own decisions)."""
         return self.change(task_id, lambda task: Change(task, update))[0]
 
@@ -241,7 +258,7 @@ class TaskStore:
             if planned is None:
                 return None
             transition, _ = planned
-            if transition is None or await self._transition.on_async(raw, transition):
+            if transition is None or await self._transition.on_async(raw, transition, self._follow_ups(transition)):
                 return transition
 
     def _write(self, read: bytes | str, transition: Transition | None, written: Task, after: list[Arg]) -> bool:
@@ -251,7 +268,7 @@ class TaskStore:
         key = task_key(written.id)
         return self._cas(key, read, [*spelled(("SET", key, written.dumps(), "KEEPTTL")), *after])
 
-    def _plan(self, stored: Task, amended: Task, update: ProviderUpdate | None) -> tuple[Transition | None, Task] | None:
+    def _plan(self, stored: Task, amended: Task, update: Update | None) -> tuple[Transition | None, Task] | None:
         """The transition `update` makes (None: none) and the task to write; None if nothing is."""
         transition = apply_update(amended, update, now=now_iso(), event_id=new_id("evt")) if update is not None else None
         if transition is not None:

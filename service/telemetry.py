@@ -21,16 +21,17 @@ from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
+from service.domain.storage import STORAGE_EVENTS
 from service.domain.transition import Transition
 from service.webhooks.policy import Outcome, classify
 
 if TYPE_CHECKING:
     from service.domain.transition import ProviderUpdate
     from service.webhooks.models import Delivery
-    from service.webhooks.sender import AttemptResult
+    from service.webhooks.outcomes import AttemptResult
 
 # Log lines keep the logger name they have always had: log queries select on it.
-log = logging.getLogger("service.metrics")
+log = logging.getLogger(__name__)
 
 # `*_created` timestamps double the output and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -61,6 +62,11 @@ DELIVERY_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0),
 )
 
+STORAGE_TRIES = Counter(
+    "kling_relay_storage_tries", "Tries at keeping a finished video, by outcome (stored, or the problem's code)", ["outcome"]
+)
+STORAGE_BYTES = Counter("kling_relay_storage_bytes", "Bytes of video downloaded and kept")
+
 T = TypeVar("T", bound=Transition | None)
 
 
@@ -76,7 +82,8 @@ def observe_transition(transition: T) -> T:
     Callbacks and polls both pass here, so this is the one log line per task event."""
     if transition is not None:
         task, event = transition.task, transition.event
-        _child(TRANSITIONS, task.provider, task.status.value).inc()
+        if event.type not in STORAGE_EVENTS:  # no state change: counted as storage tries
+            _child(TRANSITIONS, task.provider, task.status.value).inc()
         # A failure names its code: a refused result (invalid_result_url) is found by grepping for it.
         error = f" error={task.error.code}" if task.error is not None and event.type == "task.failed" else ""
         log.info(
@@ -84,6 +91,15 @@ def observe_transition(transition: T) -> T:
             extra={"task_id": task.id, "event_id": event.id},
         )
     return transition
+
+
+def observe_storage(provider: str, outcome: str, size: int, seconds: float) -> None:
+    """Count one try at keeping a video and log it (with its throughput when stored)."""
+    _child(STORAGE_TRIES, outcome).inc()
+    if outcome == "stored":
+        STORAGE_BYTES.inc(size)
+        rate = size / seconds / 1e6 if seconds > 0 else 0.0
+        log.info("video stored provider=%s bytes=%d seconds=%.3f mb_per_s=%.1f", provider, size, seconds, rate)
 
 
 def observe_submit_attempt(provider: str, outcome: str) -> None:

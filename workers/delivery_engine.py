@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from service.telemetry import observe_attempt
 from service.webhooks.models import Delivery
-from service.webhooks.outcomes import Dispatched, dispatched
-from service.webhooks.sender import AttemptResult, WebhookSender
+from service.webhooks.outcomes import AttemptResult, Dispatched, dispatched
+from service.webhooks.sender import WebhookSender
 from service.webhooks.signing import webhook_headers
 from workers.fanout import FanOutBatch
 from workers.recorder import Recorder

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from typing import Protocol
 
 from redis import Redis
@@ -41,11 +41,13 @@ from service.keys import (
     inflight_key,
 )
 from service.outbox import ReturnInflight, TakeMore
-from workers.fanout import FanOutBatch, HandedBack
+from workers.fanout import BatchState, FanOutBatch, HandedBack
 
 log = logging.getLogger(__name__)
 
 BATCH = 200
+# How often a dispatcher checks its in-flight list for entries no batch holds (one LRANGE).
+STRAY_CHECK_S = 5.0
 
 
 class FanOut(Protocol):
@@ -67,6 +69,10 @@ class Dispatcher:
         self._handed_back: HandedBack = queue.SimpleQueue()
         # What they become: batches to fan out again, before anything new.
         self._again: deque[FanOutBatch] = deque()
+        # Every batch of this dispatcher not yet released: what holds the entries of its list.
+        self._live: list[FanOutBatch] = []
+        # When to look for entries in the list that no batch holds (see `_recover_strays`).
+        self._next_stray_check = 0.0
         self._stopping = threading.Event()
         self._retired = False
         self._beating = threading.Lock()
@@ -115,6 +121,7 @@ class Dispatcher:
                 self.step(block_s=1)
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("dispatcher paused, redis unavailable: %s", type(exc).__name__)
+                self._next_stray_check = 0.0
                 time.sleep(1)
             except Exception:  # the thread must outlive any one bad step
                 log.exception("dispatcher step failed")
@@ -122,6 +129,9 @@ class Dispatcher:
 
     def step(self, block_s: float) -> int:
         """Fan out one batch; returns how many entries it took."""
+        if time.monotonic() >= self._next_stray_check:
+            self._recover_strays()
+            self._next_stray_check = time.monotonic() + STRAY_CHECK_S
         batch = self._next_again()
         if batch is None:
             batch = self._take(block_s)
@@ -145,7 +155,25 @@ class Dispatcher:
         return self._batch(entries)
 
     def _batch(self, entries: list[str], *, suspect: bool = False) -> FanOutBatch:
-        return FanOutBatch(entries, self.inflight, self._handed_back, suspect=suspect)
+        batch = FanOutBatch(entries, self.inflight, self._handed_back, suspect=suspect)
+        # Released batches are forgotten here: the list stays as long as the batches in flight.
+        self._live = [b for b in self._live if b.state is not BatchState.RELEASED]
+        self._live.append(batch)
+        return batch
+
+    def _recover_strays(self) -> None:
+        """Go again with entries of the in-flight list that no batch holds. A move whose answer
+        was lost with its connection put them there unknown to us (redis-py may even have retried
+        the command on a new connection, hiding the outage), and while this dispatcher lives the
+        sweep leaves its list alone. So the list is checked every STRAY_CHECK_S and after every
+        outage seen. Held entries are read before the list: an entry released in between is then
+        in neither, never taken for a stray."""
+        held = Counter(entry for batch in self._live for entry in batch.entries)
+        listed = Counter(e.decode() if isinstance(e, bytes) else e for e in self.redis.lrange(self.inflight, 0, -1))
+        strays = list((listed - held).elements())
+        if strays:
+            log.warning("dispatcher found %d outbox entries in flight that no batch held; sending them again", len(strays))
+            self._again.append(self._batch(strays))
 
     def _next_again(self) -> FanOutBatch | None:
         """A batch handed back goes again before anything new; its entries never left the
@@ -157,6 +185,8 @@ class Dispatcher:
                 failed = self._handed_back.get_nowait()
             except queue.Empty:
                 break
+            if failed in self._live:
+                self._live.remove(failed)
             if isinstance(failed.error, RedisError):
                 self._again.append(self._batch(failed.entries))
             elif not failed.suspect:

@@ -1,4 +1,4 @@
-"""`kling-relay worker`: one RQ worker on the submit, poll and deliver queues, with the scheduler.
+"""`kling-relay worker`: one RQ worker on the submit, poll, deliver and store queues, with the scheduler.
 
 A non-forking worker: every job here is short and I/O-bound, so forking a work-horse per job
 (RQ's default) would cost more than the job; it also lets provider clients pool connections.
@@ -25,6 +25,7 @@ from service.scripts import load
 from workers.context import STOPPING, get_runtime
 from workers.deliver import fan_out, sweep_deliveries
 from workers.dispatch import Dispatcher, requeue_orphans
+from workers.store_video import sweep_storage
 from workers.sweep import sweep
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def maintain_forever(interval_s: float) -> None:
             sweep(rt)
             requeue_orphans(rt.redis)
             sweep_deliveries(rt)
+            sweep_storage(rt)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning("sweep skipped, redis unavailable: %s", type(exc).__name__)
         except Exception:  # the thread must outlive any one bad sweep

@@ -73,9 +73,15 @@ def poll_task(task_id: str) -> None:
     observe_poll(task.provider, update)
     if update is not None and not update.status.terminal:
         rt.redis.hset(key, "seen", asked_at)
-    if update is not None:
-        rt.apply(task_id, update)
+    changed = rt.apply(task_id, update) if update is not None else None
     current = rt.store.get(task_id)
+    if update is not None and changed is None and current is not None and current.status is TaskStatus.CANCELED:
+        # Canceled while we asked: the provider may still be generating (and charging); its
+        # news is ignored, and this chain ends below.
+        log.info(
+            "provider news after cancel ignored task_id=%s provider=%s provider_task_id=%s state=%s",
+            task_id, task.provider, task.provider_task_id, update.status.value,
+        )
     timeout = deadline_update(current, now_s=time.time(), deadlines=rt.deadlines) if current is not None else None
     if timeout is not None:
         rt.apply(task_id, timeout)

@@ -80,6 +80,8 @@ def _submit_once(rt: Runtime, task_id: str, lease: Lease) -> bool:
         return False
     step = plan_submit(task, attempt_id=new_id("att"), now=now_iso())
     if isinstance(step, Skip):
+        if task.status is TaskStatus.CANCELED:
+            log.info("submit skipped: task canceled task_id=%s", task_id)
         return False
     # Watched while the lease lives: a worker that dies mid-submit is noticed within seconds.
     rt.store.set_watchdog(task_id, rt.settings.submit_lease_s)
@@ -130,6 +132,13 @@ def _accepted(rt: Runtime, task_id: str, attempt: SubmitAttempt, provider_task_i
     observe_submit_attempt(attempt.provider, "accepted")
     log.info("submitted task_id=%s provider=%s provider_task_id=%s", task_id, attempt.provider, provider_task_id)
     task = rt.store.get(task_id)
+    if task is not None and task.status is TaskStatus.CANCELED:
+        # The call was under way when the client canceled: the attempt is recorded, the task
+        # stays canceled and is never polled. Neither provider can cancel, so it may charge.
+        log.warning(
+            "provider task created for a canceled task task_id=%s provider=%s provider_task_id=%s",
+            task_id, attempt.provider, provider_task_id,
+        )
     if task is not None and not task.status.terminal and task.provider_task_id == provider_task_id:
         schedule_next_poll(rt, task_id, delay_s=rt.first_check_s(task), chain_owner=None)
 
@@ -141,7 +150,13 @@ def _settle(rt: Runtime, task_id: str, attempt: SubmitAttempt, refusal: Refusal,
 
     def decide(task: Task) -> Change | None:
         decided.clear()
-        if open_attempt(task, attempt.id) is None or task.status is not TaskStatus.QUEUED:
+        if open_attempt(task, attempt.id) is None:
+            return None
+        if task.status is TaskStatus.CANCELED:
+            # Canceled while the call was under way: close the attempt, send nothing more.
+            outcome = closing_outcome(None, refusal)
+            return Change(close_attempt(task, attempt.id, outcome, code=refusal.code, message=refusal.message))
+        if task.status is not TaskStatus.QUEUED:
             return None
         decision = decide_submit_error(task, refusal, rt.submit_policy)
         decided.append(decision)
@@ -167,8 +182,12 @@ def _settle(rt: Runtime, task_id: str, attempt: SubmitAttempt, refusal: Refusal,
             after=lambda pipe, written: rt.store.set_watchdog(written.id, unconfirmed_s, pipe),
         )
 
-    rt.change(task_id, decide)
+    _, written = rt.change(task_id, decide)
     if not decided:
+        if written is not None and written.status is TaskStatus.CANCELED:
+            outcome = closing_outcome(None, refusal)
+            observe_submit_attempt(attempt.provider, outcome)
+            log.warning("submit ended after the task was canceled task_id=%s outcome=%s code=%s", task_id, outcome, refusal.code)
         return False
     decision = decided[0]
     outcome = closing_outcome(decision, refusal)

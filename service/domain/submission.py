@@ -134,7 +134,7 @@ class Abandoned:
 
 @dataclass(frozen=True)
 class Skip:
-    """Nothing to send: the task was submitted, finished, or is waiting for its provider."""
+    """Nothing to send: the task was submitted, finished (or canceled), or is waiting for its provider."""
 
 
 def plan_submit(task: Task, *, attempt_id: str, now: str) -> Send | Abandoned | Skip:
@@ -263,8 +263,10 @@ def decide_submit_error(task: Task, refusal: Refusal, policy: SubmitPolicy) -> S
     return Fail(TaskError(code=refusal.code, message=refusal.message, provider_code=refusal.provider_code))
 
 
-def closing_outcome(decision: SubmitDecision, refusal: Refusal) -> AttemptOutcome:
-    """How the attempt that led to `decision` is recorded."""
+def closing_outcome(decision: SubmitDecision | None, refusal: Refusal) -> AttemptOutcome:
+    """How the attempt that led to `decision` is recorded; None when the task was canceled while
+    the call was under way (nothing follows, but an unread answer still means a paid task may
+    exist)."""
     if refusal.outcome_unknown:
         return "unconfirmed"
     return "retrying" if isinstance(decision, Retry) else "rejected"

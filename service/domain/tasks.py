@@ -149,9 +149,25 @@ def is_web_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
+class StorageError(BaseModel):
+    """Why our copy of the video was not kept, after the last try (the task still succeeded)."""
+
+    code: str
+    message: str
+    attempts: int
+
+
 class TaskResult(BaseModel):
     video_url: str
     expires_at: str | None = None
+    # Our own copy (service/storage): where to fetch it (`GET /v1/tasks/{id}/video`), its digest,
+    # size and type, and when the retention sweep deletes it. Unset until it is kept.
+    stored_url: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    content_type: str | None = None
+    stored_until: str | None = None
+    storage_error: StorageError | None = None
 
 
 # Failures we decide ourselves, for want of news: not proof that the provider failed, so a later

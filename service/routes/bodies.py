@@ -24,11 +24,14 @@ async def read_limited(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
+async def read_json(request: Request, max_bytes: int, *, empty: Any = None) -> Any:
+    """The body's JSON; `empty` (when not None) stands for a missing body, for optional bodies."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type and content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     raw = await read_limited(request, max_bytes)
+    if empty is not None and not raw.strip():
+        return empty
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -13,6 +13,9 @@ adopted if we never read it, and a poll tells the rest.
 A callback for a task that has no provider task id yet (its submit's answer was never read) can
 only be about that submit, since only the provider knows the per-task URL: its id is adopted.
 
+A callback for a task the client canceled is answered 2xx (so the provider stops retrying),
+logged and counted as unchanged, and changes nothing: not even a success revives it.
+
 Each receiver says what the callback came to as a `CallbackOutcome`; `receiver` counts it
 (`kling_relay_callbacks`) and answers it.
 """
@@ -108,6 +111,10 @@ class ConfirmFirst(Exception):
     """A terminal report that must be confirmed with the provider before it is believed."""
 
 
+class Canceled(Exception):
+    """The client canceled the task: the provider's news is ignored."""
+
+
 def _invalid(exc: InvalidCallback) -> ApiError:
     return ApiError(422, "invalid_callback", str(exc), {exc.field: "required string"})
 
@@ -140,6 +147,16 @@ def _confirm(rt: Runtime, task_id: str, provider_task_id: str) -> None:
         observe_submit_attempt(written.provider, "adopted")
         log.info("adopted provider task task_id=%s provider_task_id=%s", task_id, provider_task_id, extra={"task_id": task_id})
     rt.request_confirmation(task_id)
+
+
+def _after_cancel(task_id: str, provider: str, provider_task_id: str, state: object) -> Accepted:
+    # Neither provider can cancel: the task may still run (and be charged) on their side.
+    log.info(
+        "callback after cancel ignored task_id=%s provider=%s provider_task_id=%s state=%s",
+        task_id, provider, provider_task_id, state,
+        extra={"task_id": task_id},
+    )
+    return Accepted.UNCHANGED
 
 
 def _unchanged(task_id: str, provider: str, provider_task_id: str, state: object) -> None:
@@ -176,6 +193,8 @@ async def apikley_callback(request: Request) -> Accepted:
 
     def check(task: Task) -> None:
         _check_ours(task, "apikley", provider_task_id)
+        if task.status is TaskStatus.CANCELED:
+            raise Canceled
         if task.provider_task_id is None:
             raise ConfirmFirst  # adopt the id, then let a poll say where the task stands
         # Overturning a failure we decided ourselves always takes the provider's own word.
@@ -186,6 +205,8 @@ async def apikley_callback(request: Request) -> Accepted:
         transition = await rt.store.aapply(task_id, update, check=check)
     except TaskNotFound as exc:
         raise ApiError(404, "not_found", "no such Apikley task") from exc
+    except Canceled:
+        return _after_cancel(task_id, "apikley", provider_task_id, record.get("state"))
     except ConfirmFirst:
         await run_in_threadpool(_confirm, rt, task_id, provider_task_id)
         log.info("apikley callback task_id=%s state=%s confirming", task_id, record.get("state"))
@@ -208,20 +229,24 @@ async def novita_callback(request: Request) -> Accepted:
     except InvalidCallback as exc:
         raise _invalid(exc) from exc
 
-    def take() -> bool:
+    def take() -> TaskStatus | None:
+        """None when a poll will tell; else the finished task's status (nothing to ask)."""
         task = rt.store.get(task_id)
         if task is None:
             raise ApiError(404, "not_found", "no such Novita task")
         _check_ours(task, "novita", provider_task_id)
         if task.status.terminal and not (task.error is not None and task.error.self_decided):
-            return False
+            return task.status
         _confirm(rt, task_id, provider_task_id)
-        return True
+        return None
 
-    if not await run_in_threadpool(take):
-        _unchanged(task_id, "novita", provider_task_id, novita.webhook_state(body))
-        return Accepted.UNCHANGED
-    return Accepted.CONFIRMING
+    finished = await run_in_threadpool(take)
+    if finished is None:
+        return Accepted.CONFIRMING
+    if finished is TaskStatus.CANCELED:
+        return _after_cancel(task_id, "novita", provider_task_id, novita.webhook_state(body))
+    _unchanged(task_id, "novita", provider_task_id, novita.webhook_state(body))
+    return Accepted.UNCHANGED
 
 
 routes = [

@@ -3,7 +3,9 @@ requests and shape responses, so the document cannot drift from what the service
 
 Bodies and resources come from pydantic (`TaskRequest`, `Task`, `Event`, the webhook models);
 this module only adds what pydantic cannot know: the operations, their parameters and status
-codes, and the public views that differ from the stored models (no secrets, ISO times).
+codes, and the public views that differ from the stored models (no secrets, ISO times). The
+`webhooks` section has every event type of the catalog (`service.domain.catalog`), with the
+schema `GET /v1/event-types` gives.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from service.domain.events import Event
+from service.domain.catalog import data_name, payload_schema
+from service.domain.events import BY_NAME, CATALOG, Event
 from service.domain.status import TaskStatus
 from service.domain.tasks import AUTO, Task, TaskRequest
 from service.providers import registry
 from service.webhooks.models import (
     Delivery,
     ReplayRequest,
+    SendTestEvent,
     Subscription,
     SubscriptionCreate,
     SubscriptionUpdate,
 )
-from service.webhooks.policy import DeliveryStatus
+from service.webhooks.policy import ALL_EVENT_TYPES, DeliveryStatus
 
 REF = "#/components/schemas/{model}"
 Schema = dict[str, Any]
@@ -57,6 +61,8 @@ ERROR_MEANING = {
     413: "Request body too large",
     415: "Body is not application/json",
     422: "The body is valid JSON but not a valid request; `fields` names what is wrong",
+    410: "Gone: the stored copy was deleted after its retention period",
+    416: "The Range asks for nothing inside the object",
     429: "Too many requests for this API key; retry after `Retry-After` seconds",
     503: "Storage temporarily unavailable; retry after `Retry-After` seconds",
 }
@@ -73,6 +79,47 @@ IDEMPOTENCY_KEY = {
     "description": "The same key with the same body returns the same task; with another body, 409",
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
+
+def _video_operation(task: Schema) -> Schema:
+    """The stored video: bytes (whole or one range), not modified, or a redirect to S3."""
+    operation = _operation("Our stored copy of the task's video (docs/storage.md)", {}, [404, 410, 416], parameters=[task])
+    video = {"video/*": {"schema": {"type": "string", "format": "binary"}}}
+    operation["responses"] |= {
+        "200": {"description": "The video; `ETag` is its sha256", "content": video},
+        "206": {"description": "One range of it (`Content-Range`)", "content": video},
+        "304": {"description": "Not modified (`If-None-Match` matched the ETag)"},
+        "307": {"description": "The copy is in S3: a short-lived presigned URL in `Location`"},
+    }
+    operation["parameters"].append({"name": "Range", "in": "header", "required": False, "schema": {"type": "string"}})
+    return operation
+
+
+# Standard Webhooks headers: what every delivery carries.
+WEBHOOK_HEADERS = [
+    {
+        "name": "webhook-id",
+        "in": "header",
+        "required": True,
+        "description": "The event id: the same on every attempt, so a receiver can drop duplicates",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "webhook-timestamp",
+        "in": "header",
+        "required": True,
+        "description": "Unix seconds when this attempt was signed",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    {
+        "name": "webhook-signature",
+        "in": "header",
+        "required": True,
+        "description": 'v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}"> under the subscription\'s'
+        " secret; several, space-separated, while a rotated secret still signs",
+        "schema": {"type": "string"},
+    },
+]
+
 
 def _ref(name: str) -> Schema:
     return {"$ref": REF.format(model=name)}
@@ -106,6 +153,7 @@ def _operation(
     body: str | None = None,
     parameters: list[Schema] | None = None,
     secured: bool = True,
+    body_required: bool = True,
 ) -> Schema:
     responses: dict[str, Schema] = {}
     for status, schema in ok.items():
@@ -119,7 +167,7 @@ def _operation(
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": _json(_ref(body))}
+        operation["requestBody"] = {"required": body_required, "content": _json(_ref(body))}
     operation["security"] = [{"bearer": []}] if secured else []
     return operation
 
@@ -131,6 +179,7 @@ def _components() -> dict[str, Schema]:
             (SubscriptionCreate, "validation"),
             (SubscriptionUpdate, "validation"),
             (ReplayRequest, "validation"),
+            (SendTestEvent, "validation"),
             (Task, "serialization"),
             (Event, "serialization"),
             (Subscription, "serialization"),
@@ -148,6 +197,7 @@ def _components() -> dict[str, Schema]:
         ("SubmitAttempt", "provider", names),
     ):
         schemas[model]["properties"][name]["enum"] = choices
+    schemas["SendTestEvent"]["properties"]["event_type"]["enum"] = list(BY_NAME)
     # Clients may send the duration as a number; it is stored as the string providers want.
     duration = schemas["TaskRequest"]["properties"]["duration"]
     schemas["TaskRequest"]["properties"]["duration"] = {
@@ -167,8 +217,43 @@ def _components() -> dict[str, Schema]:
     delivery = schemas["Delivery"]
     delivery["properties"].pop("round_attempts")
     delivery["properties"]["next_attempt_at"] = {**NULLABLE_STRING, "description": "When the next attempt is due (pending only)"}
+    # Every type an event may carry (the models keep it a plain string).
+    schemas["Event"]["properties"]["type"]["enum"] = list(ALL_EVENT_TYPES)
     schemas["Error"] = ERROR
     return schemas
+
+
+def _webhooks() -> dict[str, Schema]:
+    """Each event type as OpenAPI 3.1 describes a webhook: the POST we make, its body's schema
+    (the catalog's, with `data` pointing at the components) and what each answer means."""
+    hooks: dict[str, Schema] = {}
+    for event_type in CATALOG:
+        body = payload_schema(event_type, REF.format(model=data_name(event_type)))
+        hooks[event_type.name] = {
+            "post": {
+                "summary": event_type.name,
+                "description": event_type.description,
+                "parameters": copy.deepcopy(WEBHOOK_HEADERS),
+                "requestBody": {"required": True, "content": _json(body)},
+                "responses": {
+                    "2XX": {"description": "Delivered (any 2xx within WEBHOOK_TIMEOUT_S)"},
+                    "410": {"description": "Gone: the subscription is disabled and the delivery fails"},
+                    "default": {"description": "Anything else, or no answer in time: retried on the backoff schedule"},
+                },
+            }
+        }
+    return hooks
+
+
+def _cancel_operation(task: Schema) -> Schema:
+    operation = _operation("Cancel a task", {200: _ref("Task")}, [404, 409], parameters=[task])
+    operation["description"] = (
+        "Moves a queued, submitted or running task to `canceled` and emits `task.canceled`. Neither "
+        "provider can cancel a task: we stop asking about it and ignore its later news, but the "
+        "provider may still finish the video and charge for it."
+    )
+    operation["responses"]["409"]["description"] = "The task has already finished (`task_finished`), canceled included"
+    return operation
 
 
 def build_spec() -> Schema:
@@ -192,6 +277,7 @@ def build_spec() -> Schema:
             "get": _operation("List tasks, newest first", {200: _page("Task")}, [400], parameters=[_status_filter(task_statuses), LIMIT, CURSOR]),
         },
         "/v1/tasks/{task_id}": {"get": _operation("Get a task", {200: _ref("Task")}, [404], parameters=[task])},
+        "/v1/tasks/{task_id}/cancel": {"post": _cancel_operation(task)},
         "/v1/tasks/{task_id}/events": {
             "get": _operation(
                 "A task's events, oldest first",
@@ -200,6 +286,7 @@ def build_spec() -> Schema:
                 parameters=[task],
             )
         },
+        "/v1/tasks/{task_id}/video": {"get": _video_operation(task)},
         "/v1/subscriptions": {
             "post": _operation("Create a subscription", {201: _ref("CreatedSubscription")}, [400, 413, 415, 422], body="SubscriptionCreate"),
             "get": _operation("List subscriptions, newest first", {200: _page("Subscription")}, [400], parameters=[LIMIT, CURSOR]),
@@ -246,6 +333,43 @@ def build_spec() -> Schema:
                 [400, 404, 409, 413, 415, 422],
                 body="ReplayRequest",
                 parameters=[sub],
+            )
+        },
+        "/v1/subscriptions/{sub_id}/test": {
+            "post": _operation(
+                "Send a signed sample event, marked test, to this subscription",
+                {202: _ref("Delivery")},
+                [400, 404, 409, 413, 415, 422, 429],
+                body="SendTestEvent",
+                parameters=[sub],
+                body_required=False,
+            )
+        },
+        "/v1/event-types": {
+            "get": _operation(
+                "Every event type, with the JSON Schema of its payload",
+                {
+                    200: {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "data": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["type", "description", "operational", "schema"],
+                                    "properties": {
+                                        "type": {"type": "string", "enum": list(BY_NAME)},
+                                        "description": {"type": "string"},
+                                        "operational": {"type": "boolean"},
+                                        "schema": {"type": "object"},
+                                    },
+                                },
+                            }
+                        },
+                    }
+                },
+                [],
             )
         },
         "/v1/deliveries/{delivery_id}": {"get": _operation("Get a delivery", {200: _ref("Delivery")}, [404], parameters=[dlv])},
@@ -298,6 +422,7 @@ def build_spec() -> Schema:
             "description": f"Webhook-driven relay for Kling V2.1 Master text-to-video ({', '.join(p.title for p in registry.all())}).",
         },
         "paths": paths,
+        "webhooks": _webhooks(),
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "A key from KLING_RELAY_API_KEYS"}},

@@ -12,7 +12,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service.auth import Caller
+from service.domain.catalog import sample_event
 from service.domain.clock import now_iso, unix_to_iso
+from service.domain.events import event_type
 from service.domain.ids import new_id
 from service.errors import ApiError, validation_error
 from service.ratelimit import enforce
@@ -23,10 +25,13 @@ from service.runtime import Runtime
 from service.webhooks.deliveries import (
     DeliveryInFlight,
     DeliveryNotFound,
+    IndexedEvent,
     Target,
 )
 from service.webhooks.models import (
+    Delivery,
     ReplayRequest,
+    SendTestEvent,
     Subscription,
     SubscriptionCreate,
     SubscriptionUpdate,
@@ -47,8 +52,8 @@ SEND_BATCH = 200
 Body = TypeVar("Body", bound=BaseModel)
 
 
-async def _body(request: Request, model: type[Body]) -> Body:
-    raw = await read_json(request, runtime(request).settings.max_body_bytes)
+async def _body(request: Request, model: type[Body], *, optional: bool = False) -> Body:
+    raw = await read_json(request, runtime(request).settings.max_body_bytes, empty={} if optional else None)
     try:
         return model.model_validate(json_object(raw))
     except ValidationError as exc:
@@ -245,6 +250,31 @@ async def replay(request: Request) -> JSONResponse:
     return JSONResponse({"replayed": len(ids), "truncated": len(ids) >= MAX_REPLAY}, status_code=202)
 
 
+async def send_test_event(request: Request) -> JSONResponse:
+    """Send a signed sample event of the asked type (default task.succeeded) to this subscription
+    only, marked `"test": true`, through the normal delivery path: retried, logged, `webhook-id`
+    its event id. Like a retry or replay, refused (409) while the subscription is disabled: its
+    deliveries would be abandoned unsent. Sent whatever the subscription's filter: it was asked for."""
+    rt, who = runtime(request), caller(request)
+    req = await _body(request, SendTestEvent, optional=True)
+    sub = await _existing(request, who)
+    if not sub.enabled:
+        raise ApiError(409, "subscription_disabled", "enable the subscription before sending it a test event")
+    await enforce(rt, "test", who.key_id, rt.settings.test_event_rate_per_min, window_s=60)
+
+    def send() -> Delivery:
+        now = time.time()
+        kind = event_type(req.event_type)
+        event_id = new_id("evt")
+        subject_id, body = sample_event(kind, event_id=event_id, owner=sub.owner, url=sub.url, now=now)
+        target = Target(sub.id, subscription_id=sub.id, owner=sub.owner)
+        delivery = rt.deliveries.create_test(IndexedEvent(event_id, subject_id, kind.name, sub.owner), body, target, now=now)
+        rt.jobs.deliver([delivery.id])
+        return delivery
+
+    return JSONResponse((await run_in_threadpool(send)).public(), status_code=202)
+
+
 routes = [
     Route("/v1/subscriptions", create_subscription, methods=["POST"]),
     Route("/v1/subscriptions", list_subscriptions, methods=["GET"]),
@@ -254,4 +284,5 @@ routes = [
     Route("/v1/subscriptions/{sub_id}/rotate-secret", rotate_secret, methods=["POST"]),
     Route("/v1/subscriptions/{sub_id}/deliveries", list_deliveries, methods=["GET"]),
     Route("/v1/subscriptions/{sub_id}/replay", replay, methods=["POST"]),
+    Route("/v1/subscriptions/{sub_id}/test", send_test_event, methods=["POST"]),
 ]

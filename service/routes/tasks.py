@@ -1,4 +1,4 @@
-"""`/v1/tasks`: create (202, idempotent), read, list, and a task's events."""
+"""`/v1/tasks`: create (202, idempotent), read, list, cancel, and a task's events."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from service.domain.tasks import (
     TaskRequest,
     limit_violations,
 )
+from service.domain.transition import NotCancelable, cancel_update
 from service.errors import ApiError, validation_error
 from service.keys import idempotency_key
 from service.providers import registry
@@ -32,7 +33,7 @@ from service.routes.bodies import json_object, read_json
 from service.routes.context import caller, runtime
 from service.routes.params import enum_param, limit_param
 from service.runtime import Runtime
-from service.store import IdempotencyClaim, IdempotencyConflict
+from service.store import Change, IdempotencyClaim, IdempotencyConflict, TaskNotFound
 from service.telemetry import TASKS_CREATED
 from service.webhooks.ssrf import UnsafeWebhookURL, check_url_syntax
 
@@ -141,6 +142,35 @@ async def list_tasks(request: Request) -> JSONResponse:
     return JSONResponse({"data": [t.model_dump(mode="json") for t in page.tasks], "next_cursor": page.next_cursor})
 
 
+async def cancel_task(request: Request) -> JSONResponse:
+    """Move an unfinished task to `canceled` (one `task.canceled` event, fanned out as any other).
+    Neither provider can cancel a task: we stop polling and ignore its news from then on."""
+    rt, who = runtime(request), caller(request)
+    task_id = request.path_params["task_id"]
+
+    def decide(task: Task) -> Change:
+        if not who.owns(task.owner):
+            raise TaskNotFound(task_id)
+        try:
+            return Change(task, cancel_update(task))
+        except NotCancelable as exc:
+            raise ApiError(
+                409, "task_finished", f"task {task_id} has already finished as {exc.status.value}: only a queued, submitted or running task can be canceled"
+            ) from exc
+
+    def cancel() -> Task:
+        _, written = rt.change(task_id, decide)
+        # An unfinished task always moves to canceled: there is always a write.
+        assert written is not None
+        return written
+
+    try:
+        task = await run_in_threadpool(cancel)
+    except TaskNotFound as exc:
+        raise ApiError(404, "not_found", "no such task") from exc
+    return JSONResponse(task.model_dump(mode="json"))
+
+
 async def task_events(request: Request) -> JSONResponse:
     rt, who = runtime(request), caller(request)
     task_id = request.path_params["task_id"]
@@ -160,5 +190,6 @@ routes = [
     Route("/v1/tasks", create_task, methods=["POST"]),
     Route("/v1/tasks", list_tasks, methods=["GET"]),
     Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
+    Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
     Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
 ]

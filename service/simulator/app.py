@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from service.simulator.callbacks import CallbackSender
@@ -40,10 +40,8 @@ from service.simulator.state import (
     novita_result,
     pop_first,
     unix_ms,
+    video_chunks,
 )
-
-# The smallest valid MP4 header (an `ftyp` box): enough for clients that sniff the content.
-FAKE_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 
 
 def apikley_answer(
@@ -148,6 +146,7 @@ class Simulator:
         task = self.store.find(Provider.APIKLEY, task_id)
         if task is None:
             return self.apikley_answer(404, f"task not found: {task_id}")
+        task.queries += 1
         answer = apikley_record_answer(
             task,
             time.time() - task.created_at,
@@ -190,18 +189,35 @@ class Simulator:
         task = self.store.find(Provider.NOVITA, task_id)
         if task is None:
             return novita_error(404, "TASK_NOT_FOUND", f"task not found: {task_id}")
+        task.queries += 1
         elapsed = time.time() - task.created_at
         return JSONResponse(novita_result(task, elapsed, self.video_url(request, task)))
 
     async def video(self, request: Request) -> Response:
         """Serve a finished task's video until its URL's TTL runs out (then 403, like S3)."""
-        task = self.store.tasks.get(request.path_params["task_id"])
+        task_id = request.path_params["task_id"]
+        task = self.store.tasks.get(task_id)
         now = time.time()
+        config = self.store.config
+        self.store.video_requests[task_id] = self.store.video_requests.get(task_id, 0) + 1
+        if forced := pop_first(config.video_responses):
+            return Response(f"forced {forced}", status_code=forced, media_type="text/plain")
         if task is None or task.phase(now) is not Phase.SUCCESS:
             return Response("not found", status_code=404, media_type="text/plain")
         if now >= task.video_expires_at():
             return Response("URL expired", status_code=403, media_type="text/plain")
-        return Response(FAKE_MP4, media_type="video/mp4")
+        headers = {"Content-Length": str(config.video_bytes), "Content-Type": config.video_content_type}
+        return StreamingResponse(self.trickled(config.video_bytes, config.video_trickle_s), headers=headers)
+
+    @staticmethod
+    async def trickled(size: int, over_s: float) -> AsyncIterator[bytes]:
+        """The video's bytes, spread over `over_s` seconds (a slow CDN)."""
+        chunks = list(video_chunks(size)) if over_s > 0 else video_chunks(size)
+        pause = over_s / max(len(chunks), 1) if isinstance(chunks, list) else 0.0
+        for chunk in chunks:
+            if pause:
+                await asyncio.sleep(pause)
+            yield chunk
 
     async def get_config(self, request: Request) -> Response:
         return JSONResponse(self.store.config.model_dump(mode="json"))
@@ -239,8 +255,10 @@ class Simulator:
             "request": task.request,
             "plan": asdict(task.plan),
             "callback_url": task.callback_url,
+            "queries": task.queries,
             "video_url": self.video_url(request, task),
             "callbacks": [asdict(c) for c in self.store.callbacks if c.task_id == task.task_id],
+            "video_requests": self.store.video_requests.get(task.task_id, 0),
         }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from http import HTTPStatus
@@ -117,6 +118,13 @@ class SimConfig(BaseModel):
     # The result URL reported for tasks created from now on, instead of the simulator's own video
     # (a hostile or broken provider: `javascript:...`, `file:///etc/passwd`).
     result_url: str | None = None
+    # The simulator's own videos, as served when fetched (not snapshotted per task): their size
+    # (stable bytes: `video_chunks`), content type, how long the body takes to trickle out, and
+    # forced HTTP statuses answered to the next video requests in turn (404, 500, ...).
+    video_bytes: PositiveInt = 4096
+    video_content_type: str = "video/mp4"
+    video_trickle_s: NonNegativeFloat = 0.0
+    video_responses: list[int] = []
 
     def merged(self, patch: dict[str, Any]) -> SimConfig:
         """Return a new config with the top-level keys of `patch` replaced (lists replace whole)."""
@@ -232,6 +240,8 @@ class SimTask:
     plan: TaskPlan
     created_at: float
     callback_url: str | None = None
+    # Status queries about this task (Get Task Details, task-result): who is still asking.
+    queries: int = 0
 
     def phase(self, now: float) -> Phase:
         return phase_at(self.plan, now - self.created_at)
@@ -421,6 +431,8 @@ class SimStore:
     config: SimConfig = field(default_factory=SimConfig)
     tasks: dict[str, SimTask] = field(default_factory=dict)
     callbacks: list[CallbackAttempt] = field(default_factory=list)
+    # Task id → video requests received (however they ended).
+    video_requests: dict[str, int] = field(default_factory=dict)
     # Survives reset so a task id is never reused, even across resets.
     _last_apikley_id: int = 0
 
@@ -451,6 +463,7 @@ class SimStore:
         self.config = SimConfig()
         self.tasks.clear()
         self.callbacks.clear()
+        self.video_requests.clear()
 
     def _new_id(self, provider: Provider, now: float) -> str:
         if provider is Provider.NOVITA:
@@ -458,3 +471,27 @@ class SimStore:
         # Millisecond-like digits as the real provider uses, bumped to stay unique.
         self._last_apikley_id = max(self._last_apikley_id + 1, unix_ms(now))
         return f"task_kling_{self._last_apikley_id}"
+
+
+# The smallest valid MP4 header (an `ftyp` box): enough for clients that sniff the content.
+FAKE_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
+# The media data's filler: its period divides the chunk size, so every chunk is a slice of it.
+_PATTERN = bytes(range(256)) * 256
+VIDEO_CHUNK = len(_PATTERN)
+
+
+def video_chunks(size: int) -> list[bytes] | Iterator[bytes]:
+    """A simulated video of exactly `size` bytes, the same for every task and request: the `ftyp`
+    box, then one `mdat` box of filler (just the header's first bytes if `size` is smaller)."""
+    head = FAKE_MP4 + (size - len(FAKE_MP4)).to_bytes(4, "big") + b"mdat" if size >= len(FAKE_MP4) + 8 else FAKE_MP4
+    if size <= len(head):
+        return [head[:size]]
+    return _chunks(head, size - len(head))
+
+
+def _chunks(head: bytes, filler: int) -> Iterator[bytes]:
+    yield head
+    while filler > 0:
+        take = min(filler, VIDEO_CHUNK)
+        yield _PATTERN[:take]
+        filler -= take

@@ -26,7 +26,7 @@ import orjson
 from redis import Redis
 from redis.client import Pipeline
 
-from service.cas import Arg, recorded, spelled
+from service.cas import recorded, spelled
 from service.domain.clock import unix_to_iso
 from service.domain.ids import id_floor
 from service.jobs import Jobs
@@ -39,6 +39,7 @@ from service.keys import (
     events_key,
     failing_key,
 )
+from service.redis_async import Arg
 from service.scripts import load
 from service.webhooks.models import Delivery
 from service.webhooks.planner import Plan, Retry
@@ -215,6 +216,18 @@ class DeliveryStore:
             return fresh
         current = {d.id: d for d in self.get_many([d.id for d in fresh if d.id not in created])}
         return [d if d.id in created else current[d.id] for d in fresh if d.id in created or d.id in current]
+
+    def create_test(self, event: IndexedEvent, body: bytes, target: Target, *, now: float) -> Delivery:
+        """Keep a test event's body under its own subject (a sample id, never a real task's) for
+        as long as its delivery's log, and create its one delivery, pending and due. A test event
+        has no outbox entry and no place in EVENT_INDEX: it reaches this target only, never a
+        replay; the send job, retries and the sweep treat its delivery like any other."""
+        with self.redis.pipeline() as pipe:
+            pipe.rpush(events_key(event.subject_id), body)
+            pipe.expire(events_key(event.subject_id), self.ttl_s)
+            pipe.execute()
+        [delivery] = self.create_many(event, [target], now=now, created_at=unix_to_iso(now))
+        return delivery
 
     def stored(self, dlv_ids: list[str]) -> set[str]:
         """Which of these deliveries are stored (had an attempt recorded, or were replayed)."""

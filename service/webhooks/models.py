@@ -8,8 +8,11 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.domain.catalog import DEFAULT_TEST_EVENT
 from service.domain.clock import unix_to_iso
-from service.domain.tasks import small_metadata
+from service.domain.events import BY_NAME
+from service.domain.subscriptions import SubscriptionView
+from service.domain.tasks import not_one_of, small_metadata
 from service.webhooks.policy import (
     WILDCARD,
     Decision,
@@ -83,19 +86,24 @@ class ReplayRequest(BaseModel):
         return value
 
 
-class Subscription(BaseModel):
-    id: str
-    # The id of the API key that created it (see Task.owner); it receives that key's events only.
-    owner: str | None = None
-    url: str
-    event_types: list[str]
-    description: str | None = None
-    metadata: dict[str, Any] | None = None
-    enabled: bool = True
-    disabled_reason: str | None = None
-    disabled_at: str | None = None
-    created_at: str
-    updated_at: str
+class SendTestEvent(BaseModel):
+    """The body of `POST /v1/subscriptions/{id}/test` (optional: without it, a task.succeeded sample)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_type: str = DEFAULT_TEST_EVENT
+
+    @field_validator("event_type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in BY_NAME:
+            raise not_one_of(list(BY_NAME))
+        return value
+
+
+# As stored: the view plus its signing secrets. (A comment, not a docstring: pydantic would publish
+# a docstring as the schema's description.)
+class Subscription(SubscriptionView):
     # Newest first; never shown after creation or rotation.
     secrets: list[SigningSecret] = Field(default_factory=list)
 

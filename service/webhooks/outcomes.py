@@ -11,7 +11,16 @@ from dataclasses import dataclass
 
 from service.webhooks.models import Delivery
 from service.webhooks.policy import Outcome, classify
-from service.webhooks.sender import AttemptResult
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What the HTTP edge (`service/webhooks/sender.py`) saw of one attempt."""
+
+    status_code: int | None
+    latency_ms: int
+    error: str | None = None
+    body: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,11 @@ import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 
-from service.domain.events import EVENT_TYPES
+from service.domain.events import CATALOG
 
-SUBSCRIPTION_DISABLED = "subscription.disabled"
-# Events about the webhook system itself (Svix calls them operational webhooks). A bare `*`
-# does not match them: a consumer that asked for "everything" expects task payloads in `data`.
-OPERATIONAL_EVENT_TYPES = (SUBSCRIPTION_DISABLED,)
-ALL_EVENT_TYPES = (*EVENT_TYPES, *OPERATIONAL_EVENT_TYPES)
+# Events about the webhook system itself: a bare `*` does not match them (see `EventType`).
+OPERATIONAL_EVENT_TYPES = tuple(t.name for t in CATALOG if t.operational)
+ALL_EVENT_TYPES = tuple(t.name for t in CATALOG)
 WILDCARD = "*"
 MAX_FILTER_ENTRIES = 50
 # Signatures kept per subscription: the current one plus recently rotated ones in their grace.

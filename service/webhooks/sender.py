@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from dataclasses import dataclass
 from functools import lru_cache
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from service.webhooks.outcomes import AttemptResult
 from service.webhooks.policy import RESPONSE_BODY_KEPT
 from service.webhooks.ssrf import (
     Resolver,
@@ -31,14 +31,6 @@ from service.webhooks.ssrf import (
 )
 
 USER_AGENT = "kling-relay-webhooks/1"
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    status_code: int | None
-    latency_ms: int
-    error: str | None = None
-    body: bytes = b""
 
 
 class SafeResolver(AbstractResolver):

@@ -14,9 +14,9 @@ from redis import Redis
 from redis.client import Pipeline
 
 from service import outbox
-from service.cas import Arg, CompareAndSet, recorded, spelled
+from service.cas import CompareAndSet, recorded, spelled
 from service.domain.clock import now_iso
-from service.domain.events import Event
+from service.domain.events import SUBSCRIPTION_DISABLED, Event
 from service.domain.ids import new_id
 from service.keys import (
     SUBSCRIPTIONS,
@@ -28,10 +28,11 @@ from service.keys import (
     owner_subscriptions_key,
     subscription_key,
 )
+from service.redis_async import Arg
 from service.live import log as live_log
 from service.live.log import LogLimits
 from service.webhooks.models import Subscription
-from service.webhooks.policy import SUBSCRIPTION_DISABLED, DisableReason
+from service.webhooks.policy import DisableReason
 from service.webhooks.signing import generate_secret
 
 

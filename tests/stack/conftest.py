@@ -165,6 +165,9 @@ class Stack:
             NOVITA_API_KEY="sandbox",
             NOVITA_BASE_URL=self.simulator.url,
             ALLOW_PRIVATE_WEBHOOKS="true",
+            # No copies of videos unless a module asks (tests/stack/test_storage.py): a
+            # `task.stored` event after every success would join every event list asserted.
+            STORAGE_URL="none",
             PYTHONUNBUFFERED="1",
         )
         env.update(FAST_ENV)

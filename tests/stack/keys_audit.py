@@ -15,7 +15,7 @@ from redis import Redis
 
 # Keys that stand for the whole service (no owner, no TTL).
 STANDING = re.compile(
-    r"^kr:(idx:.+|owners|watchdog|outbox|outbox:dead|evidx|evlog|dlvdue|subs|subs:version|subs:[0-9a-f]{16}|whsec:default(:[0-9a-f]{16})?)$"
+    r"^kr:(idx:.+|owners|watchdog|outbox|outbox:dead|evidx|evlog|dlvdue|storage:due|stored|subs|subs:version|subs:[0-9a-f]{16}|whsec:default(:[0-9a-f]{16})?)$"
 )
 # Keys owned by another: pattern → the owner key(s), any of which keeps it alive.
 OWNED: list[tuple[re.Pattern[str], Callable[[re.Match[str]], list[str]]]] = [

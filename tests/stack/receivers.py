@@ -9,9 +9,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import httpx
+import jsonschema
 import orjson
 from standardwebhooks import Webhook
 from starlette.applications import Starlette
@@ -20,6 +22,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from svix.webhooks import Webhook as SvixWebhook
 
+from service.domain.catalog import standalone_schema
+from service.domain.events import BY_NAME
 from tests.stack.conftest import ServedApp, wait_for
 
 
@@ -92,10 +96,18 @@ def serve_receiver() -> Iterator[Receiver]:
         yield receiver
 
 
+@lru_cache(maxsize=None)
+def _validator(event_type: str) -> jsonschema.Draft202012Validator:
+    # The catalog's schema (`GET /v1/event-types` serves the very same: test_event_catalog.py).
+    return jsonschema.Draft202012Validator(standalone_schema(BY_NAME[event_type]))
+
+
 def verify_both(secret: str, received: Received) -> dict[str, Any]:
-    """Verify a delivery exactly as a consumer would, with both reference libraries, unmodified."""
+    """Verify a delivery exactly as a consumer would, with both reference libraries, unmodified,
+    and check its payload against the event catalog's JSON Schema for its type."""
     payload: dict[str, Any] = Webhook(secret).verify(received.body, received.headers)
     SvixWebhook(secret).verify(received.body, received.headers)
+    _validator(payload["type"]).validate(payload)
     return payload
 
 

@@ -130,6 +130,7 @@ def test_request_bodies_are_the_validating_models(fuzz_stack: Stack) -> None:
         "POST /v1/subscriptions": "SubscriptionCreate",
         "PATCH /v1/subscriptions/{sub_id}": "SubscriptionUpdate",
         "POST /v1/subscriptions/{sub_id}/replay": "ReplayRequest",
+        "POST /v1/subscriptions/{sub_id}/test": "SendTestEvent",
         "POST /callbacks/apikley/{task_id}/{token}": "ApikleyCallback",
         "POST /callbacks/novita/{task_id}/{token}": "NovitaWebhook",
     }

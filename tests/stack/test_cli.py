@@ -160,6 +160,13 @@ def test_subscription_commands_cover_a_webhooks_whole_life(own: Stack, receiver:
     assert Webhook(rotated.stdout.strip()).verify(third.body, third.headers)["id"] == first.json()["id"]
     assert kling_relay(own, "replay", sub_id, "--since", since, "--failed-only").stdout.strip() == "0"
 
+    tested = kling_relay(own, "subscriptions", "test", sub_id, "--event-type", "task.failed")
+    assert tested.returncode == 0 and tested.stdout.strip().startswith("dlv_"), tested.stderr
+    fourth = receiver.wait_for_count("cli-hook", 4)[3]
+    test_event = Webhook(rotated.stdout.strip()).verify(fourth.body, fourth.headers)
+    assert test_event["type"] == "task.failed" and test_event["test"] is True
+    assert kling_relay(own, "subscriptions", "test", sub_id, "--event-type", "task.nope").returncode == 3
+
     assert kling_relay(own, "subscriptions", "rm", sub_id).returncode == 0
     assert sub_id not in kling_relay(own, "subscriptions", "list").stdout
 

@@ -62,4 +62,5 @@ def test_chromium_renders_the_openapi_31_document_offline_with_no_csp_violation(
         )
         console = chromium.console()
     assert "Create a task" in dom and "/v1/subscriptions/{sub_id}/replay" in dom
+    assert "Webhooks" in dom and "task.succeeded" in dom  # the event catalog, as OpenAPI 3.1 webhooks
     assert [message for message in console if "Content Security Policy" in message] == []

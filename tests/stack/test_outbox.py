@@ -3,6 +3,7 @@ one killed with entries in flight loses none of them."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from service.redis_server import RedisServer
 from service.webhooks.deliveries import DeliveryStore
 from service.webhooks.planner import Rules
 from service.webhooks.store import SubscriptionStore
+from tests.stack.conftest import wait_for
 from workers.dispatch import Dispatcher, requeue_orphans
 from workers.fanout import BatchState, FanOutBatch
 from workers.recorder import Recorder
@@ -162,3 +164,27 @@ def test_a_retired_dispatcher_leaves_its_entries_to_the_next_sweep(redis_server:
     dispatcher.beat()  # a late beat from its thread does not bring it back
     assert requeue_orphans(redis) == 1
     assert [e.decode() for e in redis.lrange(OUTBOX, 0, -1)] == entries
+
+
+def test_an_entry_moved_by_a_command_whose_answer_was_lost_is_sent_once(redis_server: RedisServer) -> None:
+    # Redis going away mid-reply: the move into the in-flight list happened, the dispatcher never
+    # heard of it (redis-py may have retried on a new connection), and while the dispatcher lives
+    # the sweep leaves its list alone.
+    redis = _redis(redis_server)
+    seen: list[list[str]] = []
+    dispatcher = Dispatcher(redis, lambda batch: seen.append(batch.entries), heartbeat_s=5)
+    worker = threading.Thread(target=dispatcher.run_forever, daemon=True)
+    worker.start()
+    try:
+        held = _push(redis, "held")
+        wait_for(lambda: seen == [held], what="the first batch")
+        # Straight into the list, as such a move leaves it (not through the outbox, which the
+        # running dispatcher would take from first).
+        lost = [outbox.entry("task_lost", "evt_lost")]
+        redis.rpush(dispatcher.inflight, *lost)
+        wait_for(lambda: len(seen) >= 2, what="the stray entry to go again")
+    finally:
+        dispatcher.stop()
+        worker.join(timeout=5)
+    # The held batch, not released yet, is not sent a second time.
+    assert seen == [held, lost]

@@ -81,6 +81,7 @@ def test_tasks_and_subscriptions_name_their_owner_by_key_id_never_the_key(world:
 OTHERS_PATHS = {
     "task": ("GET", "/v1/tasks/{alice_task}"),
     "task events": ("GET", "/v1/tasks/{alice_task}/events"),
+    "task video": ("GET", "/v1/tasks/{alice_task}/video"),
     "subscription": ("GET", "/v1/subscriptions/{alice_sub}"),
     "subscription update": ("PATCH", "/v1/subscriptions/{alice_sub}"),
     "subscription rotate": ("POST", "/v1/subscriptions/{alice_sub}/rotate-secret"),

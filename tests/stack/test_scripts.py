@@ -226,7 +226,7 @@ def test_write_transition_on_the_pipelined_connection(redis_server: RedisServer,
 
     async def main() -> tuple[bool, bool]:
         try:
-            return await write.on_async(raw, done), await write.on_async(raw, done)
+            return await write.on_async(raw, done, []), await write.on_async(raw, done, [])
         finally:
             await aredis.aclose()
 

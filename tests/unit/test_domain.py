@@ -10,7 +10,12 @@ from service.domain.schedule import poll_delay
 from service.domain.status import TaskStatus, can_move
 from service.domain.submission import failover_target
 from service.domain.tasks import SubmitAttempt, Task, TaskError, TaskInput, TaskResult
-from service.domain.transition import ProviderUpdate, apply_update
+from service.domain.transition import (
+    NotCancelable,
+    ProviderUpdate,
+    apply_update,
+    cancel_update,
+)
 
 S = TaskStatus
 NOW = "2026-01-01T00:00:00.000Z"
@@ -38,10 +43,38 @@ def make_task(status: TaskStatus = S.QUEUED, **fields: object) -> Task:
         (S.SUCCEEDED, S.FAILED, False),
         (S.FAILED, S.SUCCEEDED, False),
         (S.SUCCEEDED, S.RUNNING, False),
+        (S.QUEUED, S.CANCELED, True),
+        (S.SUBMITTED, S.CANCELED, True),
+        (S.RUNNING, S.CANCELED, True),
+        (S.CANCELED, S.CANCELED, False),
+        (S.CANCELED, S.QUEUED, False),
+        (S.CANCELED, S.RUNNING, False),
+        (S.CANCELED, S.SUCCEEDED, False),
+        (S.CANCELED, S.FAILED, False),
+        (S.SUCCEEDED, S.CANCELED, False),
+        (S.FAILED, S.CANCELED, False),
     ],
 )
 def test_status_only_moves_forward_and_terminal_is_final(current: TaskStatus, new: TaskStatus, allowed: bool) -> None:
     assert can_move(current, new) is allowed
+
+
+@pytest.mark.parametrize("status", [S.QUEUED, S.SUBMITTED, S.RUNNING])
+def test_cancel_moves_any_unfinished_task_to_canceled_with_one_event(status: TaskStatus) -> None:
+    task = make_task(status, sequence=1, progress=40 if status is S.RUNNING else None)
+    transition = apply_update(task, cancel_update(task), now=NOW, event_id="evt_c")
+    assert transition is not None
+    assert (transition.task.status, transition.previous_status) == (S.CANCELED, status)
+    assert (transition.event.type, transition.event.sequence) == ("task.canceled", 2)
+    # What the task had is kept: a cancel is not a failure, and no result came.
+    assert (transition.task.error, transition.task.result, transition.task.progress) == (None, None, task.progress)
+
+
+@pytest.mark.parametrize("status", [S.SUCCEEDED, S.FAILED, S.CANCELED])
+def test_a_finished_task_cannot_be_canceled(status: TaskStatus) -> None:
+    with pytest.raises(NotCancelable) as refused:
+        cancel_update(make_task(status))
+    assert refused.value.status is status
 
 
 def test_transition_emits_one_event_with_next_sequence_and_full_task() -> None:

@@ -10,7 +10,13 @@ import pytest
 from service.domain.clock import unix_to_iso
 from service.webhooks.deliveries import IndexedEvent
 from service.webhooks.models import Delivery
-from service.webhooks.outcomes import Dispatched, Failed, Successful, dispatched
+from service.webhooks.outcomes import (
+    AttemptResult,
+    Dispatched,
+    Failed,
+    Successful,
+    dispatched,
+)
 from service.webhooks.planner import (
     Release,
     Retry,
@@ -19,7 +25,6 @@ from service.webhooks.planner import (
     plan_attempts,
 )
 from service.webhooks.policy import DeliveryStatus, DisableReason
-from service.webhooks.sender import AttemptResult
 
 NOW = 1_800_000_000.0
 STARTED = NOW - 1

@@ -52,6 +52,7 @@ REVIVALS = {
     "success after our unconfirmed failure wins": (make_task(S.FAILED, error=UNCONFIRMED), True),
     "a failure the provider reported stays final": (make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"), False),
     "a success stays as it is": (make_task(S.SUCCEEDED, result=RESULT, provider_task_id="p1"), False),
+    "a cancel is the client's decision and stays final": (make_task(S.CANCELED, provider_task_id="p1"), False),
 }
 
 
@@ -99,6 +100,7 @@ NEXT_POLLS = {
     "failed by the provider: the chain ends": (make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"), START + 10, None),
     "failed by our deadline: late polls": (make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1"), START + 10, 300),
     "late window over: the chain ends": (make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1"), START + 90000, None),
+    "canceled: the chain ends": (make_task(S.CANCELED, provider_task_id="p1"), START + 10, None),
 }
 
 
@@ -117,6 +119,8 @@ POLL_OR_NOT = {
     "failed by our deadline, in the late window: yes": (LATE, START + 60, False, True),
     "failed by our deadline, window over: no": (LATE, START + 90000, False, False),
     "failed by our deadline, window over, a callback has news: yes": (LATE, START + 90000, True, True),
+    "canceled: no": (make_task(S.CANCELED, provider_task_id="p1"), START, False, False),
+    "canceled, even with a callback: no": (make_task(S.CANCELED, provider_task_id="p1"), START, True, False),
 }
 
 
@@ -154,6 +158,9 @@ AFTER_POLLS = {
         LATE, ProviderUpdate(status=S.FAILED, error=PROVIDER_FAIL), LATE, START + 4000, None,
     ),
     "a late poll found it still running: late polls": (LATE, RUNNING, LATE, START + 4000, 300),
+    "canceled while we asked: the chain ends": (
+        make_task(S.RUNNING, provider_task_id="p1"), SUCCEEDED, make_task(S.CANCELED, provider_task_id="p1"), START, None,
+    ),
 }
 
 
@@ -178,6 +185,11 @@ SWEEPS = {
     "failed by our deadline, in the late window: poll": (make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1"), START + 60, Repoll()),
     "failed by the provider: forget": (make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"), START, Forget()),
     "succeeded: forget": (make_task(S.SUCCEEDED, provider_task_id="p1"), START, Forget()),
+    "canceled while queued: forget, never submit": (make_task(S.CANCELED), START, Forget()),
+    "canceled while running: forget, never poll": (make_task(S.CANCELED, provider_task_id="p1"), START, Forget()),
+    "canceled with an unconfirmed submit: forget, never fail it": (
+        make_task(S.CANCELED, attempts=[unconfirmed_attempt(START + 10)]), START + 1810, Forget(),
+    ),
 }
 
 

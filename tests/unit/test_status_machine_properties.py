@@ -1,6 +1,8 @@
 """Properties of the one transition function, over any sequence of provider reports (duplicated,
 stale, reordered, contradictory): a task never moves backwards, never leaves a terminal status,
-emits exactly one event per transition, and numbers its events 1, 2, 3, ...
+emits exactly one event per transition, and numbers its events 1, 2, 3, ... A client's cancel,
+at any point of any sequence, is final: no report after it (a success included) changes the
+task again.
 
 `tests/stack/test_status_machine_properties.py` checks the last property again on the real Redis
 store, with reports racing from threads.
@@ -10,16 +12,31 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskError, TaskInput, TaskResult
-from service.domain.transition import ProviderUpdate, Transition, apply_update
+from service.domain.transition import (
+    NotCancelable,
+    ProviderUpdate,
+    Transition,
+    apply_update,
+    cancel_update,
+)
 
-RANK = {TaskStatus.QUEUED: 0, TaskStatus.SUBMITTED: 1, TaskStatus.RUNNING: 2, TaskStatus.SUCCEEDED: 3, TaskStatus.FAILED: 3}
+RANK = {
+    TaskStatus.QUEUED: 0,
+    TaskStatus.SUBMITTED: 1,
+    TaskStatus.RUNNING: 2,
+    TaskStatus.SUCCEEDED: 3,
+    TaskStatus.FAILED: 3,
+    TaskStatus.CANCELED: 3,
+}
 NOW = "2026-01-01T00:00:00.000Z"
 
+# `canceled` is drawn too: the client's cancel comes through the same function, at any point.
 updates = st.builds(
     ProviderUpdate,
     status=st.sampled_from(list(TaskStatus)),
@@ -94,3 +111,31 @@ def test_the_task_ends_at_the_furthest_status_reported_and_a_repeat_changes_noth
         once = apply_update(states[n], report, now=NOW, event_id="a")
         if once is not None:
             assert apply_update(once.task, report, now=NOW, event_id="b") is None
+
+
+# Reports that come after a cancel: anything a provider may say, always including a success (the
+# one report that may overturn a terminal status: a failure we decided ourselves).
+LATE_SUCCESS = ProviderUpdate(status=TaskStatus.SUCCEEDED, result=TaskResult(video_url="https://cdn.example.com/late.mp4"))
+late_news = st.lists(updates, max_size=20).map(lambda reports: [*reports, LATE_SUCCESS])
+
+
+@settings(max_examples=400, database=None)
+@given(report_sequences, st.integers(min_value=0, max_value=40), late_news)
+def test_a_cancel_at_any_point_is_final_and_emits_exactly_one_canceled_event(
+    reports: list[ProviderUpdate], at: int, after: list[ProviderUpdate]
+) -> None:
+    states, transitions = run(reports[: min(at, len(reports))])
+    task = states[-1]
+    if task.status.terminal:
+        with pytest.raises(NotCancelable):
+            cancel_update(task)
+        return
+    canceled = apply_update(task, cancel_update(task), now=NOW, event_id="evt_cancel")
+    assert canceled is not None and canceled.task.status is TaskStatus.CANCELED
+    assert canceled.event.type == "task.canceled" and canceled.event.sequence == task.sequence + 1
+    with pytest.raises(NotCancelable):
+        cancel_update(canceled.task)
+    for n, report in enumerate(after):
+        assert apply_update(canceled.task, report, now=NOW, event_id=f"evt_late_{n}") is None
+    events = [t.event.type for t in transitions] + [canceled.event.type]
+    assert events.count("task.canceled") == 1

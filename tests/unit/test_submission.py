@@ -96,6 +96,8 @@ PLANS = {
     "an unconfirmed submit is left alone": (make_task(S.SUBMITTED, attempts=[attempt("unconfirmed")]), Skip),
     "a queued task whose id was adopted is left alone": (make_task(provider_task_id="p1", attempts=[attempt("adopted")]), Skip),
     "a finished task is left alone": (make_task(S.FAILED), Skip),
+    "a canceled task is never sent": (make_task(S.CANCELED), Skip),
+    "a task canceled after a refusal is not sent again": (make_task(S.CANCELED, attempts=[attempt("retrying")]), Skip),
 }
 
 
@@ -169,6 +171,9 @@ def test_the_operator_override_resubmits_after_an_unknown_outcome_within_the_ret
         (Failover("novita"), Refused(), "rejected"),
         (AwaitProvider(), Refused(outcome_unknown=True), "unconfirmed"),
         (Retry(1.0), Refused(outcome_unknown=True), "unconfirmed"),
+        # Canceled while the call was under way: nothing follows, but a lost answer may have cost.
+        (None, Refused(), "rejected"),
+        (None, Refused(outcome_unknown=True), "unconfirmed"),
     ],
 )
 def test_every_attempt_is_closed_with_what_it_may_have_cost(decision: object, refusal: Refused, outcome: str) -> None:
