@@ -23,7 +23,15 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from service.cli_client import EXIT_API_ERROR, EXIT_USAGE, ApiClient, CliError, Output, describe_error, run
+from service.cli_client import (
+    EXIT_API_ERROR,
+    EXIT_USAGE,
+    ApiClient,
+    CliError,
+    Output,
+    describe_error,
+    run,
+)
 from service.sse_client import StreamRefused, follow
 from service.webhooks.policy import WILDCARD, matches
 from service.webhooks.signing import generate_secret, webhook_headers

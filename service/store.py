@@ -29,7 +29,16 @@ from service.domain.ids import id_floor, new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task
 from service.domain.transition import ProviderUpdate, Transition, Update, apply_update
-from service.keys import EVENT_LOG, OUTBOX, OWNERS, WATCHDOG, event_log_key, events_key, index_key, task_key
+from service.keys import (
+    EVENT_LOG,
+    OUTBOX,
+    OWNERS,
+    WATCHDOG,
+    event_log_key,
+    events_key,
+    index_key,
+    task_key,
+)
 from service.live.log import LogLimits
 from service.redis_async import Arg, PipelinedRedis
 from service.scripts import load, source

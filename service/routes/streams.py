@@ -19,7 +19,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.domain.live import PING, RETRY, BadEventId, LiveEvent, after, resume_floor_ms
+from service.domain.live import (
+    PING,
+    RETRY,
+    BadEventId,
+    LiveEvent,
+    after,
+    resume_floor_ms,
+)
 from service.domain.tasks import Task
 from service.errors import ApiError
 from service.keys import task_key

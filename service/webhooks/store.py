@@ -28,9 +28,9 @@ from service.keys import (
     owner_subscriptions_key,
     subscription_key,
 )
-from service.redis_async import Arg
 from service.live import log as live_log
 from service.live.log import LogLimits
+from service.redis_async import Arg
 from service.webhooks.models import Subscription
 from service.webhooks.policy import DisableReason
 from service.webhooks.signing import generate_secret

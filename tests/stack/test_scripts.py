@@ -40,12 +40,12 @@ from service.keys import (
     inflight_key,
     task_key,
 )
+from service.live.log import LogLimits
 from service.outbox import ReturnInflight, TakeMore
 from service.ratelimit import TakeSlot
 from service.redis_client import connect_redis
 from service.redis_server import RedisServer
 from service.settings import load_settings
-from service.live.log import LogLimits
 from service.store import WriteTransition
 from service.webhooks.deliveries import (
     Attempted,
@@ -60,8 +60,8 @@ from service.webhooks.deliveries import (
 )
 from service.webhooks.models import Delivery, Subscription
 from service.webhooks.policy import DeliveryStatus, DisableReason
-from service.webhooks.store import SubscriptionStore
 from service.webhooks.replays import BeginReplay, CountReplay, EndReplay
+from service.webhooks.store import SubscriptionStore
 from workers.lease import ReleaseLease, RenewLease
 from workers.main import HoldLock
 

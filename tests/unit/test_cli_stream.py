@@ -9,7 +9,13 @@ from collections.abc import Callable
 import httpx
 import orjson
 
-from service.cli_client import EXIT_OK, EXIT_TASK_FAILED, ApiClient, Output, wait_for_task
+from service.cli_client import (
+    EXIT_OK,
+    EXIT_TASK_FAILED,
+    ApiClient,
+    Output,
+    wait_for_task,
+)
 
 TASK = {"id": "task_1", "status": "queued", "provider": "apikley"}
 

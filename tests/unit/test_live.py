@@ -12,7 +12,14 @@ from service.cli_client import CliError
 from service.cli_listen import _check_target, _patterns
 from service.domain.events import EVENT_TYPES
 from service.domain.ids import id_millis, new_id
-from service.domain.live import CLOCK_SKEW_MS, TERMINAL_EVENT_TYPES, BadEventId, LiveEvent, after, resume_floor_ms
+from service.domain.live import (
+    CLOCK_SKEW_MS,
+    TERMINAL_EVENT_TYPES,
+    BadEventId,
+    LiveEvent,
+    after,
+    resume_floor_ms,
+)
 from service.sse_client import PING, Message, parse
 from service.webhooks.policy import matches
 
