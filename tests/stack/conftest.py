@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -24,6 +24,9 @@ from starlette.applications import Starlette
 
 from service.redis_server import RedisServer, free_port
 from service.simulator.app import create_simulator_app
+
+if TYPE_CHECKING:
+    from tests.stack.receivers import Receiver
 
 API_KEY = "test-key-1"
 CALLBACK_SECRET = "test-callback-secret"
@@ -262,3 +265,21 @@ def wait_for_status(api: httpx.Client, task_id: str, statuses: set[str] | str, t
         return task if task.get("status") in wanted else None
 
     return wait_for(check, timeout_s=timeout_s, what=f"task {task_id} to reach {sorted(wanted)}")
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """A webhook subscriber server for the module (tests/stack/receivers.py)."""
+    from tests.stack.receivers import serve_receiver  # it imports this module
+
+    with serve_receiver() as served:
+        yield served
+
+
+@pytest.fixture
+def subs(api: httpx.Client) -> Iterator[list[str]]:
+    """Subscription ids made by a test, deleted afterwards so later tests' events skip them."""
+    made: list[str] = []
+    yield made
+    for sub_id in made:
+        api.delete(f"/v1/subscriptions/{sub_id}")

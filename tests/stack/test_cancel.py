@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -32,7 +31,7 @@ from tests.stack.conftest import (
     wait_for,
     wait_for_status,
 )
-from tests.stack.receivers import Receiver, serve_receiver, subscribe
+from tests.stack.receivers import Receiver, subscribe
 
 SECOND_API_KEY = "test-key-2"
 STACK_ENV = {"KLING_RELAY_API_KEYS": f"{API_KEY},{SECOND_API_KEY}"}
@@ -65,12 +64,6 @@ def metric(stack: Stack, name: str, **labels: str) -> float:
             if sample.name == name and sample.labels == labels:
                 return float(sample.value)
     return 0.0
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with serve_receiver() as served:
-        yield served
 
 
 @pytest.fixture

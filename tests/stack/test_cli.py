@@ -17,7 +17,7 @@ from standardwebhooks import Webhook
 
 from service.redis_server import free_port
 from tests.stack.conftest import API_KEY, ROOT, Simulator, Stack, wait_for
-from tests.stack.receivers import Receiver, serve_receiver
+from tests.stack.receivers import Receiver
 from tests.stack.stacks import owned_stack
 
 ENTRY_POINT = Path(sys.executable).parent / "kling-relay"
@@ -28,12 +28,6 @@ def own(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Itera
     simulator.reset()  # to its defaults: an earlier module may have reconfigured it
     with owned_stack(tmp_path_factory.mktemp("cli"), simulator) as owned:
         yield owned.stack
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with serve_receiver() as served:
-        yield served
 
 
 def kling_relay(stack: Stack, *args: str, env: dict[str, str] | None = None, exe: list[str] | None = None) -> subprocess.CompletedProcess[str]:

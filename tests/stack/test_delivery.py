@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -18,7 +17,6 @@ from tests.stack.receivers import (
     deliveries_of,
     events_of,
     run_task,
-    serve_receiver,
     subscribe,
     verify_both,
     wait_for_deliveries,
@@ -31,21 +29,6 @@ STACK_ENV = {
     "WEBHOOK_LEASE_S": "5",
     "WEBHOOK_SECRET_GRACE_S": "3600",
 }
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with serve_receiver() as served:
-        yield served
-
-
-@pytest.fixture
-def subs(api: httpx.Client) -> Iterator[list[str]]:
-    """Subscription ids made by a test, deleted afterwards so later tests' events skip them."""
-    made: list[str] = []
-    yield made
-    for sub_id in made:
-        api.delete(f"/v1/subscriptions/{sub_id}")
 
 
 def test_fan_out_reaches_every_matching_subscriber_signed(api: httpx.Client, sim: Simulator, receiver: Receiver, subs: list[str]) -> None:

@@ -14,7 +14,6 @@ from tests.stack.conftest import Simulator, wait_for
 from tests.stack.receivers import (
     Receiver,
     run_task,
-    serve_receiver,
     subscribe,
     verify_both,
     wait_for_deliveries,
@@ -30,12 +29,6 @@ STACK_ENV = {
 
 
 _ops_paths = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with serve_receiver() as served:
-        yield served
 
 
 @pytest.fixture

@@ -5,21 +5,18 @@ to that one subscription through the normal delivery path (retried, logged)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import jsonschema
 import orjson
-import pytest
 
 from service.domain.catalog import catalog
 from tests.stack.conftest import API_KEY, Simulator, Stack, wait_for_status
 from tests.stack.receivers import (
     Receiver,
     deliveries_of,
-    serve_receiver,
     subscribe,
     verify_both,
     wait_for_deliveries,
@@ -33,21 +30,6 @@ STACK_ENV = {
     "WEBHOOK_TIMEOUT_S": "3",
     "WEBHOOK_LEASE_S": "5",
 }
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with serve_receiver() as served:
-        yield served
-
-
-@pytest.fixture
-def subs(api: httpx.Client) -> Iterator[list[str]]:
-    """Subscription ids made by a test, deleted afterwards so later tests' events skip them."""
-    made: list[str] = []
-    yield made
-    for sub_id in made:
-        api.delete(f"/v1/subscriptions/{sub_id}")
 
 
 def served_validators(api: httpx.Client) -> dict[str, jsonschema.Draft202012Validator]:

@@ -27,7 +27,7 @@ from tests.stack.faults.ledger import (
     reconcile,
     settle,
 )
-from tests.stack.receivers import Receiver, serve_receiver
+from tests.stack.receivers import Receiver
 from tests.stack.stacks import owned_stack
 
 # Beyond pytest's default 120 s: the books are read even after a bounded wait runs out.
@@ -83,12 +83,6 @@ CRASHES = {
 def crash_stack(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with owned_stack(tmp_path_factory.mktemp("crashes"), simulator, CRASH_ENV) as owned:
         yield owned.stack
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    with serve_receiver() as served:
-        yield served
 
 
 def under_way(stack: Stack, during: str, subs: list[Subscriber]) -> set[str]:
