@@ -191,6 +191,7 @@ def test_the_simulators_video_has_its_size_and_stable_bytes(size: int) -> None:
     body = b"".join(video_chunks(size))
     assert len(body) == size
     assert body == b"".join(video_chunks(size))
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(b"".join(video_chunks(size))).hexdigest()
     assert body[:24] == FTYP[:size]
     if size >= PLAYABLE:
         # Playable whatever its size: the padding is at the end of the `mdat`, after the samples.
