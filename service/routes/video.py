@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from service.auth import Caller
 from service.domain.clock import iso_to_unix
 from service.domain.storage import Unsatisfiable, byte_range, object_name
 from service.domain.tasks import TaskResult
@@ -30,7 +31,13 @@ CHUNK = 256 * 1024
 
 
 async def task_video(request: Request) -> Response:
-    rt, who = runtime(request), caller(request)
+    return await serve_video(request, caller(request))
+
+
+async def serve_video(request: Request, who: Caller) -> Response:
+    """The stored copy of the task `task_id` (a path parameter) to `who`: the API's route and the
+    dashboard's (which signs in with its session cookie, scoped to /dashboard)."""
+    rt = runtime(request)
     task_id = request.path_params["task_id"]
     task = await run_in_threadpool(owned_task, rt, who, task_id)
     if task is None:
