@@ -582,36 +582,43 @@ def values_seen(chromium: Browser, selector: str, seen: list[float]) -> Callable
     return check
 
 
-def test_in_chromium_progress_bars_move_live_and_the_stored_video_plays(own: Stack, sim: Simulator) -> None:
-    sim.configure(queue_s=0.5, generate_s=10)
-    with browser() as chromium:
-        chromium.open(f"{own.url}/dashboard?key={API_KEY}")
-        wait_for(lambda: str(chromium.run("return document.getElementById('live').textContent")).endswith("live"), timeout_s=10, what="the stream")
-        chromium.run("window.sameDocument = true;")
-        with own.client() as mine:
-            task_id = mine.post("/v1/tasks", json={"prompt": "a kite with a progress bar", "provider": "novita"}).json()["id"]
-        on_list: list[float] = []
-        wait_for(values_seen(chromium, f"#task-{task_id} progress", on_list), timeout_s=20, interval_s=0.1, what="the row's bar to move")
-        assert chromium.run("return window.sameDocument === true"), "the list reloaded"
-        chromium.keep_screenshot("dashboard-tasks-progress")
+def test_in_chromium_progress_bars_move_live_cancel_works_and_the_stored_video_plays(own: Stack, sim: Simulator) -> None:
+    with own.client() as mine:
+        # Finished first, at the simulator's usual speed; its copy is stored while the rest runs.
+        finished = run_task(mine, prompt="a harbour to watch")["id"]
+        sim.configure(queue_s=0.5, generate_s=10)  # for tasks submitted from now on
+        with browser() as chromium:
+            chromium.open(f"{own.url}/dashboard?key={API_KEY}")
+            wait_for(lambda: str(chromium.run("return document.getElementById('live').textContent")).endswith("live"), timeout_s=10, what="the stream")
+            chromium.run("window.sameDocument = true;")
+            running = mine.post("/v1/tasks", json={"prompt": "a kite with a progress bar", "provider": "novita"}).json()["id"]
+            on_list: list[float] = []
+            wait_for(values_seen(chromium, f"#task-{running} progress", on_list), timeout_s=20, interval_s=0.1, what="the row's bar to move")
+            assert chromium.run("return window.sameDocument === true"), "the list reloaded"
+            chromium.keep_screenshot("dashboard-tasks-progress")
 
-        chromium.open(f"{own.url}/dashboard/tasks/{task_id}")
-        chromium.run("window.sameDocument = true;")
-        on_page: list[float] = []
-        wait_for(values_seen(chromium, "#facts progress", on_page), timeout_s=20, interval_s=0.1, what="the task page's bar to move")
-        chromium.keep_screenshot("dashboard-task-progress")
-        # Success, then the stored copy, arrive as live parts of the same page.
-        video = "const v = document.querySelector('#media video'); return v && {w: v.videoWidth, h: v.videoHeight, d: v.duration, state: v.readyState, error: v.error && v.error.code};"
-        loaded = wait_for(lambda: (v := chromium.run(video)) and v["w"] and v, timeout_s=40, what="the stored video to load")
-        assert chromium.run("return window.sameDocument === true"), "the task page reloaded"
-        status = chromium.run("return document.querySelector('#facts .status').textContent")
-        chromium.run("const v = document.querySelector('#media video'); v.muted = true; v.play();")
-        wait_for(lambda: chromium.run("return document.querySelector('#media video').ended"), timeout_s=20, what="the video to play to its end")
-        played = chromium.run(video)
-        chromium.keep_screenshot("dashboard-task-video")
-        console = chromium.console()
+            chromium.open(f"{own.url}/dashboard/tasks/{running}")
+            chromium.run("window.sameDocument = true;")
+            on_page: list[float] = []
+            wait_for(values_seen(chromium, "#facts progress", on_page), timeout_s=20, interval_s=0.1, what="the task page's bar to move")
+            assert chromium.run("return window.sameDocument === true"), "the task page reloaded"
+            chromium.keep_screenshot("dashboard-task-progress")
+            chromium.run("document.querySelector(\"#actions form[action$='/cancel'] button\").click();")
+            wait_for(lambda: chromium.run("return document.querySelector('#facts .status').textContent") == "canceled", timeout_s=10, what="the task page to show canceled")
+            canceled_buttons = chromium.run("return document.querySelectorAll('#actions button').length")
+
+            wait_for(lambda: (mine.get(f"/v1/tasks/{finished}").json()["result"] or {}).get("sha256"), what="the finished task's stored copy")
+            chromium.open(f"{own.url}/dashboard/tasks/{finished}")
+            video = "const v = document.querySelector('#media video'); return v && {w: v.videoWidth, h: v.videoHeight, d: v.duration, state: v.readyState, error: v.error && v.error.code};"
+            loaded = wait_for(lambda: (v := chromium.run(video)) and v["w"] and v, timeout_s=20, what="the stored video to load")
+            chromium.run("const v = document.querySelector('#media video'); v.muted = true; v.play();")
+            wait_for(lambda: chromium.run("return document.querySelector('#media video').currentTime > 0.5"), timeout_s=20, what="the video to play")
+            played = chromium.run(video)
+            chromium.keep_screenshot("dashboard-task-video")
+            console = chromium.console()
+        assert mine.get(f"/v1/tasks/{running}").json()["status"] == "canceled"
     assert on_list == sorted(on_list) and on_page == sorted(on_page), (on_list, on_page)
-    assert status == "succeeded"
+    assert canceled_buttons == 0
     assert (loaded["w"], loaded["h"], loaded["d"], loaded["error"]) == (48, 32, 2, None)
     assert played["state"] >= 2 and played["error"] is None  # frames decoded: a real video
     assert csp_violations(console) == []
