@@ -154,7 +154,7 @@ def status_badge(status: str, progress: int | None = None) -> str:
     badge = f"<span class='status s-{escape(status)}'>{escape(status)}</span>"
     if progress is None or status != "running":
         return badge
-    return f"<span class='status s-running'>running {progress}%</span><progress max=100 value={progress}>{progress}%</progress>"
+    return f"<span class='status s-running'>running {progress}%</span><progress max=100 value={progress}></progress>"
 
 
 DASH = "\u2014"
