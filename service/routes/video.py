@@ -4,6 +4,9 @@ A local copy is served here, with single-range requests (206, 416), its sha256 a
 If-None-Match) and its length; an S3 copy is a 307 to a presigned URL that lasts
 STORAGE_PRESIGN_S. Before a copy is kept, or when none will be: 404 `video_not_stored`. After the
 retention sweep deleted it (or once `stored_until` has passed): 410 `video_expired`.
+
+`serve_video` is the one way a copy is served: this route and the dashboard's
+(`/dashboard/tasks/{id}/video`, signed in by its session cookie) differ only in who the caller is.
 """
 
 from __future__ import annotations
