@@ -204,6 +204,10 @@ def load_task_page(rt: Runtime, who: Caller, task_id: str) -> TaskPage | None:
     task = rt.store.get(task_id)
     if task is None or not who.owns(task.owner):
         return None
+    return _task_page(rt, who, task)
+
+
+def _task_page(rt: Runtime, who: Caller, task: Task) -> TaskPage:
     [view] = load_views(rt, who, [task], max_subscribers=None)
     subs = rt.subscriptions.get_many(sorted({d.subscription_id for d in view.deliveries if d.subscription_id}))
     return TaskPage(view, {sub_id: sub.url for sub_id, sub in subs.items()}, storing=rt.storage is not None, now=time.time())
@@ -413,12 +417,10 @@ def _task_sections(rt: Runtime, who: Caller, task_id: str, csrf: str | None) -> 
         seen = last.get("page")
         if seen is not None and seen[0] == _fingerprint(task) and not seen[1] and time.time() - iso_to_unix(task.updated_at) >= SETTLING_S:
             return seen[2]
-        page = load_task_page(rt, who, task_id)
-        if page is None:
-            return None
+        page = _task_page(rt, who, task)
         sections = task_sections(page, csrf=csrf)
         pending = any(d.status is DeliveryStatus.PENDING for d in page.view.deliveries)
-        last["page"] = (_fingerprint(page.view.task), pending, sections)
+        last["page"] = (_fingerprint(task), pending, sections)
         return sections
 
     return _sections(load)

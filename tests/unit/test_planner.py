@@ -18,10 +18,10 @@ from service.webhooks.outcomes import (
     dispatched,
 )
 from service.webhooks.planner import (
+    Health,
     Release,
     Retry,
     Rules,
-    Health,
     failure_runs_to_read,
     health_of,
     plan_attempts,
