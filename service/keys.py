@@ -134,6 +134,14 @@ def failing_key(sub_id: str) -> str:
     return f"{PREFIX}:subfail:{sub_id}"
 
 
+def subscription_health_key(sub_id: str) -> str:
+    """Hash, the subscription's recent health: `success_at` (its last successful attempt),
+    `streak` (failed attempts since), `failure_at` and `failure` (its last failed attempt and its
+    answer), times in Unix seconds; delivery recording; WEBHOOK_LOG_TTL_S after its last attempt,
+    deleted with the subscription."""
+    return f"{PREFIX}:subhealth:{sub_id}"
+
+
 def default_secret_key(owner: str | None) -> str:
     """String, the secret signing deliveries to an API key's tasks' own `webhook_url` (no owner:
     tasks from before ownership); SubscriptionStore; no TTL."""

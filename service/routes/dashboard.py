@@ -1,4 +1,6 @@
-"""`/dashboard`: recent tasks with their status, events and deliveries, live over server-sent events.
+"""`/dashboard`: recent tasks with their status, progress, events and deliveries, live over
+server-sent events; a task's page (its stored video, a cancel button); subscriptions with their
+health; each delivery's attempts with a "Retry now" button.
 
 Access: any key of `KLING_RELAY_API_KEYS` or `KLING_RELAY_ADMIN_KEYS`. A browser signs in once,
 with the form or by opening `/dashboard?key=<API key>` (what `kling-relay dev` prints); the server
@@ -8,17 +10,23 @@ address bar. `Authorization: Bearer <key>` works too. Who is signed in is
 carries the security headers of `HEADERS` (a CSP allowing only the pages' hashed inline script and
 style, no framing, no caching). Log lines mask `key=` values.
 
-Live updates: `/dashboard/stream` re-reads the recent tasks from Redis every `TICK_S` and sends
-each row that changed as a rendered `<tr>`. Reading Redis (rather than listening to the workers)
-means any web process can serve any dashboard, and it costs one small read per viewer per tick.
+Buttons (cancel, retry, enable, disable) call the same functions as the API's routes
+(`routes.tasks.cancel`, `routes.deliveries.retry`, `routes.subscriptions.change_subscription`);
+the video is served by `routes.video.serve_video`, here under /dashboard where the cookie goes.
+
+Live updates: `/dashboard/stream` re-reads from Redis every `TICK_S` and sends what changed: on
+the task list each changed row as a rendered `<tr>`; on a task's or a delivery's page (`?task=`,
+`?delivery=`) each changed part (`section`), so parts that did not change, a playing video among
+them, are left alone. Reading Redis (rather than listening to the workers) means any web process
+can serve any dashboard, and it costs a few small reads per viewer per tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from urllib.parse import parse_qs, urlencode
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import parse_qs, quote, urlencode
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,10 +45,20 @@ from starlette.routing import Route
 from service.auth import Caller
 from service.dashboard_html import (
     CONTENT_SECURITY_POLICY,
+    SubscriptionWithHealth,
+    TaskPage,
     TaskView,
+    content_security_policy_for,
+    delivery_page,
+    delivery_sections,
+    delivery_target,
     login_page,
+    section_update,
+    subscription_page,
+    subscriptions_page,
     task_page,
     task_row,
+    task_sections,
     tasks_page,
 )
 from service.domain.clock import iso_to_unix
@@ -50,7 +68,11 @@ from service.domain.tasks import Task
 from service.errors import ApiError
 from service.keys import events_key
 from service.routes.context import runtime
+from service.routes.deliveries import owned_delivery, retry
 from service.routes.params import enum_param
+from service.routes.subscriptions import change_subscription, owned_subscription
+from service.routes.tasks import cancel
+from service.routes.video import serve_video
 from service.runtime import Runtime
 from service.security_headers import SecurityHeaders, browser_headers
 from service.sessions import (
@@ -61,8 +83,8 @@ from service.sessions import (
     session_caller,
     start_session,
 )
-from service.webhooks.models import TASK_WEBHOOK, Delivery
-from service.webhooks.policy import delivery_id
+from service.webhooks.models import TASK_WEBHOOK, Delivery, SubscriptionUpdate
+from service.webhooks.policy import DeliveryStatus, delivery_id
 
 HEADERS = browser_headers(CONTENT_SECURITY_POLICY, cache_control="no-store")
 PAGE_SIZE = 25
@@ -174,29 +196,245 @@ async def logout(request: Request) -> Response:
     return response
 
 
-async def task_detail(request: Request) -> Response:
+def _not_found(what: str) -> HTMLResponse:
+    return HTMLResponse(f"<p>No such {what}.</p>", status_code=404)
+
+
+def load_task_page(rt: Runtime, who: Caller, task_id: str) -> TaskPage | None:
+    task = rt.store.get(task_id)
+    if task is None or not who.owns(task.owner):
+        return None
+    return _task_page(rt, who, task)
+
+
+def _task_page(rt: Runtime, who: Caller, task: Task) -> TaskPage:
+    [view] = load_views(rt, who, [task], max_subscribers=None)
+    subs = rt.subscriptions.get_many(sorted({d.subscription_id for d in view.deliveries if d.subscription_id}))
+    return TaskPage(view, {sub_id: sub.url for sub_id, sub in subs.items()}, storing=rt.storage is not None, now=time.time())
+
+
+async def task_detail(request: Request, note: str = "", status_code: int = 200) -> Response:
     who = session_caller(request)
     if who is None:
         return HTMLResponse(login_page(), status_code=401)
     rt = runtime(request)
+    page = await run_in_threadpool(load_task_page, rt, who, request.path_params["task_id"])
+    if page is None:
+        return _not_found("task (finished tasks expire after TASK_RETENTION_S)")
+    media_origin = rt.storage.media_origin() if rt.storage is not None else None
+    # Copies in a bucket are played from its presigned URLs: this page's policy allows that origin.
+    headers = {"Content-Security-Policy": content_security_policy_for(media_origin)} if media_origin else None
+    return HTMLResponse(task_page(page, csrf=page_csrf_token(request), note=note), status_code=status_code, headers=headers)
+
+
+async def task_video(request: Request) -> Response:
+    who = session_caller(request)
+    if who is None:
+        raise ApiError(401, "unauthorized", "sign in at /dashboard first")
+    return await serve_video(request, who)
+
+
+async def _signed_post(request: Request) -> Caller | None:
+    """Who is signed in, once the CSRF checks pass (403 otherwise); None: nobody is."""
+    who = session_caller(request)
+    if who is not None:
+        require_csrf(request, await _form(request))
+    return who
+
+
+async def cancel_task(request: Request) -> Response:
+    who = await _signed_post(request)
+    if who is None:
+        return HTMLResponse(login_page(), status_code=401)
     task_id = request.path_params["task_id"]
+    try:
+        await run_in_threadpool(cancel, runtime(request), who, task_id)
+    except ApiError as exc:
+        if exc.status == 404:
+            return _not_found("task")
+        return await task_detail(request, note=exc.message, status_code=exc.status)
+    return RedirectResponse(f"/dashboard/tasks/{quote(task_id)}", status_code=303)
 
-    def load() -> tuple[TaskView, dict[str, str]] | None:
-        task = rt.store.get(task_id)
-        if task is None or not who.owns(task.owner):
-            return None
-        [view] = load_views(rt, who, [task], max_subscribers=None)
-        subs = rt.subscriptions.get_many(sorted({d.subscription_id for d in view.deliveries if d.subscription_id}))
-        return view, {sub_id: sub.url for sub_id, sub in subs.items()}
 
-    found = await run_in_threadpool(load)
-    if found is None:
-        return HTMLResponse("<p>No such task (finished tasks expire after TASK_RETENTION_S).</p>", status_code=404)
-    return HTMLResponse(task_page(*found, csrf=page_csrf_token(request)))
+async def subscriptions_list(request: Request) -> Response:
+    who = session_caller(request)
+    if who is None:
+        return HTMLResponse(login_page(), status_code=401)
+    rt = runtime(request)
+    cursor = request.query_params.get("cursor") or None
+
+    def load() -> tuple[list[SubscriptionWithHealth], str | None]:
+        page = rt.subscriptions.list(cursor=cursor, limit=PAGE_SIZE, owner=_listed(who))
+        health = rt.subscriptions.health([s.id for s in page.subscriptions])
+        return [SubscriptionWithHealth(s, health[s.id]) for s in page.subscriptions], page.next_cursor
+
+    views, next_cursor = await run_in_threadpool(load)
+    return HTMLResponse(subscriptions_page(views, next_cursor=next_cursor, csrf=page_csrf_token(request)))
+
+
+async def subscription_detail(request: Request, note: str = "", status_code: int = 200) -> Response:
+    who = session_caller(request)
+    if who is None:
+        return HTMLResponse(login_page(), status_code=401)
+    rt = runtime(request)
+    status = enum_param(request, "status", DeliveryStatus, blank_is_none=True)
+    cursor = request.query_params.get("cursor") or None
+
+    def load() -> tuple[SubscriptionWithHealth, list[Delivery], str | None]:
+        sub = owned_subscription(rt, who, request.path_params["sub_id"])
+        deliveries, next_cursor = rt.deliveries.for_subscription(sub.id, status=status, cursor=cursor, limit=PAGE_SIZE)
+        return SubscriptionWithHealth(sub, rt.subscriptions.health([sub.id])[sub.id]), deliveries, next_cursor
+
+    try:
+        view, deliveries, next_cursor = await run_in_threadpool(load)
+    except ApiError as exc:
+        if exc.status == 404:
+            return _not_found("subscription")
+        raise
+    page = subscription_page(
+        view, deliveries, status=status.value if status else None, next_cursor=next_cursor, csrf=page_csrf_token(request), note=note
+    )
+    return HTMLResponse(page, status_code=status_code)
+
+
+async def _switch(request: Request, enabled: bool) -> Response:
+    who = await _signed_post(request)
+    if who is None:
+        return HTMLResponse(login_page(), status_code=401)
+    rt, sub_id = runtime(request), request.path_params["sub_id"]
+
+    def switch() -> None:
+        change_subscription(rt, owned_subscription(rt, who, sub_id), SubscriptionUpdate(enabled=enabled))
+
+    try:
+        await run_in_threadpool(switch)
+    except ApiError as exc:
+        if exc.status == 404:
+            return _not_found("subscription")
+        raise
+    return RedirectResponse(f"/dashboard/subscriptions/{quote(sub_id)}", status_code=303)
+
+
+async def enable_subscription(request: Request) -> Response:
+    return await _switch(request, True)
+
+
+async def disable_subscription(request: Request) -> Response:
+    return await _switch(request, False)
+
+
+def _delivery_view(rt: Runtime, who: Caller, delivery_id: str) -> tuple[Delivery, str]:
+    """The delivery (404 unless the caller owns it) and where it goes, as shown."""
+    delivery = owned_delivery(rt, who, delivery_id)
+    sub = rt.subscriptions.get(delivery.subscription_id) if delivery.subscription_id else None
+    return delivery, delivery_target(delivery, {sub.id: sub.url} if sub else {})
+
+
+async def delivery_detail(request: Request, note: str = "", status_code: int = 200) -> Response:
+    who = session_caller(request)
+    if who is None:
+        return HTMLResponse(login_page(), status_code=401)
+    try:
+        delivery, to = await run_in_threadpool(_delivery_view, runtime(request), who, request.path_params["delivery_id"])
+    except ApiError as exc:
+        if exc.status == 404:
+            return _not_found("delivery (delivery logs expire after WEBHOOK_LOG_TTL_S)")
+        raise
+    return HTMLResponse(delivery_page(delivery, to, csrf=page_csrf_token(request), note=note), status_code=status_code)
+
+
+async def retry_delivery(request: Request) -> Response:
+    who = await _signed_post(request)
+    if who is None:
+        return HTMLResponse(login_page(), status_code=401)
+    delivery_id = request.path_params["delivery_id"]
+    try:
+        await run_in_threadpool(retry, runtime(request), who, delivery_id)
+    except ApiError as exc:
+        if exc.status == 404:
+            return _not_found("delivery (delivery logs expire after WEBHOOK_LOG_TTL_S)")
+        # Refused (in flight, subscription disabled or deleted): the page again, saying why.
+        return await delivery_detail(request, note=exc.message, status_code=exc.status)
+    return RedirectResponse(f"/dashboard/deliveries/{quote(delivery_id)}", status_code=303)
 
 
 def _fingerprint(task: Task) -> tuple[int, str, int | None]:
     return (task.sequence, task.updated_at, task.progress)
+
+
+Tick = Callable[[], list[bytes]]
+
+
+def _rows(rt: Runtime, who: Caller, status: TaskStatus | None) -> Tick:
+    """The task list's changed rows, as `task` events."""
+    sent: dict[str, tuple[tuple[int, str, int | None], str]] = {}
+
+    def tick() -> list[bytes]:
+        tasks = rt.store.page(status=status, cursor=None, limit=PAGE_SIZE, owner=_listed(who)).tasks
+        now = time.time()
+        hot = [
+            t for t in tasks
+            if t.id not in sent or sent[t.id][0] != _fingerprint(t) or now - iso_to_unix(t.updated_at) < SETTLING_S
+        ]
+        events = []
+        # Oldest first, so rows new to the page land above each other newest-on-top.
+        for view in reversed(load_views(rt, who, hot, max_subscribers=MAX_SUBSCRIBERS_IN_LIST)):
+            html = task_row(view)
+            if sent.get(view.task.id, (None, ""))[1] != html:
+                sent[view.task.id] = (_fingerprint(view.task), html)
+                events.append(b"event: task\ndata: " + orjson.dumps({"id": view.task.id, "html": html}) + b"\n\n")
+        return events
+
+    return tick
+
+
+def _sections(load: Callable[[], dict[str, str] | None]) -> Tick:
+    """A live page's changed parts, as `section` events. A page whose subject is gone (expired)
+    is left as it is."""
+    sent: dict[str, str] = {}
+
+    def tick() -> list[bytes]:
+        events = []
+        for name, html in (load() or {}).items():
+            update = section_update(name, html)
+            if sent.get(name) != update["v"]:
+                sent[name] = update["v"]
+                events.append(b"event: section\ndata: " + orjson.dumps(update) + b"\n\n")
+        return events
+
+    return tick
+
+
+def _task_sections(rt: Runtime, who: Caller, task_id: str, csrf: str | None) -> Tick:
+    # Everything is re-read only when the task moved, moved lately, or has deliveries pending;
+    # otherwise a tick is one GET of the task.
+    last: dict[str, tuple[tuple[int, str, int | None], bool, dict[str, str]]] = {}
+
+    def load() -> dict[str, str] | None:
+        task = rt.store.get(task_id)
+        if task is None or not who.owns(task.owner):
+            return None
+        seen = last.get("page")
+        if seen is not None and seen[0] == _fingerprint(task) and not seen[1] and time.time() - iso_to_unix(task.updated_at) >= SETTLING_S:
+            return seen[2]
+        page = _task_page(rt, who, task)
+        sections = task_sections(page, csrf=csrf)
+        pending = any(d.status is DeliveryStatus.PENDING for d in page.view.deliveries)
+        last["page"] = (_fingerprint(task), pending, sections)
+        return sections
+
+    return _sections(load)
+
+
+def _delivery_sections(rt: Runtime, who: Caller, delivery_id: str, csrf: str | None) -> Tick:
+    def load() -> dict[str, str] | None:
+        try:
+            delivery, to = _delivery_view(rt, who, delivery_id)
+        except ApiError:
+            return None
+        return delivery_sections(delivery, to, csrf=csrf)
+
+    return _sections(load)
 
 
 async def stream(request: Request) -> Response:
@@ -204,26 +442,16 @@ async def stream(request: Request) -> Response:
     if who is None:
         raise ApiError(401, "unauthorized", "sign in at /dashboard first")
     rt = runtime(request)
-    status = enum_param(request, "status", TaskStatus, blank_is_none=True)
-
-    def changed_rows(sent: dict[str, tuple[tuple[int, str, int | None], str]]) -> list[tuple[str, str]]:
-        tasks = rt.store.page(status=status, cursor=None, limit=PAGE_SIZE, owner=_listed(who)).tasks
-        now = time.time()
-        hot = [
-            t for t in tasks
-            if t.id not in sent or sent[t.id][0] != _fingerprint(t) or now - iso_to_unix(t.updated_at) < SETTLING_S
-        ]
-        rows = []
-        # Oldest first, so rows new to the page land above each other newest-on-top.
-        for view in reversed(load_views(rt, who, hot, max_subscribers=MAX_SUBSCRIBERS_IN_LIST)):
-            html = task_row(view)
-            if sent.get(view.task.id, (None, ""))[1] != html:
-                sent[view.task.id] = (_fingerprint(view.task), html)
-                rows.append((view.task.id, html))
-        return rows
+    csrf = page_csrf_token(request)
+    params = request.query_params
+    if "task" in params:
+        tick = _task_sections(rt, who, params["task"], csrf)
+    elif "delivery" in params:
+        tick = _delivery_sections(rt, who, params["delivery"], csrf)
+    else:
+        tick = _rows(rt, who, enum_param(request, "status", TaskStatus, blank_is_none=True))
 
     async def events() -> AsyncIterator[bytes]:
-        sent: dict[str, tuple[tuple[int, str, int | None], str]] = {}
         yield b"retry: 1000\n\n"
         ends = time.monotonic() + STREAM_LIFETIME_S
         while time.monotonic() < ends:
@@ -232,15 +460,15 @@ async def stream(request: Request) -> Response:
                 yield b"event: signed-out\ndata: {}\n\n"
                 return
             try:
-                rows = await run_in_threadpool(changed_rows, sent)
+                sent = await run_in_threadpool(tick)
             except (RedisConnectionError, RedisTimeoutError):
                 # Headers are already sent, so say so in the stream and try again next tick.
                 yield b": storage unavailable\n\n"
                 await asyncio.sleep(TICK_S)
                 continue
-            for task_id, html in rows:
-                yield b"event: task\ndata: " + orjson.dumps({"id": task_id, "html": html}) + b"\n\n"
-            if not rows:
+            for event in sent:
+                yield event
+            if not sent:
                 yield b": idle\n\n"  # lets proxies and the server notice a closed connection
             await asyncio.sleep(TICK_S)
 
@@ -254,4 +482,12 @@ routes = [
     Route("/dashboard/logout", logout, methods=["POST"], middleware=_secured),
     Route("/dashboard/stream", stream, methods=["GET"], middleware=_secured),
     Route("/dashboard/tasks/{task_id}", task_detail, methods=["GET"], middleware=_secured),
+    Route("/dashboard/tasks/{task_id}/video", task_video, methods=["GET", "HEAD"], middleware=_secured),
+    Route("/dashboard/tasks/{task_id}/cancel", cancel_task, methods=["POST"], middleware=_secured),
+    Route("/dashboard/subscriptions", subscriptions_list, methods=["GET"], middleware=_secured),
+    Route("/dashboard/subscriptions/{sub_id}", subscription_detail, methods=["GET"], middleware=_secured),
+    Route("/dashboard/subscriptions/{sub_id}/enable", enable_subscription, methods=["POST"], middleware=_secured),
+    Route("/dashboard/subscriptions/{sub_id}/disable", disable_subscription, methods=["POST"], middleware=_secured),
+    Route("/dashboard/deliveries/{delivery_id}", delivery_detail, methods=["GET"], middleware=_secured),
+    Route("/dashboard/deliveries/{delivery_id}/retry", retry_delivery, methods=["POST"], middleware=_secured),
 ]

@@ -67,12 +67,16 @@ def _check_url(rt: Runtime, url: str) -> None:
         raise ApiError(422, "validation_error", "invalid request: url", {"url": exc.reason}) from exc
 
 
-async def _existing(request: Request, who: Caller) -> Subscription:
+def owned_subscription(rt: Runtime, who: Caller, sub_id: str) -> Subscription:
     """The subscription, if it exists and this caller may see it (to anyone else it does not exist)."""
-    sub = await run_in_threadpool(runtime(request).subscriptions.get, request.path_params["sub_id"])
+    sub = rt.subscriptions.get(sub_id)
     if sub is None or not who.owns(sub.owner):
         raise ApiError(404, "not_found", "no such subscription")
     return sub
+
+
+async def _existing(request: Request, who: Caller) -> Subscription:
+    return await run_in_threadpool(owned_subscription, runtime(request), who, request.path_params["sub_id"])
 
 
 async def create_subscription(request: Request) -> JSONResponse:
@@ -124,20 +128,25 @@ def _apply_update(sub: Subscription, req: SubscriptionUpdate) -> Subscription:
     return sub.model_copy(update=changes)
 
 
-async def update_subscription(request: Request) -> JSONResponse:
-    rt = runtime(request)
-    sub = await _existing(request, caller(request))
-    req = await _body(request, SubscriptionUpdate)
+def change_subscription(rt: Runtime, sub: Subscription, req: SubscriptionUpdate) -> Subscription:
+    """Apply an update to a subscription the caller owns (the API's PATCH and the dashboard's
+    enable and disable buttons)."""
     if "url" in req.model_fields_set:
         if req.url is None:
             raise ApiError(422, "validation_error", "invalid request: url", {"url": "must not be null"})
         _check_url(rt, req.url)
     if "event_types" in req.model_fields_set and req.event_types is None:
         raise ApiError(422, "validation_error", "invalid request: event_types", {"event_types": "must not be null"})
-    updated = await run_in_threadpool(runtime(request).subscriptions.update, sub.id, lambda s: _apply_update(s, req))
+    updated = rt.subscriptions.update(sub.id, lambda s: _apply_update(s, req))
     if updated is None:
         raise ApiError(404, "not_found", "no such subscription")
-    return JSONResponse(updated.public())
+    return updated
+
+
+async def update_subscription(request: Request) -> JSONResponse:
+    sub = await _existing(request, caller(request))
+    req = await _body(request, SubscriptionUpdate)
+    return JSONResponse((await run_in_threadpool(change_subscription, runtime(request), sub, req)).public())
 
 
 async def delete_subscription(request: Request) -> Response:

@@ -142,11 +142,10 @@ async def list_tasks(request: Request) -> JSONResponse:
     return JSONResponse({"data": [t.model_dump(mode="json") for t in page.tasks], "next_cursor": page.next_cursor})
 
 
-async def cancel_task(request: Request) -> JSONResponse:
-    """Move an unfinished task to `canceled` (one `task.canceled` event, fanned out as any other).
-    Neither provider can cancel a task: we stop polling and ignore its news from then on."""
-    rt, who = runtime(request), caller(request)
-    task_id = request.path_params["task_id"]
+def cancel(rt: Runtime, who: Caller, task_id: str) -> Task:
+    """Move an unfinished task to `canceled` (one `task.canceled` event, fanned out as any other);
+    the API's cancel and the dashboard's button. Neither provider can cancel a task: we stop
+    polling and ignore its news from then on."""
 
     def decide(task: Task) -> Change:
         if not who.owns(task.owner):
@@ -158,16 +157,17 @@ async def cancel_task(request: Request) -> JSONResponse:
                 409, "task_finished", f"task {task_id} has already finished as {exc.status.value}: only a queued, submitted or running task can be canceled"
             ) from exc
 
-    def cancel() -> Task:
-        _, written = rt.change(task_id, decide)
-        # An unfinished task always moves to canceled: there is always a write.
-        assert written is not None
-        return written
-
     try:
-        task = await run_in_threadpool(cancel)
+        _, written = rt.change(task_id, decide)
     except TaskNotFound as exc:
         raise ApiError(404, "not_found", "no such task") from exc
+    # An unfinished task always moves to canceled: there is always a write.
+    assert written is not None
+    return written
+
+
+async def cancel_task(request: Request) -> JSONResponse:
+    task = await run_in_threadpool(cancel, runtime(request), caller(request), request.path_params["task_id"])
     return JSONResponse(task.model_dump(mode="json"))
 
 

@@ -4,6 +4,9 @@ A local copy is served here, with single-range requests (206, 416), its sha256 a
 If-None-Match) and its length; an S3 copy is a 307 to a presigned URL that lasts
 STORAGE_PRESIGN_S. Before a copy is kept, or when none will be: 404 `video_not_stored`. After the
 retention sweep deleted it (or once `stored_until` has passed): 410 `video_expired`.
+
+`serve_video` is the one way a copy is served: this route and the dashboard's
+(`/dashboard/tasks/{id}/video`, signed in by its session cookie) differ only in who the caller is.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from service.auth import Caller
 from service.domain.clock import iso_to_unix
 from service.domain.storage import Unsatisfiable, byte_range, object_name
 from service.domain.tasks import TaskResult
@@ -30,7 +34,13 @@ CHUNK = 256 * 1024
 
 
 async def task_video(request: Request) -> Response:
-    rt, who = runtime(request), caller(request)
+    return await serve_video(request, caller(request))
+
+
+async def serve_video(request: Request, who: Caller) -> Response:
+    """The stored copy of the task `task_id` (a path parameter) to `who`: the API's route and the
+    dashboard's (which signs in with its session cookie, scoped to /dashboard)."""
+    rt = runtime(request)
     task_id = request.path_params["task_id"]
     task = await run_in_threadpool(owned_task, rt, who, task_id)
     if task is None:

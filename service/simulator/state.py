@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from service.simulator.mp4 import header
+
 Outcome = Literal["success", "fail"]
 CallbackMode = Literal["normal", "drop", "duplicate", "out_of_order"]
 MessageKey = Literal["msg", "message"]
@@ -473,19 +475,18 @@ class SimStore:
         return f"task_kling_{self._last_apikley_id}"
 
 
-# The smallest valid MP4 header (an `ftyp` box): enough for clients that sniff the content.
-FAKE_MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
-# The media data's filler: its period divides the chunk size, so every chunk is a slice of it.
+# The media data's padding: its period divides the chunk size, so every chunk is a slice of it.
 _PATTERN = bytes(range(256)) * 256
 VIDEO_CHUNK = len(_PATTERN)
 
 
 def video_chunks(size: int) -> list[bytes] | Iterator[bytes]:
-    """A simulated video of exactly `size` bytes, the same for every task and request: the `ftyp`
-    box, then one `mdat` box of filler (just the header's first bytes if `size` is smaller)."""
-    head = FAKE_MP4 + (size - len(FAKE_MP4)).to_bytes(4, "big") + b"mdat" if size >= len(FAKE_MP4) + 8 else FAKE_MP4
+    """A simulated video of exactly `size` bytes, the same for every task and request: a real,
+    playable MP4 (`service/simulator/mp4.py`) whose `mdat` is padded with filler to `size` (just
+    its first bytes if `size` is smaller than the playable file)."""
+    head = header(size)
     if size <= len(head):
-        return [head[:size]]
+        return [head]
     return _chunks(head, size - len(head))
 
 

@@ -30,6 +30,11 @@ class Storage(Protocol):
         """Delete the object if it exists; raises StorageWriteError."""
         ...
 
+    def media_origin(self) -> str | None:
+        """The origin browsers load copies from when `locate` gives a URL (the dashboard's CSP
+        must allow it); None when this service serves them itself."""
+        ...
+
     def clean_partials(self, *, older_than_s: float, now_s: float) -> int:
         """Delete partial files a killed try left behind; how many went."""
         ...

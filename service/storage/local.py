@@ -37,6 +37,9 @@ class LocalStorage:
         path = self.root / name
         return path if path.is_file() else None
 
+    def media_origin(self) -> str | None:
+        return None
+
     def delete(self, name: str) -> None:
         try:
             (self.root / name).unlink(missing_ok=True)

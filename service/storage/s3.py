@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3  # type: ignore[import-untyped]
 from boto3.exceptions import S3UploadFailedError  # type: ignore[import-untyped]
@@ -30,6 +31,7 @@ class S3Storage:
         self.prefix = prefix
         self._client: Any = client or boto3.client("s3")
         self._partials = PartialFiles(PARTIAL_DIR)
+        self._origin: str | None = None
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -53,6 +55,14 @@ class S3Storage:
             raise
         url: str = self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s)
         return url
+
+    def media_origin(self) -> str | None:
+        if self._origin is None:
+            # Where presigned URLs point (path or virtual-hosted style, any endpoint): signing is
+            # local, so one made for a name that need not exist tells it.
+            url = urlsplit(self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key("origin")}, ExpiresIn=1))
+            self._origin = f"{url.scheme}://{url.netloc}"
+        return self._origin
 
     def delete(self, name: str) -> None:
         try:

@@ -18,7 +18,7 @@ into one ZADD/ZREM per batch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -38,11 +38,12 @@ from service.keys import (
     delivery_lease_key,
     events_key,
     failing_key,
+    subscription_health_key,
 )
 from service.redis_async import Arg
 from service.scripts import load
 from service.webhooks.models import Delivery
-from service.webhooks.planner import Plan, Retry
+from service.webhooks.planner import Health, Plan, Retry
 from service.webhooks.policy import DeliveryStatus, delivery_id
 
 
@@ -115,6 +116,23 @@ def _text(value: object) -> str:
 def _index_of(delivery: Delivery) -> str:
     """Its subscription's delivery index; "" for a task's own `webhook_url`."""
     return deliveries_index_key(delivery.subscription_id) if delivery.subscription_id else ""
+
+
+def _health_commands(health: Mapping[str, Health], ttl_s: int) -> list[tuple[Arg, ...]]:
+    """A few commands per subscription with attempts in the plan (not per attempt). They run even
+    for a first attempt that another record of the same delivery beat (a re-sent fan-out batch),
+    so in that rare case the streak counts an attempt twice: it is shown, never decided on."""
+    commands: list[tuple[Arg, ...]] = []
+    for sub_id, h in health.items():
+        key = subscription_health_key(sub_id)
+        if h.success_at is not None:
+            commands.append(("HSET", key, "success_at", repr(h.success_at), "streak", h.failures))
+        else:
+            commands.append(("HINCRBY", key, "streak", h.failures))
+        if h.failure_at is not None and h.failure is not None:
+            commands.append(("HSET", key, "failure_at", repr(h.failure_at), "failure", h.failure))
+        commands.append(("EXPIRE", key, ttl_s))
+    return commands
 
 
 class CreateDeliveries:
@@ -267,6 +285,7 @@ class DeliveryStore:
         commands: list[tuple[Arg, ...]] = []
         if plan.failure_runs_ended:
             commands.append(("DEL", *(failing_key(sub) for sub in plan.failure_runs_ended)))
+        commands += _health_commands(plan.health, self.ttl_s)
         release = plan.release
         if release is not None:
             if release.events:

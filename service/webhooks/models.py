@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -119,6 +120,21 @@ class Subscription(SubscriptionView):
     @classmethod
     def loads(cls, raw: bytes | str) -> "Subscription":
         return cls.model_validate_json(raw)
+
+
+@dataclass(frozen=True)
+class SubscriptionHealth:
+    """How a subscription's deliveries have been going, as recorded with its attempts (times are
+    ISO 8601; None: nothing recorded within WEBHOOK_LOG_TTL_S)."""
+
+    success_at: str | None = None
+    # Failed attempts since the last success.
+    streak: int = 0
+    failure_at: str | None = None
+    failure: str | None = None
+    # When the current run of failures began (it disables the subscription after
+    # WEBHOOK_DISABLE_AFTER_S); None while it is not failing.
+    failing_since: str | None = None
 
 
 class Attempt(BaseModel):

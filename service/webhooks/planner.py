@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from service.domain.clock import unix_to_iso
 from service.webhooks.models import Attempt, Delivery
-from service.webhooks.outcomes import Dispatched, Successful
+from service.webhooks.outcomes import Dispatched, Failed, Successful
 from service.webhooks.policy import DisableReason, decide, truncate_body
 
 if TYPE_CHECKING:
@@ -64,12 +64,26 @@ class Release:
 
 
 @dataclass(frozen=True)
+class Health:
+    """What one plan's attempts tell of a subscription's health (the dashboard shows it)."""
+
+    # Unix time the newest successful attempt among them started; None: none succeeded.
+    success_at: float | None
+    # The failed attempts after it (all of them when none succeeded): they extend the streak.
+    failures: int
+    # The newest failed attempt: when it started and what it came to.
+    failure_at: float | None = None
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     saves: list[Save] = field(default_factory=list)
     retries: list[Retry] = field(default_factory=list)
     # Subscriptions whose run of failed attempts a success ended.
     failure_runs_ended: list[str] = field(default_factory=list)
     disable: dict[str, DisableReason] = field(default_factory=dict)
+    health: dict[str, Health] = field(default_factory=dict)
     release: Release | None = None
 
 
@@ -83,6 +97,27 @@ def failure_runs_to_read(landed: Sequence[Dispatched]) -> set[str]:
     success (any success ends the run)."""
     subs = {item.delivery.subscription_id for item in landed if item.delivery.subscription_id}
     return subs - succeeded(landed)
+
+
+def health_of(landed: Sequence[Dispatched]) -> dict[str, Health]:
+    """Per subscription with attempts here: its newest success, the failures after it, its newest
+    failure. (A task's own `webhook_url` has no subscription and no health.)"""
+    by_sub: dict[str, list[Dispatched]] = {}
+    for item in sorted(landed, key=lambda item: item.started_at):
+        if item.delivery.subscription_id:
+            by_sub.setdefault(item.delivery.subscription_id, []).append(item)
+    health = {}
+    for sub_id, items in by_sub.items():
+        successes = [i for i, item in enumerate(items) if isinstance(item, Successful)]
+        after = items[successes[-1] + 1 :] if successes else items
+        failures = [item for item in items if isinstance(item, Failed)]
+        health[sub_id] = Health(
+            success_at=items[successes[-1]].started_at if successes else None,
+            failures=len(after),
+            failure_at=failures[-1].started_at if failures else None,
+            failure=failures[-1].error if failures else None,
+        )
+    return health
 
 
 def plan_attempts(
@@ -100,7 +135,7 @@ def plan_attempts(
 
     `failing_for`: seconds each subscription in `failure_runs_to_read(landed)` has been failing.
     """
-    plan = Plan(failure_runs_ended=sorted(succeeded(landed)), release=release)
+    plan = Plan(failure_runs_ended=sorted(succeeded(landed)), health=health_of(landed), release=release)
     for item in landed:
         d, sub_id = item.delivery, item.delivery.subscription_id
         decision = decide(

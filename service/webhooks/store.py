@@ -7,7 +7,7 @@ like a task's events, so the one fan-out delivers both.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from redis import Redis
@@ -15,7 +15,7 @@ from redis.client import Pipeline
 
 from service import outbox
 from service.cas import CompareAndSet, recorded, spelled
-from service.domain.clock import now_iso
+from service.domain.clock import now_iso, unix_to_iso
 from service.domain.events import SUBSCRIPTION_DISABLED, Event
 from service.domain.ids import new_id
 from service.keys import (
@@ -26,12 +26,13 @@ from service.keys import (
     events_key,
     failing_key,
     owner_subscriptions_key,
+    subscription_health_key,
     subscription_key,
 )
 from service.live import log as live_log
 from service.live.log import LogLimits
 from service.redis_async import Arg
-from service.webhooks.models import Subscription
+from service.webhooks.models import Subscription, SubscriptionHealth
 from service.webhooks.policy import DisableReason
 from service.webhooks.signing import generate_secret
 
@@ -49,6 +50,10 @@ def _new_version() -> str:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _iso(unix: str | None) -> str | None:
+    return unix_to_iso(float(unix)) if unix else None
 
 
 class SubscriptionStore:
@@ -130,7 +135,7 @@ class SubscriptionStore:
             if sub.owner:
                 pipe.zrem(owner_subscriptions_key(sub.owner), sub.id)
             pipe.set(SUBSCRIPTIONS_VERSION, _new_version())
-            pipe.delete(failing_key(sub.id), deliveries_index_key(sub.id))
+            pipe.delete(failing_key(sub.id), deliveries_index_key(sub.id), subscription_health_key(sub.id))
             deleted, *_ = pipe.execute()
         return bool(deleted)
 
@@ -177,6 +182,27 @@ class SubscriptionStore:
                 pipe.get(failing_key(sub_id))
             started = pipe.execute()[1::2]
         return {sub_id: max(now - float(since or now), 0.0) for sub_id, since in zip(ordered, started)}
+
+    def health(self, sub_ids: Sequence[str]) -> dict[str, SubscriptionHealth]:
+        """Each subscription's health as its attempts' records left it; one round trip."""
+        if not sub_ids:
+            return {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for sub_id in sub_ids:
+                pipe.hgetall(subscription_health_key(sub_id))
+                pipe.get(failing_key(sub_id))
+            found = pipe.execute()
+        health: dict[str, SubscriptionHealth] = {}
+        for sub_id, fields, since in zip(sub_ids, found[::2], found[1::2]):
+            got = {_text(k): _text(v) for k, v in fields.items()}
+            health[sub_id] = SubscriptionHealth(
+                success_at=_iso(got.get("success_at")),
+                streak=int(got.get("streak", 0)),
+                failure_at=_iso(got.get("failure_at")),
+                failure=got.get("failure"),
+                failing_since=_iso(_text(since) if since is not None else None),
+            )
+        return health
 
     def default_secret(self, owner: str | None) -> str:
         """The secret for the `webhook_url`s of this key's tasks (by key id), made on first use

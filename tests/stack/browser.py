@@ -3,10 +3,14 @@ protocol by Debian's chromedriver with plain httpx: no Selenium, no Playwright, 
 
 `.ci/run` installs `chromium` and `chromium-driver`; when they are missing (a bare `pytest` run)
 the tests install them here if they can, and skip, saying why, only when that is impossible.
+
+Screenshots a test keeps (`Browser.keep_screenshot`) are written to the folder named by
+`TEST_ARTIFACTS_DIR`, by default `var/test-artifacts/screenshots/` in the repository (ignored by git).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -21,7 +25,14 @@ import httpx
 import pytest
 
 from service.redis_server import free_port
-from tests.stack.conftest import wait_for
+from tests.stack.conftest import ROOT, wait_for
+
+ARTIFACTS_ENV = "TEST_ARTIFACTS_DIR"
+
+
+def screenshots_dir() -> Path:
+    return Path(os.environ.get(ARTIFACTS_ENV) or ROOT / "var" / "test-artifacts" / "screenshots")
+
 
 CHROMIUM_FLAGS = [
     "--headless=new",
@@ -99,9 +110,16 @@ class Browser:
         return [str(entry["message"]) for entry in self._call("POST", "/se/log", {"type": "browser"})]
 
     def screenshot(self, path: Path) -> None:
-        import base64
-
         path.write_bytes(base64.b64decode(self._call("GET", "/screenshot")))
+
+    def keep_screenshot(self, name: str) -> Path:
+        """A screenshot of the page kept as a test artifact, `<name>.png` in `screenshots_dir()`."""
+        folder = screenshots_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.png"
+        self.screenshot(path)
+        print(f"screenshot kept: {path}")
+        return path
 
     def close(self) -> None:
         try:

@@ -1,13 +1,17 @@
 """The dashboard: who may see it and for how long, what it shows, the headers and CSRF checks
-that keep other sites out, and (in headless Chromium) that a task's status changes on screen as it
-moves, with no reload and no Content-Security-Policy violation."""
+that keep other sites out; subscriptions with their health, deliveries with their attempts and
+"Retry now", the cancel button and the stored video, each to its own key only; and (in headless
+Chromium) that a task's status and progress bar change on screen as it moves, that its stored
+video plays, and that "Retry now" adds an attempt, with no reload and no Content-Security-Policy
+violation. The browser tests keep screenshots (tests/README.md says where)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -18,12 +22,20 @@ from service.domain.ids import new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task, TaskInput, TaskResult
 from service.keys import task_key
-from tests.stack.browser import browser
+from service.simulator.state import video_chunks
+from tests.stack.browser import Browser, browser
 from tests.stack.conftest import API_KEY, Simulator, Stack, wait_for
-from tests.stack.receivers import Receiver, run_task, serve_receiver, subscribe
+from tests.stack.receivers import (
+    Receiver,
+    run_task,
+    serve_receiver,
+    subscribe,
+    wait_for_deliveries,
+)
 from tests.stack.stacks import owned_stack
 
 ADMIN_KEY = "test-admin-key-1"
+OTHER_KEY = "test-key-2"
 COOKIE = "kr_dashboard"
 BEARER = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -31,8 +43,16 @@ BEARER = {"Authorization": f"Bearer {API_KEY}"}
 @pytest.fixture(scope="module")
 def own(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     simulator.reset()  # to its defaults: an earlier module may have reconfigured it
-    # Callbacks believed as sent, so a test can play a provider that reports a hostile video URL.
-    env = {"KLING_RELAY_ADMIN_KEYS": ADMIN_KEY, "APIKLEY_CONFIRM_CALLBACKS": "false"}
+    env = {
+        "KLING_RELAY_API_KEYS": f"{API_KEY},{OTHER_KEY}",
+        "KLING_RELAY_ADMIN_KEYS": ADMIN_KEY,
+        # Callbacks believed as sent, so a test can play a provider that reports a hostile video URL.
+        "APIKLEY_CONFIRM_CALLBACKS": "false",
+        # Videos kept, for the task page to play.
+        "STORAGE_URL": tmp_path_factory.mktemp("videos").as_uri(),
+        # One attempt per round: a delivery that fails stays failed until someone retries it.
+        "WEBHOOK_RETRY_SCHEDULE_S": "0",
+    }
     with owned_stack(tmp_path_factory.mktemp("dashboard"), simulator, env) as owned:
         yield owned.stack
 
@@ -335,7 +355,6 @@ def test_the_task_page_lists_its_events_and_deliveries(own: Stack) -> None:
         api.delete(f"/v1/subscriptions/{sub['id']}")
     assert "task.submitted" in text and "task.succeeded" in text
     assert receiver.url("dash") in text
-    assert "http-equiv=refresh" not in text  # settled: nothing left to watch
 
 
 def csp_violations(console: list[str]) -> list[str]:
@@ -382,4 +401,262 @@ def test_chromium_signs_in_with_the_form_and_out_with_the_button(own: Stack) -> 
         chromium.open(f"{own.url}/dashboard")
         assert chromium.run("return document.querySelector('input[name=key]') !== null"), "still signed in after signing out"
         console = chromium.console()
+    assert csp_violations(console) == []
+
+
+# --- subscriptions, deliveries, buttons and the stored video ---------------------------------------
+
+SAME_ORIGIN_FORM = {"Sec-Fetch-Site": "same-origin"}
+
+
+def signed_in(stack: Stack, key: str = API_KEY) -> tuple[dict[str, str], str]:
+    """A session's cookie header and its CSRF token, as a signed-in page carries it."""
+    cookie = {"Cookie": f"{COOKIE}={sign_in(stack, key)}"}
+    page = httpx.get(f"{stack.url}/dashboard", headers=cookie)
+    return cookie, csrf_token_of(page.text)
+
+
+def post(stack: Stack, path: str, session: dict[str, str], form: dict[str, str], origin: dict[str, str] | None = None) -> httpx.Response:
+    """A form POST as a browser sends it (from a page of this origin unless told otherwise)."""
+    headers = {**session, **({"Origin": stack.url, **SAME_ORIGIN_FORM} if origin is None else origin)}
+    return httpx.post(f"{stack.url}{path}", data=form, headers=headers)
+
+
+def table_row(page: str, row_id: str) -> str:
+    found = re.search(rf"<tr id='{re.escape(row_id)}'.*?</tr>", page, re.DOTALL)
+    assert found, f"no row {row_id}"
+    return found.group(0)
+
+
+@pytest.fixture
+def made(own: Stack) -> Iterator[list[tuple[str, str]]]:
+    """(API key, subscription id) of the subscriptions a test made, deleted after it, so later
+    tests' tasks do not reach them."""
+    subs: list[tuple[str, str]] = []
+    yield subs
+    for key, sub_id in subs:
+        with own.client(key) as api:
+            api.delete(f"/v1/subscriptions/{sub_id}")
+
+
+def subscribed(made: list[tuple[str, str]], api: httpx.Client, key: str, url: str, **extra: Any) -> dict[str, Any]:
+    sub = subscribe(api, url, ["task.succeeded"], **extra)
+    made.append((key, sub["id"]))
+    return sub
+
+
+def test_the_subscriptions_page_shows_state_last_success_and_failure_streak_to_their_owner_only(
+    own: Stack, sim: Simulator, receiver: Receiver, made: list[tuple[str, str]]
+) -> None:
+    with own.client() as mine, own.client(OTHER_KEY) as theirs:
+        ok = subscribed(made, mine, API_KEY, receiver.answer("health-ok"), description="the happy one")
+        bad = subscribed(made, mine, API_KEY, receiver.answer("health-bad", then=503))
+        off = subscribed(made, mine, API_KEY, receiver.answer("health-off"), enabled=False)
+        other = subscribed(made, theirs, OTHER_KEY, receiver.answer("health-theirs"))
+        run_task(mine)
+        wait_for_deliveries(mine, ok["id"], 1, "delivered")
+        [failed] = wait_for_deliveries(mine, bad["id"], 1, "failed")
+    session, _ = signed_in(own)
+    page = httpx.get(f"{own.url}/dashboard/subscriptions", headers=session)
+    assert page.status_code == 200
+    assert_browser_headers(page)
+    happy, failing, disabled = (table_row(page.text, f"sub-{s['id']}") for s in (ok, bad, off))
+    assert "s-enabled" in happy and "the happy one" in happy
+    assert re.search(r"class=success-cell>\d{4}-\d\d-\d\dT", happy) and "class=streak-cell>0<" in happy
+    assert "class=success-cell><span class=muted>never" in failing
+    assert "1 failed attempt" in failing and "failing since" in failing and "http_status: 503" in failing
+    assert "s-disabled" in disabled and "manual, since" in disabled
+    assert other["id"] not in page.text
+    # Another key sees its own only, and none of ours even by id; an admin sees everyone's.
+    their_session, _ = signed_in(own, OTHER_KEY)
+    their_page = httpx.get(f"{own.url}/dashboard/subscriptions", headers=their_session).text
+    assert f"sub-{other['id']}" in their_page and ok["id"] not in their_page and bad["id"] not in their_page
+    for path in (f"/dashboard/subscriptions/{bad['id']}", f"/dashboard/deliveries/{failed['id']}"):
+        assert httpx.get(f"{own.url}{path}", headers=their_session).status_code == 404, path
+    admin_session, _ = signed_in(own, ADMIN_KEY)
+    admin_page = httpx.get(f"{own.url}/dashboard/subscriptions", headers=admin_session).text
+    assert all(f"sub-{s['id']}" in admin_page for s in (ok, bad, off, other))
+    # A subscription's page lists its deliveries, each linking to its attempts.
+    detail = httpx.get(f"{own.url}/dashboard/subscriptions/{bad['id']}", headers=session)
+    assert detail.status_code == 200 and f"href='/dashboard/deliveries/{failed['id']}'" in detail.text
+    only_delivered = httpx.get(f"{own.url}/dashboard/subscriptions/{bad['id']}", params={"status": "delivered"}, headers=session).text
+    assert failed["id"] not in only_delivered
+
+
+def test_retry_now_resends_a_delivery_only_with_the_sessions_token_from_this_origin(
+    own: Stack, sim: Simulator, receiver: Receiver, made: list[tuple[str, str]]
+) -> None:
+    with own.client() as mine:
+        sub = subscribed(made, mine, API_KEY, receiver.answer("retry-http", 500, then=204))
+        run_task(mine)
+        [failed] = wait_for_deliveries(mine, sub["id"], 1, "failed")
+        session, token = signed_in(own)
+        _, another_sessions_token = signed_in(own)
+        their_session, their_token = signed_in(own, OTHER_KEY)
+        path = f"/dashboard/deliveries/{failed['id']}/retry"
+        page = httpx.get(f"{own.url}/dashboard/deliveries/{failed['id']}", headers=session)
+        assert page.status_code == 200 and f"action='{path}'" in page.text and "http_status: 500" in page.text
+        refused = {
+            "no token": post(own, path, session, {}),
+            "another session's token": post(own, path, session, {"csrf_token": another_sessions_token}),
+            **{f"token, {label}": post(own, path, session, {"csrf_token": token}, headers) for label, headers in CROSS_ORIGIN.items()},
+        }
+        assert {label: r.status_code for label, r in refused.items()} == dict.fromkeys(refused, 403)
+        assert post(own, path, their_session, {"csrf_token": their_token}).status_code == 404  # not theirs to see
+        assert mine.get(f"/v1/deliveries/{failed['id']}").json()["attempt_count"] == 1
+        accepted = post(own, path, session, {"csrf_token": token})
+        assert accepted.status_code == 303 and accepted.headers["location"] == f"/dashboard/deliveries/{failed['id']}"
+        delivered = wait_for_deliveries(mine, sub["id"], 1, "delivered")[0]
+        # One attempt more, the one retried: none of the refused requests sent anything.
+        assert delivered["attempt_count"] == 2 and len(receiver.received("retry-http")) == 2
+        retried = httpx.get(f"{own.url}/dashboard/deliveries/{failed['id']}", headers=session).text
+        assert retried.count("<tr class=attempt>") == 2 and "204" in retried
+        # A disabled subscription's deliveries wait until it is enabled again, with the buttons.
+        sub_path = f"/dashboard/subscriptions/{sub['id']}"
+        assert post(own, f"{sub_path}/disable", session, {}).status_code == 403
+        assert post(own, f"{sub_path}/disable", their_session, {"csrf_token": their_token}).status_code == 404
+        assert post(own, f"{sub_path}/disable", session, {"csrf_token": token}).status_code == 303
+        assert mine.get(f"/v1/subscriptions/{sub['id']}").json()["disabled_reason"] == "manual"
+        while_disabled = post(own, path, session, {"csrf_token": token})
+        assert while_disabled.status_code == 409 and "enable the subscription" in while_disabled.text
+        assert "<p class=notice>" in while_disabled.text
+        assert post(own, f"{sub_path}/enable", session, {"csrf_token": token}).status_code == 303
+        assert mine.get(f"/v1/subscriptions/{sub['id']}").json()["enabled"] is True
+
+
+def test_the_cancel_button_cancels_an_unfinished_task_with_the_sessions_token_only(own: Stack, sim: Simulator) -> None:
+    sim.configure(queue_s=60)  # it stays unfinished until canceled
+    with own.client() as mine:
+        task_id = mine.post("/v1/tasks", json={"prompt": "a task to cancel", "provider": "novita"}).json()["id"]
+        session, token = signed_in(own)
+        their_session, their_token = signed_in(own, OTHER_KEY)
+        path = f"/dashboard/tasks/{task_id}/cancel"
+        page = httpx.get(f"{own.url}/dashboard/tasks/{task_id}", headers=session).text
+        assert f"action='{path}'" in page and "Cancel task" in page
+        assert post(own, path, session, {}).status_code == 403
+        assert post(own, path, session, {"csrf_token": token}, CROSS_ORIGIN["another origin"]).status_code == 403
+        assert post(own, path, their_session, {"csrf_token": their_token}).status_code == 404
+        assert httpx.get(f"{own.url}/dashboard/tasks/{task_id}", headers=their_session).status_code == 404
+        assert mine.get(f"/v1/tasks/{task_id}").json()["status"] != "canceled"
+        canceled = post(own, path, session, {"csrf_token": token})
+        assert canceled.status_code == 303 and canceled.headers["location"] == f"/dashboard/tasks/{task_id}"
+        assert mine.get(f"/v1/tasks/{task_id}").json()["status"] == "canceled"
+        page = httpx.get(f"{own.url}/dashboard/tasks/{task_id}", headers=session).text
+        assert "s-canceled" in page and f"action='{path}'" not in page
+        again = post(own, path, session, {"csrf_token": token})
+        assert again.status_code == 409 and "already finished as canceled" in again.text
+
+
+def test_the_task_page_plays_the_stored_copy_from_a_dashboard_route_only_its_owner_may_read(own: Stack, sim: Simulator) -> None:
+    with own.client() as mine:
+        task = run_task(mine, prompt="a harbour to keep")
+        stored = wait_for(lambda: (t := mine.get(f"/v1/tasks/{task['id']}").json())["result"].get("sha256") and t, what="the stored copy")
+        by_api = mine.get(f"/v1/tasks/{task['id']}/video").content
+    session, _ = signed_in(own)
+    path = f"/dashboard/tasks/{task['id']}/video"
+    page = httpx.get(f"{own.url}/dashboard/tasks/{task['id']}", headers=session)
+    assert f"<video controls preload=metadata src='{path}'></video>" in page.text
+    assert "media-src 'self'" in page.headers["content-security-policy"]
+    assert_browser_headers(page)
+    video = httpx.get(f"{own.url}{path}", headers=session)
+    assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+    assert video.content == by_api == b"".join(video_chunks(stored["result"]["bytes"]))
+    assert video.headers["etag"] == f'"{stored["result"]["sha256"]}"'
+    ranged = httpx.get(f"{own.url}{path}", headers={**session, "Range": "bytes=0-99"})
+    assert ranged.status_code == 206 and ranged.content == video.content[:100]
+    their_session, _ = signed_in(own, OTHER_KEY)
+    assert httpx.get(f"{own.url}{path}", headers=their_session).status_code == 404
+    assert httpx.get(f"{own.url}{path}").status_code == 401
+
+
+def values_seen(chromium: Browser, selector: str, seen: list[float]) -> Callable[[], bool]:
+    """A `wait_for` predicate: records each new value of the progress bar at `selector`, true
+    once it has shown two."""
+
+    def check() -> bool:
+        value = chromium.run("const bar = document.querySelector(arguments[0]); return bar ? bar.value : null;", selector)
+        if value is not None and (not seen or seen[-1] != value):
+            seen.append(value)
+        return len(seen) >= 2
+
+    return check
+
+
+def test_in_chromium_progress_bars_move_live_cancel_works_and_the_stored_video_plays(own: Stack, sim: Simulator) -> None:
+    with own.client() as mine:
+        # Finished first, at the simulator's usual speed; its copy is stored while the rest runs.
+        finished = run_task(mine, prompt="a harbour to watch")["id"]
+        sim.configure(queue_s=0.5, generate_s=10)  # for tasks submitted from now on
+        with browser() as chromium:
+            chromium.open(f"{own.url}/dashboard?key={API_KEY}")
+            wait_for(lambda: str(chromium.run("return document.getElementById('live').textContent")).endswith("live"), timeout_s=10, what="the stream")
+            chromium.run("window.sameDocument = true;")
+            running = mine.post("/v1/tasks", json={"prompt": "a kite with a progress bar", "provider": "novita"}).json()["id"]
+            on_list: list[float] = []
+            wait_for(values_seen(chromium, f"#task-{running} progress", on_list), timeout_s=20, interval_s=0.1, what="the row's bar to move")
+            assert chromium.run("return window.sameDocument === true"), "the list reloaded"
+            chromium.keep_screenshot("dashboard-tasks-progress")
+
+            chromium.open(f"{own.url}/dashboard/tasks/{running}")
+            chromium.run("window.sameDocument = true;")
+            on_page: list[float] = []
+            wait_for(values_seen(chromium, "#facts progress", on_page), timeout_s=20, interval_s=0.1, what="the task page's bar to move")
+            assert chromium.run("return window.sameDocument === true"), "the task page reloaded"
+            chromium.keep_screenshot("dashboard-task-progress")
+            chromium.run("document.querySelector(\"#actions form[action$='/cancel'] button\").click();")
+            wait_for(lambda: chromium.run("return document.querySelector('#facts .status').textContent") == "canceled", timeout_s=10, what="the task page to show canceled")
+            canceled_buttons = chromium.run("return document.querySelectorAll('#actions button').length")
+
+            wait_for(lambda: (mine.get(f"/v1/tasks/{finished}").json()["result"] or {}).get("sha256"), what="the finished task's stored copy")
+            chromium.open(f"{own.url}/dashboard/tasks/{finished}")
+            video = "const v = document.querySelector('#media video'); return v && {w: v.videoWidth, h: v.videoHeight, d: v.duration, state: v.readyState, error: v.error && v.error.code};"
+            loaded = wait_for(lambda: (v := chromium.run(video)) and v["w"] and v, timeout_s=20, what="the stored video to load")
+            chromium.run("const v = document.querySelector('#media video'); v.muted = true; v.play();")
+            wait_for(lambda: chromium.run("return document.querySelector('#media video').currentTime > 0.5"), timeout_s=20, what="the video to play")
+            played = chromium.run(video)
+            chromium.keep_screenshot("dashboard-task-video")
+            console = chromium.console()
+        assert mine.get(f"/v1/tasks/{running}").json()["status"] == "canceled"
+    assert on_list == sorted(on_list) and on_page == sorted(on_page), (on_list, on_page)
+    assert canceled_buttons == 0
+    assert (loaded["w"], loaded["h"], loaded["d"], loaded["error"]) == (48, 32, 2, None)
+    assert played["state"] >= 2 and played["error"] is None  # frames decoded: a real video
+    assert csp_violations(console) == []
+
+
+def test_in_chromium_retry_now_adds_an_attempt_and_the_subscription_recovers(
+    own: Stack, sim: Simulator, receiver: Receiver, made: list[tuple[str, str]]
+) -> None:
+    with own.client() as mine:
+        sub = subscribed(made, mine, API_KEY, receiver.answer("retry-browser", 500, then=204), description="flaky receiver")
+        run_task(mine)
+        [failed] = wait_for_deliveries(mine, sub["id"], 1, "failed")
+    cell = "return document.querySelector('#sub-' + arguments[0] + ' .' + arguments[1]).textContent"
+    with browser() as chromium:
+        chromium.open(f"{own.url}/dashboard?key={API_KEY}")
+        chromium.run("document.querySelector(\"header a[href='/dashboard/subscriptions']\").click();")
+        wait_for(lambda: chromium.run("return document.getElementById('subscriptions') !== null"), timeout_s=10, what="the subscriptions page")
+        streak_before = chromium.run(cell, sub["id"], "streak-cell")
+        failure_before = chromium.run(cell, sub["id"], "failure-cell")
+        chromium.keep_screenshot("dashboard-subscriptions-failing")
+        chromium.run("document.querySelector('#sub-' + arguments[0] + ' a').click();", sub["id"])
+        wait_for(lambda: chromium.run("return document.getElementById('deliveries') !== null"), timeout_s=10, what="the subscription page")
+        chromium.run("document.querySelector('#delivery-' + arguments[0] + ' a').click();", failed["id"])
+        wait_for(lambda: chromium.run("return document.getElementById('attempts') !== null"), timeout_s=10, what="the delivery page")
+        attempts = "return [...document.querySelectorAll('#attempts tr.attempt')].map(row => row.textContent)"
+        before = chromium.run(attempts)
+        chromium.run("document.querySelector(\"form[action$='/retry'] button\").click();")
+        after = wait_for(lambda: len(rows := chromium.run(attempts)) == 2 and rows, timeout_s=20, what="the new attempt on the page")
+        chromium.keep_screenshot("dashboard-delivery-retried")
+        status = chromium.run("return document.querySelector('#facts .status').textContent")
+        chromium.open(f"{own.url}/dashboard/subscriptions")
+        streak_after = chromium.run(cell, sub["id"], "streak-cell")
+        success_after = chromium.run(cell, sub["id"], "success-cell")
+        chromium.keep_screenshot("dashboard-subscriptions-recovered")
+        console = chromium.console()
+    assert streak_before.startswith("1 failed attempt") and "http_status: 500" in failure_before
+    assert len(before) == 1 and "500" in before[0]
+    assert after[0].startswith("2") and "204" in after[0] and after[1] == before[0]  # newest first
+    assert status == "delivered"
+    assert streak_after == "0" and success_after[:2] == "20"
     assert csp_violations(console) == []

@@ -1,6 +1,7 @@
 """Stored videos in an S3-compatible bucket, against a real S3 server process (moto's server
 mode on 127.0.0.1): kept under the prefix with its type, served by a redirect to a presigned URL
-that works, refused to another key, deleted by retention."""
+that works (the dashboard's task page allowed to play it), refused to another key, deleted by
+retention."""
 
 from __future__ import annotations
 
@@ -94,6 +95,10 @@ def test_a_video_is_kept_in_the_bucket_and_served_by_a_presigned_redirect(stack:
     assert fetched.status_code == 200 and fetched.content == body
     ranged = httpx.get(location, headers={"Range": "bytes=10-19"}, timeout=10)
     assert ranged.status_code == 206 and ranged.content == body[10:20]
+    # The dashboard plays it from the bucket: its route redirects there, its page's CSP allows it.
+    assert api.get(f"/dashboard/tasks/{task['id']}/video").headers["location"].startswith(f"{s3_endpoint}/")
+    page = api.get(f"/dashboard/tasks/{task['id']}")
+    assert f"media-src 'self' {s3_endpoint};" in page.headers["content-security-policy"]
 
     with stack.client(OTHER_KEY) as other:
         refused = other.get(f"/v1/tasks/{task['id']}/video")

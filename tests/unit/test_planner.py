@@ -18,10 +18,12 @@ from service.webhooks.outcomes import (
     dispatched,
 )
 from service.webhooks.planner import (
+    Health,
     Release,
     Retry,
     Rules,
     failure_runs_to_read,
+    health_of,
     plan_attempts,
 )
 from service.webhooks.policy import DeliveryStatus, DisableReason
@@ -149,3 +151,19 @@ def test_a_fan_out_batch_release_goes_with_the_plan_that_records_its_last_attemp
     release = Release("kr:outbox:inflight:w1", ["task_1 evt_1"], [IndexedEvent("evt_1", "task_1", "task.succeeded")])
     plan = plan_attempts([ok(delivery())], first=True, failing_for={}, rules=RULES, now=NOW, release=release)
     assert plan.release is release
+
+
+def test_health_per_subscription_is_its_newest_success_and_the_failures_after_it() -> None:
+    def at(d: Delivery, t: float, status: int | None) -> Dispatched:
+        result = AttemptResult(status, 10, None if status else "timeout: no answer within 15 s")
+        return dispatched(d, "https://example.com/hook", t, result)
+
+    a, b, own = delivery("sub_a"), delivery("sub_b", dlv="dlv_2"), delivery(None, dlv="dlv_3")
+    # Landed out of order: the health follows when each attempt started.
+    landed = [at(a, 3, 500), at(a, 1, 500), at(a, 2, 204), at(a, 4, None), at(b, 1, 503), at(b, 2, 502), at(own, 5, 500)]
+    assert health_of(landed) == {
+        "sub_a": Health(success_at=2, failures=2, failure_at=4, failure="timeout: no answer within 15 s"),
+        "sub_b": Health(success_at=None, failures=2, failure_at=2, failure="http_status: 502"),
+    }
+    assert health_of([at(a, 1, 500), at(a, 2, 200)]) == {"sub_a": Health(success_at=2, failures=0, failure_at=1, failure="http_status: 500")}
+    assert plan_attempts(landed, first=False, failing_for={}, rules=RULES, now=NOW).health == health_of(landed)

@@ -27,7 +27,8 @@ from service.domain.storage import (
 )
 from service.domain.tasks import StorageError, Task, TaskInput, TaskResult
 from service.domain.transition import ProviderUpdate, apply_update
-from service.simulator.state import FAKE_MP4, video_chunks
+from service.simulator.mp4 import FTYP, playable
+from service.simulator.state import video_chunks
 from service.storage import check_storage_url
 from service.storage.local import LocalStorage
 
@@ -109,9 +110,9 @@ def test_the_url_expiry_is_the_providers_or_a_default_after_success() -> None:
     [
         ("video/mp4", b"", "video/mp4"),
         ("Video/WebM; codecs=vp9", b"", "video/webm"),
-        ("application/octet-stream", FAKE_MP4, "video/mp4"),
-        ("binary/octet-stream", FAKE_MP4, "video/mp4"),
-        (None, FAKE_MP4, "video/mp4"),
+        ("application/octet-stream", FTYP, "video/mp4"),
+        ("binary/octet-stream", FTYP, "video/mp4"),
+        (None, FTYP, "video/mp4"),
     ],
 )
 def test_videos_are_kept_under_their_type(header: str | None, head: bytes, kept: str) -> None:
@@ -120,7 +121,7 @@ def test_videos_are_kept_under_their_type(header: str | None, head: bytes, kept:
 
 @pytest.mark.parametrize(
     ("header", "head"),
-    [("text/html", FAKE_MP4), ("application/octet-stream", b"<html><body>"), ("application/json", b"{}"), ("video/", FAKE_MP4)],
+    [("text/html", FTYP), ("application/octet-stream", b"<html><body>"), ("application/json", b"{}"), ("video/", FTYP)],
 )
 def test_anything_else_is_refused_for_good(header: str, head: bytes) -> None:
     with pytest.raises(DownloadProblem) as refused:
@@ -171,14 +172,37 @@ def test_unsatisfiable_ranges(header: str, size: int) -> None:
         byte_range(header, size)
 
 
-@pytest.mark.parametrize("size", [1, 24, 31, 32, 33, 65536, 65536 * 3 + 7])
+def top_level_boxes(body: bytes) -> list[tuple[bytes, int]]:
+    """(type, size) of each box of an MP4 file, in order."""
+    boxes, at = [], 0
+    while at < len(body):
+        size = int.from_bytes(body[at : at + 4], "big")
+        boxes.append((body[at + 4 : at + 8], size))
+        at += size
+    assert at == len(body), "the boxes do not add up to the file"
+    return boxes
+
+
+PLAYABLE = sum(map(len, playable()))
+
+
+@pytest.mark.parametrize("size", [1, 24, 31, PLAYABLE - 1, PLAYABLE, PLAYABLE + 1, 65536, 65536 * 3 + 7])
 def test_the_simulators_video_has_its_size_and_stable_bytes(size: int) -> None:
     body = b"".join(video_chunks(size))
     assert len(body) == size
     assert body == b"".join(video_chunks(size))
-    if size >= 32:
-        assert body[4:8] == b"ftyp" and body[28:32] == b"mdat" and int.from_bytes(body[24:28], "big") == size - 24
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(b"".join(video_chunks(size))).hexdigest()
+    assert body[:24] == FTYP[:size]
+    if size >= PLAYABLE:
+        # Playable whatever its size: the padding is at the end of the `mdat`, after the samples.
+        (ftyp, _), (moov, moov_size), (mdat, mdat_size) = top_level_boxes(body)
+        assert (ftyp, moov, mdat) == (b"ftyp", b"moov", b"mdat") and mdat_size == size - 24 - moov_size
+        samples = playable()[1]
+        assert body[PLAYABLE - len(samples) : PLAYABLE] == samples
+        stco = body.index(b"stco")
+        assert int.from_bytes(body[stco + 12 : stco + 16], "big") == PLAYABLE - len(samples), "the chunk offset misses the samples"
+    else:
+        assert body == b"".join(video_chunks(PLAYABLE))[:size]
 
 
 @pytest.mark.parametrize("url", [None, "none", "file:///srv/videos", "s3://bucket", "s3://bucket/some/prefix"])
