@@ -32,6 +32,7 @@ from service.app import create_app
 from service.routes.openapi import spec
 from service.settings import load_settings
 from tests.stack.conftest import API_KEY, Simulator, Stack
+from tests.stack.fuzzing import without_framing_headers
 from tests.stack.stacks import owned_stack
 
 FUZZ_ENV = {"TASK_CREATE_RATE_PER_MIN": "0"}
@@ -82,6 +83,7 @@ schema = schemathesis.openapi.from_dict(spec()).exclude(path_regex=r"/stream$")
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 schema.hook(flatmap_path_parameters)
 schema.hook(flatmap_body)
+schema.hook("map_headers")(without_framing_headers)
 
 
 def test_the_fuzzed_document_is_the_one_the_web_serves(fuzz_stack: Stack) -> None:

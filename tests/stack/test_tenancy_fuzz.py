@@ -29,6 +29,7 @@ from service.webhooks.ssrf import (
     is_forbidden_address,
 )
 from tests.stack.conftest import Simulator, Stack, wait_for
+from tests.stack.fuzzing import without_framing_headers
 from tests.stack.receivers import deliveries_of
 from tests.stack.stacks import owned_stack
 
@@ -110,6 +111,7 @@ schema = schemathesis.openapi.from_dict(spec()).exclude(path_regex=r"/stream$")
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 schema.hook("flatmap_path_parameters")(aim_at_alice)
 schema.hook("flatmap_body")(keep_webhooks_home)
+schema.hook("map_headers")(without_framing_headers)
 
 
 @schema.parametrize()
