@@ -244,6 +244,14 @@ def stack(request: pytest.FixtureRequest, redis_server: RedisServer, simulator: 
     stack.stop()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def simulator_at_defaults(simulator: Simulator) -> None:
+    """Each module starts with the shared simulator at its defaults, whatever the module before
+    it on this xdist worker configured (a slow queue or dropped callbacks would stall a module
+    that never asked for them)."""
+    simulator.reset()
+
+
 @pytest.fixture
 def sim(simulator: Simulator) -> Simulator:
     """The simulator, reset to its defaults for this test."""
