@@ -348,10 +348,13 @@ def _subscriptions_add(client: ApiClient, args: argparse.Namespace, out: Output)
 
 
 def _subscriptions_list(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
-    return _list(
-        client, args, out, "/v1/subscriptions", ["ID", "ENABLED", "EVENTS", "URL"],
-        lambda s: [s["id"], "yes" if s["enabled"] else f"no ({s.get('disabled_reason') or 'manual'})", ",".join(s["event_types"]), s["url"]],
-    )
+    def row(s: dict[str, Any]) -> list[str]:
+        enabled = "yes" if s["enabled"] else f"no ({s.get('disabled_reason') or 'manual'})"
+        health = s["health"]
+        return [s["id"], enabled, ",".join(s["event_types"]), str(health["streak"]), health["success_at"] or "never", s["url"]]
+
+    # STREAK: failed attempts since the last success (the dashboard's "failure streak").
+    return _list(client, args, out, "/v1/subscriptions", ["ID", "ENABLED", "EVENTS", "STREAK", "LAST SUCCESS", "URL"], row)
 
 
 def _subscriptions_rm(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
@@ -490,7 +493,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add.add_argument("url_to_call", metavar="URL", help="where to POST events")
     add.add_argument("--events", default=None, help="comma-separated event types or patterns (default: '*'; e.g. task.succeeded,task.failed)")
     add.add_argument("--description", default=None)
-    sub_list = leaf(subs, "list", _subscriptions_list, "list subscriptions, newest first")
+    sub_list = leaf(subs, "list", _subscriptions_list, "list subscriptions, newest first, with their failure streak and last success")
     sub_list.add_argument("--limit", type=int, default=20, help="how many (1-100, default 20)")
     sub_list.add_argument("--cursor", default=None)
     rm = leaf(subs, "rm", _subscriptions_rm, "delete a subscription")

@@ -18,11 +18,17 @@ from urllib.parse import quote, urlencode
 from service.domain.clock import iso_to_unix, unix_to_iso
 from service.domain.events import Event
 from service.domain.status import TaskStatus
+from service.domain.subscriptions import SubscriptionView
 from service.domain.tasks import Task
 from service.security_headers import content_security_policy, inline_source
 from service.sessions import CSRF_FIELD
 from service.text import excerpt
-from service.webhooks.models import Attempt, Delivery, Subscription, SubscriptionHealth
+from service.webhooks.models import (
+    Attempt,
+    Delivery,
+    SubscriptionHealth,
+    SubscriptionWithHealth,
+)
 from service.webhooks.policy import DeliveryStatus
 
 
@@ -329,15 +335,7 @@ def _delivery_row(d: Delivery, subscription_urls: dict[str, str]) -> str:
     )
 
 
-@dataclass(frozen=True)
-class SubscriptionWithHealth:
-    """A subscription with its health, as the dashboard lists it."""
-
-    subscription: Subscription
-    health: SubscriptionHealth
-
-
-def _state(sub: Subscription) -> str:
+def _state(sub: SubscriptionView) -> str:
     if sub.enabled:
         return status_badge("enabled")
     why = f" <span class=muted>{escape(sub.disabled_reason or '')}" + (f", since {escape(sub.disabled_at)}" if sub.disabled_at else "") + "</span>"
@@ -359,11 +357,11 @@ def _last_failure(health: SubscriptionHealth) -> str:
 
 def subscriptions_page(views: list[SubscriptionWithHealth], *, next_cursor: str | None, csrf: str | None = None) -> str:
     rows = "".join(
-        f"<tr id='sub-{escape(v.subscription.id)}'>"
-        f"<td><a href='/dashboard/subscriptions/{quote(v.subscription.id)}'>{escape(v.subscription.url)}</a>"
-        + (f"<br><span class=muted>{escape(v.subscription.description)}</span>" if v.subscription.description else "")
-        + f"</td><td><code>{escape(', '.join(v.subscription.event_types))}</code></td>"
-        f"<td class=state-cell>{_state(v.subscription)}</td><td class=success-cell>{_when(v.health.success_at)}</td>"
+        f"<tr id='sub-{escape(v.id)}'>"
+        f"<td><a href='/dashboard/subscriptions/{quote(v.id)}'>{escape(v.url)}</a>"
+        + (f"<br><span class=muted>{escape(v.description)}</span>" if v.description else "")
+        + f"</td><td><code>{escape(', '.join(v.event_types))}</code></td>"
+        f"<td class=state-cell>{_state(v)}</td><td class=success-cell>{_when(v.health.success_at)}</td>"
         f"<td class=streak-cell>{_streak(v.health)}</td><td class=failure-cell>{_last_failure(v.health)}</td></tr>"
         for v in views
     ) or "<tr><td colspan=6 class=muted>No subscriptions yet: POST /v1/subscriptions (see the API docs)</td></tr>"
@@ -379,7 +377,7 @@ def subscription_page(
     view: SubscriptionWithHealth, deliveries: list[Delivery], *, status: str | None, next_cursor: str | None,
     csrf: str | None = None, note: str = "",
 ) -> str:
-    sub, health = view.subscription, view.health
+    sub, health = view, view.health
     base = f"/dashboard/subscriptions/{quote(sub.id)}"
     facts = [
         ("endpoint", escape(sub.url)),

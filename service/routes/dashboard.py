@@ -45,7 +45,6 @@ from starlette.routing import Route
 from service.auth import Caller
 from service.dashboard_html import (
     CONTENT_SECURITY_POLICY,
-    SubscriptionWithHealth,
     TaskPage,
     TaskView,
     content_security_policy_for,
@@ -83,7 +82,12 @@ from service.sessions import (
     session_caller,
     start_session,
 )
-from service.webhooks.models import TASK_WEBHOOK, Delivery, SubscriptionUpdate
+from service.webhooks.models import (
+    TASK_WEBHOOK,
+    Delivery,
+    SubscriptionUpdate,
+    SubscriptionWithHealth,
+)
 from service.webhooks.policy import DeliveryStatus, delivery_id
 
 HEADERS = browser_headers(CONTENT_SECURITY_POLICY, cache_control="no-store")
@@ -265,8 +269,7 @@ async def subscriptions_list(request: Request) -> Response:
 
     def load() -> tuple[list[SubscriptionWithHealth], str | None]:
         page = rt.subscriptions.list(cursor=cursor, limit=PAGE_SIZE, owner=_listed(who))
-        health = rt.subscriptions.health([s.id for s in page.subscriptions])
-        return [SubscriptionWithHealth(s, health[s.id]) for s in page.subscriptions], page.next_cursor
+        return rt.subscriptions.with_health(page.subscriptions), page.next_cursor
 
     views, next_cursor = await run_in_threadpool(load)
     return HTMLResponse(subscriptions_page(views, next_cursor=next_cursor, csrf=page_csrf_token(request)))
@@ -283,7 +286,8 @@ async def subscription_detail(request: Request, note: str = "", status_code: int
     def load() -> tuple[SubscriptionWithHealth, list[Delivery], str | None]:
         sub = owned_subscription(rt, who, request.path_params["sub_id"])
         deliveries, next_cursor = rt.deliveries.for_subscription(sub.id, status=status, cursor=cursor, limit=PAGE_SIZE)
-        return SubscriptionWithHealth(sub, rt.subscriptions.health([sub.id])[sub.id]), deliveries, next_cursor
+        [view] = rt.subscriptions.with_health([sub])
+        return view, deliveries, next_cursor
 
     try:
         view, deliveries, next_cursor = await run_in_threadpool(load)

@@ -31,6 +31,7 @@ from service.webhooks.models import (
     Subscription,
     SubscriptionCreate,
     SubscriptionUpdate,
+    SubscriptionWithHealth,
 )
 from service.webhooks.policy import ALL_EVENT_TYPES, DeliveryStatus
 
@@ -183,6 +184,7 @@ def _components() -> dict[str, Schema]:
             (Task, "serialization"),
             (Event, "serialization"),
             (Subscription, "serialization"),
+            (SubscriptionWithHealth, "serialization"),
             (Delivery, "serialization"),
         ],
         ref_template=REF,
@@ -289,10 +291,10 @@ def build_spec() -> Schema:
         "/v1/tasks/{task_id}/video": {"get": _video_operation(task)},
         "/v1/subscriptions": {
             "post": _operation("Create a subscription", {201: _ref("CreatedSubscription")}, [400, 413, 415, 422], body="SubscriptionCreate"),
-            "get": _operation("List subscriptions, newest first", {200: _page("Subscription")}, [400], parameters=[LIMIT, CURSOR]),
+            "get": _operation("List subscriptions, newest first, each with its health", {200: _page("SubscriptionWithHealth")}, [400], parameters=[LIMIT, CURSOR]),
         },
         "/v1/subscriptions/{sub_id}": {
-            "get": _operation("Get a subscription", {200: _ref("Subscription")}, [404], parameters=[sub]),
+            "get": _operation("Get a subscription with its health", {200: _ref("SubscriptionWithHealth")}, [404], parameters=[sub]),
             "patch": _operation(
                 "Change a subscription", {200: _ref("Subscription")}, [400, 404, 413, 415, 422], body="SubscriptionUpdate", parameters=[sub]
             ),

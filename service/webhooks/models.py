@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -122,19 +121,35 @@ class Subscription(SubscriptionView):
         return cls.model_validate_json(raw)
 
 
-@dataclass(frozen=True)
-class SubscriptionHealth:
-    """How a subscription's deliveries have been going, as recorded with its attempts (times are
-    ISO 8601; None: nothing recorded within WEBHOOK_LOG_TTL_S)."""
+class SubscriptionHealth(BaseModel):
+    """How the subscription's deliveries have been going, as recorded with its attempts. Times are
+    ISO 8601; null when nothing is recorded (within WEBHOOK_LOG_TTL_S of its last attempt)."""
+
+    # Every field is always sent (null when unknown): required in the published schema.
+    model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=True)
 
     success_at: str | None = None
     # Failed attempts since the last success.
     streak: int = 0
     failure_at: str | None = None
+    # The last failed attempt's answer (an HTTP status or a transport error).
     failure: str | None = None
     # When the current run of failures began (it disables the subscription after
-    # WEBHOOK_DISABLE_AFTER_S); None while it is not failing.
+    # WEBHOOK_DISABLE_AFTER_S); null while it is not failing.
     failing_since: str | None = None
+
+
+class SubscriptionWithHealth(SubscriptionView):
+    """A subscription as the API's reads show it (no secrets) and the dashboard lists it, with
+    its health."""
+
+    model_config = ConfigDict(title="SubscriptionWithHealth")
+
+    health: SubscriptionHealth
+
+    @classmethod
+    def of(cls, sub: Subscription, health: SubscriptionHealth) -> SubscriptionWithHealth:
+        return cls.model_validate({**sub.model_dump(exclude={"secrets"}), "health": health})
 
 
 class Attempt(BaseModel):

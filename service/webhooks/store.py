@@ -32,7 +32,11 @@ from service.keys import (
 from service.live import log as live_log
 from service.live.log import LogLimits
 from service.redis_async import Arg
-from service.webhooks.models import Subscription, SubscriptionHealth
+from service.webhooks.models import (
+    Subscription,
+    SubscriptionHealth,
+    SubscriptionWithHealth,
+)
 from service.webhooks.policy import DisableReason
 from service.webhooks.signing import generate_secret
 
@@ -83,6 +87,11 @@ class SubscriptionStore:
         raws = self.redis.mget([subscription_key(i) for i in sub_ids])
         subs = [Subscription.loads(raw) for raw in raws if raw is not None]
         return {s.id: s for s in subs}
+
+    def with_health(self, subs: Sequence[Subscription]) -> list[SubscriptionWithHealth]:
+        """These subscriptions as shown, each with its health (one round trip for them all)."""
+        health = self.health([s.id for s in subs])
+        return [SubscriptionWithHealth.of(s, health[s.id]) for s in subs]
 
     def enabled(self) -> list[Subscription]:
         """Every enabled subscription; one GET when nothing changed since the last call."""

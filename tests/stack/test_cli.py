@@ -124,6 +124,14 @@ def _settled(stack: Stack) -> bool:
         return not any(api.get("/v1/tasks", params={"status": s}).json()["data"] for s in ("queued", "submitted", "running"))
 
 
+def _subscription_rows(stack: Stack) -> list[list[str]]:
+    listed = kling_relay(stack, "subscriptions", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["ID", "ENABLED", "EVENTS", "STREAK", "LAST", "SUCCESS", "URL"]
+    return [row.split() for row in rows]
+
+
 def test_subscription_commands_cover_a_webhooks_whole_life(own: Stack, receiver: Receiver) -> None:
     # Earlier tests' tasks must not finish into this subscription.
     wait_for(lambda: _settled(own), timeout_s=30, what="earlier tasks to finish")
@@ -132,7 +140,8 @@ def test_subscription_commands_cover_a_webhooks_whole_life(own: Stack, receiver:
     assert added.returncode == 0, added.stderr
     sub_id, secret = added.stdout.split()
     assert sub_id.startswith("sub_") and secret.startswith("whsec_")
-    assert sub_id in kling_relay(own, "subscriptions", "list").stdout
+    url = receiver.url("cli-hook")
+    assert [sub_id, "yes", "task.succeeded", "0", "never", url] in _subscription_rows(own)
 
     assert kling_relay(own, "submit", "a lantern", "--provider", "apikley", "--wait", "--poll-interval", "0.2").returncode == 0
     [first] = receiver.wait_for_count("cli-hook", 1)
@@ -143,6 +152,8 @@ def test_subscription_commands_cover_a_webhooks_whole_life(own: Stack, receiver:
         return rows if rows and rows[0].split()[1] == "delivered" else None
 
     [row] = wait_for(delivered, timeout_s=10, what="the delivery to be logged")
+    [listed] = [r for r in _subscription_rows(own) if r[0] == sub_id]
+    assert listed[3] == "0" and listed[4].startswith("20"), listed  # its success, on its row
     assert kling_relay(own, "deliveries", "retry", row.split()[0]).returncode == 0
     receiver.wait_for_count("cli-hook", 2)
 

@@ -32,6 +32,8 @@ def test_create_returns_the_secret_once_and_get_never_shows_it(api: httpx.Client
         "url": PUBLIC, "event_types": ["task.succeeded"], "description": "prod", "metadata": {"team": "video"}, "enabled": True}
     shown = api.get(f"/v1/subscriptions/{created['id']}").json()
     assert "secret" not in shown and "secrets" not in shown
+    # Reads add the subscription's health: nothing delivered yet (tests/stack/test_subscription_health.py).
+    assert shown.pop("health") == {"success_at": None, "streak": 0, "failure_at": None, "failure": None, "failing_since": None}
     assert shown == {k: v for k, v in created.items() if k != "secret"}
     assert _create(api)["event_types"] == ["*"]
 

@@ -12,7 +12,6 @@ import pytest
 from service.dashboard_html import (
     LIVE_SCRIPT,
     STYLE,
-    SubscriptionWithHealth,
     TaskPage,
     TaskView,
     content_security_policy_for,
@@ -28,7 +27,13 @@ from service.dashboard_html import (
 from service.domain.clock import iso_to_unix
 from service.domain.status import TaskStatus
 from service.domain.tasks import StorageError, Task, TaskInput, TaskResult
-from service.webhooks.models import Attempt, Delivery, Subscription, SubscriptionHealth
+from service.webhooks.models import (
+    Attempt,
+    Delivery,
+    Subscription,
+    SubscriptionHealth,
+    SubscriptionWithHealth,
+)
 
 NOW = "2026-01-01T00:00:00.000Z"
 LATER = "2026-01-08T00:00:00.000Z"
@@ -102,13 +107,13 @@ def test_subscriptions_show_their_state_and_health() -> None:
     sub = Subscription(id="sub_1", url="https://r/<x>", event_types=["*"], created_at=NOW, updated_at=NOW)
     off = sub.model_copy(update={"id": "sub_2", "enabled": False, "disabled_reason": "failing", "disabled_at": LATER})
     failing = SubscriptionHealth(success_at=NOW, streak=3, failure_at=LATER, failure="http_status: 503", failing_since=NOW)
-    html = subscriptions_page([SubscriptionWithHealth(sub, failing), SubscriptionWithHealth(off, SubscriptionHealth())], next_cursor="sub_0")
+    html = subscriptions_page([SubscriptionWithHealth.of(sub, failing), SubscriptionWithHealth.of(off, SubscriptionHealth())], next_cursor="sub_0")
     assert "https://r/&lt;x&gt;" in html and "<x>" not in html
     assert f"3 failed attempts <span class=muted>failing since {NOW}" in html and "http_status: 503" in html
     assert f"disabled</span> <span class=muted>failing, since {LATER}" in html
     assert "class=success-cell><span class=muted>never" in html
     assert "href='/dashboard/subscriptions?cursor=sub_0'" in html
-    assert "/enable'" in subscription_page(SubscriptionWithHealth(off, SubscriptionHealth()), [], status=None, next_cursor=None)
+    assert "/enable'" in subscription_page(SubscriptionWithHealth.of(off, SubscriptionHealth()), [], status=None, next_cursor=None)
 
 
 def test_a_live_part_changes_version_only_when_its_content_does() -> None:
@@ -117,7 +122,7 @@ def test_a_live_part_changes_version_only_when_its_content_does() -> None:
 
 
 def test_no_page_has_inline_code_but_the_hashed_script_and_style() -> None:
-    sub = SubscriptionWithHealth(Subscription(id="sub_1", url="https://r/x", event_types=["*"], created_at=NOW, updated_at=NOW), SubscriptionHealth())
+    sub = SubscriptionWithHealth.of(Subscription(id="sub_1", url="https://r/x", event_types=["*"], created_at=NOW, updated_at=NOW), SubscriptionHealth())
     pages = [
         tasks_page([TaskView(task(progress=10))], status=None, csrf=TOKEN),
         task_page(page_of(task(TaskStatus.SUCCEEDED, result=STORED)), csrf=TOKEN),
