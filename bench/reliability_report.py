@@ -110,8 +110,10 @@ def render(book: dict[str, Any], counts: dict[str, Counter[str]] | None) -> str:
     total = {key: sum(scenarios[n].get(key, 0) for n in names) for key in ("tasks", "events", "deliveries_expected", "delivered", "lost", "duplicated")}
     lines += [
         "",
-        f"Totals: {total['tasks']:,} tasks, {total['events']:,} events, {total['delivered']:,} of "
-        f"{total['deliveries_expected']:,} deliveries, **{total['lost']} lost, {total['duplicated']} duplicated**.",
+        (
+            f"Totals: {total['tasks']:,} tasks, {total['events']:,} events, {total['delivered']:,} of "
+            f"{total['deliveries_expected']:,} deliveries, **{total['lost']} lost, {total['duplicated']} duplicated**."
+        ),
         "",
         "How the columns are counted (`tests/stack/faults/ledger.py`):",
         "",

@@ -50,7 +50,7 @@ class Receiver:
         hits = self.hits
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("content-length") or 0))
                 with lock:
                     hits[self.path] = hits.get(self.path, 0) + 1
@@ -290,7 +290,7 @@ def main() -> int:
         for name, probe in probes.items():
             try:
                 results[name] = probe()
-            except Exception as exc:  # a probe that breaks is a result too
+            except Exception as exc:  # noqa: BLE001 (a probe that breaks is a result too)
                 results[name] = f"probe failed: {type(exc).__name__}: {exc}"
             print(f"{name}: {results[name]}", flush=True)
     if args.json:

@@ -121,7 +121,7 @@ class Output:
     def table(self, rows: list[list[str]], header: list[str]) -> None:
         widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            self.line("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+            self.line("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 Command = Callable[[ApiClient, argparse.Namespace, Output], int]

@@ -48,7 +48,7 @@ def parse(lines: Iterable[str]) -> Iterator[Message]:
             yield PING
             continue
         name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
+        value = value.removeprefix(" ")
         if name == "id":
             event_id = value
         elif name == "event":

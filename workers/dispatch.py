@@ -94,7 +94,7 @@ class Dispatcher:
             time.sleep(self.heartbeat_s / 3)
             try:
                 self.beat()
-            except Exception as exc:  # the heartbeat must outlive a Redis outage
+            except Exception as exc:  # noqa: BLE001 (the heartbeat must outlive any failure, a Redis outage above all)
                 log.warning("dispatcher heartbeat failed: %s", type(exc).__name__)
 
     def stop(self) -> None:

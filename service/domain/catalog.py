@@ -8,7 +8,7 @@ Pure: no I/O, no clock (callers pass ids and times in).
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import orjson
@@ -60,7 +60,7 @@ def _envelope() -> Schema:
     return Event.model_json_schema(mode="serialization")
 
 
-@lru_cache(maxsize=None)
+@cache
 def standalone_schema(event_type: EventType) -> Schema:
     """A self-contained JSON Schema (Draft 2020-12) of `event_type`'s payload."""
     name = data_name(event_type)

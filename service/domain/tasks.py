@@ -103,7 +103,7 @@ class TaskRequest(TaskInput):
     def _cfg_is_number(cls, value: object) -> object:
         # JSON true/false would otherwise be coerced to 1.0/0.0.
         if isinstance(value, bool):
-            raise ValueError("must be a number")
+            raise ValueError("must be a number")  # noqa: TRY004 (pydantic reports ValueError, not TypeError, as invalid input)
         return value
 
     @field_validator("cfg_scale")

@@ -128,7 +128,7 @@ def load_views(
         for task in tasks:
             pipe.lrange(events_key(task.id), 0, -1)
         raw_events = pipe.execute()
-    events = {task.id: [Event.loads(raw) for raw in raws] for task, raws in zip(tasks, raw_events)}
+    events = {task.id: [Event.loads(raw) for raw in raws] for task, raws in zip(tasks, raw_events, strict=True)}
     # Deliveries to the caller's subscriptions only: another key's endpoints are not its to see.
     sub_ids = rt.subscriptions.ids(owner=_listed(who))
     deliveries: dict[str, list[Delivery]] = {task.id: [] for task in tasks}

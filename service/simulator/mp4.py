@@ -181,7 +181,7 @@ def _moov(sizes: list[int], first_offset: int, sps: bytes, pps: bytes) -> bytes:
         _box(b"dinf", _full(b"dref", 0, struct.pack(">I", 1), _full(b"url ", 1))),
         stbl,
     )
-    language = sum((ord(c) - 0x60) << shift for c, shift in zip("und", (10, 5, 0)))
+    language = sum((ord(c) - 0x60) << shift for c, shift in zip("und", (10, 5, 0), strict=True))
     mdia = _box(
         b"mdia",
         _full(b"mdhd", 0, struct.pack(">IIIIHH", 0, 0, TIMESCALE, duration, language, 0)),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -82,7 +82,7 @@ class ReplayRequest(BaseModel):
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
 
@@ -117,7 +117,7 @@ class Subscription(SubscriptionView):
         return orjson.dumps(self.model_dump(mode="json"))
 
     @classmethod
-    def loads(cls, raw: bytes | str) -> "Subscription":
+    def loads(cls, raw: bytes | str) -> Subscription:
         return cls.model_validate_json(raw)
 
 
@@ -191,7 +191,7 @@ class Delivery(BaseModel):
     def due(self, now: float, *, slack_s: float = 0.0) -> bool:
         return self.status is DeliveryStatus.PENDING and (self.next_attempt_at or 0) <= now + slack_s
 
-    def after_attempt(self, attempt: Attempt, decision: Decision, now: float) -> "Delivery":
+    def after_attempt(self, attempt: Attempt, decision: Decision, now: float) -> Delivery:
         """This delivery once `attempt` is made and `decision` taken on it (pure)."""
         retrying = decision.status is DeliveryStatus.PENDING and decision.retry_in_s is not None
         return self.model_copy(
@@ -206,7 +206,7 @@ class Delivery(BaseModel):
             }
         )
 
-    def abandoned(self, reason: str, now: float) -> "Delivery":
+    def abandoned(self, reason: str, now: float) -> Delivery:
         """Failed without an attempt: its subscription was deleted or disabled, or the event expired."""
         return self.model_copy(
             update={"status": DeliveryStatus.FAILED, "next_attempt_at": None, "updated_at": unix_to_iso(now), "last_error": reason}
@@ -224,5 +224,5 @@ class Delivery(BaseModel):
         return self.__pydantic_serializer__.to_json(self)
 
     @classmethod
-    def loads(cls, raw: bytes | str) -> "Delivery":
+    def loads(cls, raw: bytes | str) -> Delivery:
         return cls.model_validate_json(raw)

@@ -48,9 +48,9 @@ class SentinelProcess:
 def _master_known(sentinel: Sentinel) -> bool:
     try:
         sentinel.discover_master("mymaster")
-        return True
     except MasterNotFoundError:
         return False
+    return True
 
 
 def _answers(client: Redis) -> bool:
@@ -90,10 +90,10 @@ def test_clients_find_the_master_through_sentinel_and_follow_a_failover(sentinel
     def written_after_failover() -> bool:
         try:
             redis.set("k", "after")
-            return True
         except (RedisConnectionError, RedisTimeoutError, ReadOnlyError):
             time.sleep(0.1)
             return False
+        return True
 
     wait_for(written_after_failover, timeout_s=20, what="the client to reach the promoted replica")
     assert Redis(port=replica.port, db=2).get("k") == b"after"

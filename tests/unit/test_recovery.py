@@ -36,7 +36,9 @@ RESULT = TaskResult(video_url="https://cdn/v.mp4")
 
 
 def make_task(status: TaskStatus, **fields: object) -> Task:
-    base: dict[str, object] = dict(id="task_x", provider="apikley", input=TaskInput(prompt="p"), created_at=T0, updated_at=T0, status=status)
+    base: dict[str, object] = {
+        "id": "task_x", "provider": "apikley", "input": TaskInput(prompt="p"), "created_at": T0, "updated_at": T0, "status": status,
+    }
     base.update(fields)
     return Task.model_validate(base)
 

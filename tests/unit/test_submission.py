@@ -48,7 +48,9 @@ class Refused:
 
 
 def make_task(status: TaskStatus = S.QUEUED, *, attempts: list[SubmitAttempt] | None = None, **fields: object) -> Task:
-    base: dict[str, object] = dict(id="task_x", provider="apikley", input=TaskInput(prompt="p"), created_at=NOW, updated_at=NOW, status=status)
+    base: dict[str, object] = {
+        "id": "task_x", "provider": "apikley", "input": TaskInput(prompt="p"), "created_at": NOW, "updated_at": NOW, "status": status,
+    }
     base.update(fields)
     base["attempts"] = attempts or []
     return Task.model_validate(base)

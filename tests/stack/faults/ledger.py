@@ -12,6 +12,7 @@ what every subscriber actually received, reconciled into the report's figures.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -177,10 +178,8 @@ def settle(
     Waiting is bounded: on a timeout the books are read anyway, so what is missing is counted
     (and reported) rather than hidden behind a timeout error.
     """
-    try:
+    with contextlib.suppress(AssertionError):
         wait_terminal(api, task_ids, timeout_s)
-    except AssertionError:
-        pass
     tasks, events = fetch(base_url, task_ids)
     event_ids = {e["id"] for evs in events.values() for e in evs}
     try:

@@ -68,7 +68,7 @@ def test_provider_429_and_5xx_bursts_and_slow_answers_still_finish_every_task(
     with stack.client() as api, serve_receiver() as receiver:
         subs = add_subscribers(api, receiver, [f"trouble-{n}" for n in range(3)])
         prompts = [f"provider trouble {n}" for n in range(len(PROVIDERS))]
-        task_ids = create_tasks(stack.url, [{"prompt": p, "provider": provider} for p, provider in zip(prompts, PROVIDERS)])
+        task_ids = create_tasks(stack.url, [{"prompt": p, "provider": provider} for p, provider in zip(prompts, PROVIDERS, strict=True)])
         tasks, events = settle(stack.url, api, task_ids, subs, timeout_s=90)
         figures = reconcile(
             "provider 429/5xx bursts and slow answers",
@@ -89,7 +89,7 @@ def test_provider_429_and_5xx_bursts_and_slow_answers_still_finish_every_task(
     for provider_task in sim.tasks():
         prompt = provider_task["request"].get("prompt") or provider_task["request"].get("input", {}).get("prompt")
         by_prompt[prompt] = by_prompt.get(prompt, 0) + 1
-    assert by_prompt == {p: 1 for p in prompts}
+    assert by_prompt == dict.fromkeys(prompts, 1)
     # ...and exactly one retry (or failover) per refusal: no stampede of extra requests.
     refusals = len(TROUBLE["apikley_create_responses"]) + len(TROUBLE["novita_submit_responses"])
     retried = sum(1 for t in tasks.values() if t for a in t["attempts"] if a["outcome"] != "accepted")
