@@ -182,7 +182,9 @@ def main() -> int:
 
             env = {**os.environ, "REDIS_URL": server.url, "CALLBACK_SECRET": "bench", "ALLOW_PRIVATE_WEBHOOKS": "true"}
             with open(Path(tmp) / "worker.log", "wb") as log:  # the child keeps its own copy
-                worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "service.cli", "worker"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
             _, body = sample_event_body("task_bench")
             baseline = Baseline(urls, body)
             run_engine(redis, sub_ids, 2)  # warm-up: worker imports, pooled connections

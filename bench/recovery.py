@@ -62,7 +62,9 @@ def stack(base: Path) -> Iterator[tuple[str, str, Redis, Callable[[], subprocess
     def spawn(*args: str) -> subprocess.Popen[bytes]:
         # Each process appends to the one log; ours is closed once the child has its own.
         with open(base / "processes.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
         procs.append(proc)
         return proc
 
@@ -81,7 +83,9 @@ def stack(base: Path) -> Iterator[tuple[str, str, Redis, Callable[[], subprocess
 
 
 def create(web: str, text: str) -> str:
-    response = httpx.post(f"{web}/v1/tasks", json={"prompt": text, "provider": "apikley"}, headers={"Authorization": f"Bearer {API_KEY}"})
+    response = httpx.post(
+        f"{web}/v1/tasks", json={"prompt": text, "provider": "apikley"}, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     response.raise_for_status()
     return str(response.json()["id"])
 

@@ -65,7 +65,11 @@ def stack(base: Path, max_bytes: int) -> Iterator[tuple[str, str, Redis, Path]]:
     def spawn(*args: str) -> None:
         # Each process appends to the one log; ours is closed once the child has its own.
         with open(log_path, "ab") as log:
-            procs.append(subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
 
     try:
         spawn("simulator", "--port", str(sim_port))

@@ -113,8 +113,10 @@ def main() -> None:
                 cpu_ms_per_event = (served.cpu_s() - cpu) / len(lines) * 1000
                 results[streams] = (latencies, delivered, streams * len(lines), cpu_ms_per_event)
     for streams, (latencies, delivered, expected, cpu_ms) in results.items():
-        print(f"{streams:>4} stream(s): delivered {delivered}/{expected}; event-to-client p50 {percentile(latencies, 50):.1f} ms, "
-              f"p99 {percentile(latencies, 99):.1f} ms; web CPU {cpu_ms:.1f} ms per event")
+        print(
+            f"{streams:>4} stream(s): delivered {delivered}/{expected}; event-to-client p50 {percentile(latencies, 50):.1f} ms, "
+            f"p99 {percentile(latencies, 99):.1f} ms; web CPU {cpu_ms:.1f} ms per event"
+        )
     base, many = results[1], results[args.streams]
     print(f"RESULT streams={args.streams} delivered={many[1]}/{many[2]} p50_ms={percentile(many[0], 50):.1f} "
           f"p99_ms={percentile(many[0], 99):.1f} baseline_p50_ms={percentile(base[0], 50):.1f} "

@@ -204,7 +204,9 @@ class Dispatcher:
         except RedisError:
             self._again.append(self._batch([entry], suspect=True))
             return
-        log.error("outbox entry set aside in %s after failing twice: %r (%s: %s)", OUTBOX_DEAD, entry, type(error).__name__, error)
+        log.error(
+            "outbox entry set aside in %s after failing twice: %r (%s: %s)", OUTBOX_DEAD, entry, type(error).__name__, error
+        )
 
 
 def requeue_orphans(redis: Redis) -> int:

@@ -30,7 +30,11 @@ def small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     # Depth first, iteratively: what is too deep to encode must not reach the encoder.
     level: list[Any] = [value]
     for _ in range(MAX_METADATA_DEPTH):
-        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())]
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
+        ]
         if not level:
             break
     else:

@@ -296,7 +296,12 @@ async def subscription_detail(request: Request, note: str = "", status_code: int
             return _not_found("subscription")
         raise
     page = subscription_page(
-        view, deliveries, status=status.value if status else None, next_cursor=next_cursor, csrf=page_csrf_token(request), note=note
+        view,
+        deliveries,
+        status=status.value if status else None,
+        next_cursor=next_cursor,
+        csrf=page_csrf_token(request),
+        note=note,
     )
     return HTMLResponse(page, status_code=status_code)
 
@@ -419,7 +424,12 @@ def _task_sections(rt: Runtime, who: Caller, task_id: str, csrf: str | None) -> 
         if task is None or not who.owns(task.owner):
             return None
         seen = last.get("page")
-        if seen is not None and seen[0] == _fingerprint(task) and not seen[1] and time.time() - iso_to_unix(task.updated_at) >= SETTLING_S:
+        if (
+            seen is not None
+            and seen[0] == _fingerprint(task)
+            and not seen[1]
+            and time.time() - iso_to_unix(task.updated_at) >= SETTLING_S
+        ):
             return seen[2]
         page = _task_page(rt, who, task)
         sections = task_sections(page, csrf=csrf)

@@ -177,7 +177,9 @@ async def rotate_secret(request: Request) -> JSONResponse:
     now = time.time()
 
     def change(sub: Subscription) -> Subscription:
-        return sub.model_copy(update={"secrets": rotate(sub.secrets, secret, now=now, grace_s=grace), "updated_at": unix_to_iso(now)})
+        return sub.model_copy(
+            update={"secrets": rotate(sub.secrets, secret, now=now, grace_s=grace), "updated_at": unix_to_iso(now)}
+        )
 
     updated = await run_in_threadpool(runtime(request).subscriptions.update, sub.id, change)
     if updated is None:

@@ -157,7 +157,9 @@ _MATRIX = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
 
 def _moov(sizes: list[int], first_offset: int, sps: bytes, pps: bytes) -> bytes:
     duration = len(sizes) * TIMESCALE // FPS
-    avcc = _box(b"avcC", bytes([1, 66, 0xC0, 10, 0xFF, 0xE1]), struct.pack(">H", len(sps)), sps, b"\x01", struct.pack(">H", len(pps)), pps)
+    avcc = _box(
+        b"avcC", bytes([1, 66, 0xC0, 10, 0xFF, 0xE1]), struct.pack(">H", len(sps)), sps, b"\x01", struct.pack(">H", len(pps)), pps
+    )
     avc1 = _box(
         b"avc1",
         bytes(6), struct.pack(">H", 1),  # reserved, data_reference_index

@@ -322,7 +322,12 @@ class DeliveryStore:
                     raise DeliveryInFlight(dlv_id)
                 return d, False
             restarted = d.model_copy(
-                update={"status": DeliveryStatus.PENDING, "round_attempts": 0, "next_attempt_at": now, "updated_at": unix_to_iso(now)}
+                update={
+                    "status": DeliveryStatus.PENDING,
+                    "round_attempts": 0,
+                    "next_attempt_at": now,
+                    "updated_at": unix_to_iso(now),
+                }
             )
             done = self._restart(read=raw, restarted=restarted, ttl_s=self.ttl_s, due_at=now + self.lease_s)
             if done is Restarted.RESTARTED:

@@ -209,7 +209,12 @@ class Delivery(BaseModel):
     def abandoned(self, reason: str, now: float) -> Delivery:
         """Failed without an attempt: its subscription was deleted or disabled, or the event expired."""
         return self.model_copy(
-            update={"status": DeliveryStatus.FAILED, "next_attempt_at": None, "updated_at": unix_to_iso(now), "last_error": reason}
+            update={
+                "status": DeliveryStatus.FAILED,
+                "next_attempt_at": None,
+                "updated_at": unix_to_iso(now),
+                "last_error": reason,
+            }
         )
 
     def public(self) -> dict[str, Any]:

@@ -180,7 +180,9 @@ class Stack:
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         # The child keeps its own copy of the file; ours is closed at once.
         with open(self.log_dir / f"{name}-{time.monotonic_ns()}.log", "wb") as log:
-            return subprocess.Popen([sys.executable, "-m", "service.cli", name], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(
+                [sys.executable, "-m", "service.cli", name], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def start_web(self) -> None:
         self.web = self._spawn("web")
@@ -237,7 +239,9 @@ def start_stack(redis_server: RedisServer, simulator: Simulator, log_dir: Path, 
 
 
 @pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest, redis_server: RedisServer, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, redis_server: RedisServer, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """One web and one worker per test module; a module may set STACK_ENV to change settings."""
     env = getattr(request.module, "STACK_ENV", {})
     stack = start_stack(redis_server, simulator, tmp_path_factory.mktemp("logs"), env)

@@ -171,7 +171,11 @@ def test_novita_task_succeeds_through_polling_with_an_expiry(stack: Stack, api: 
         "guidance_scale": 0.5,
         "negative_prompt": "blur",
         # A per-task result webhook: the way a submit whose answer was lost can be found again.
-        "extra": {"webhook": {"url": f"{stack.url}/callbacks/novita/{task['id']}/{callback_token(CALLBACK_SECRET, task['id'], 'novita')}"}},
+        "extra": {
+            "webhook": {
+                "url": f"{stack.url}/callbacks/novita/{task['id']}/{callback_token(CALLBACK_SECRET, task['id'], 'novita')}"
+            }
+        },
     }
 
 
@@ -224,7 +228,9 @@ def test_novita_client_error_at_submit_fails_the_task(
 
 
 @pytest.mark.parametrize(
-    ("http_status", "error_code"), [(429, "rate_limited"), (500, "server_error"), (503, "server_error")], ids=["429", "500", "503"]
+    ("http_status", "error_code"),
+    [(429, "rate_limited"), (500, "server_error"), (503, "server_error")],
+    ids=["429", "500", "503"],
 )
 def test_novita_rate_limit_or_outage_at_submit_is_retried(
     api: httpx.Client, sim: Simulator, http_status: int, error_code: str

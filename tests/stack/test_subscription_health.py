@@ -67,7 +67,9 @@ def test_health_starts_empty_then_failures_raise_the_streak_and_a_success_resets
     assert len(receiver.received("flaky")) == 3
 
 
-def test_another_key_cannot_read_a_subscriptions_health(stack: Stack, api: httpx.Client, receiver: Receiver, subs: list[str]) -> None:
+def test_another_key_cannot_read_a_subscriptions_health(
+    stack: Stack, api: httpx.Client, receiver: Receiver, subs: list[str]
+) -> None:
     sub = subscribe(api, receiver.answer("mine-only"), ["task.succeeded"])
     subs.append(sub["id"])
     with stack.client(OTHER_KEY) as theirs:

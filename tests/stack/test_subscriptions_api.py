@@ -23,7 +23,10 @@ def _create(api: httpx.Client, **body: object) -> dict[str, object]:
 
 
 def test_create_returns_the_secret_once_and_get_never_shows_it(api: httpx.Client) -> None:
-    response = api.post("/v1/subscriptions", json={"url": PUBLIC, "event_types": ["task.succeeded"], "description": "prod", "metadata": {"team": "video"}})
+    response = api.post(
+        "/v1/subscriptions",
+        json={"url": PUBLIC, "event_types": ["task.succeeded"], "description": "prod", "metadata": {"team": "video"}},
+    )
     assert response.status_code == 201, response.text
     created = response.json()
     assert created["id"].startswith("sub_") and response.headers["location"] == f"/v1/subscriptions/{created['id']}"

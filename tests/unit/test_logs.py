@@ -19,7 +19,9 @@ def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
 
 
 def test_ids_become_fields_from_extra_or_from_name_value_pairs() -> None:
-    line = orjson.loads(JsonFormatter().format(record("fan-out event_id=%s sent=%d", "evt_1", 3, task_id="task_1", delivery_id="dlv_1")))
+    line = orjson.loads(
+        JsonFormatter().format(record("fan-out event_id=%s sent=%d", "evt_1", 3, task_id="task_1", delivery_id="dlv_1"))
+    )
     assert line["message"] == "fan-out event_id=evt_1 sent=3"
     assert (line["task_id"], line["event_id"], line["delivery_id"]) == ("task_1", "evt_1", "dlv_1")
     assert line["level"] == "info" and line["logger"] == "workers.deliver" and line["ts"].endswith("Z")

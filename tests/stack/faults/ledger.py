@@ -115,7 +115,9 @@ def wait_terminal(api: httpx.Client, task_ids: list[str], timeout_s: float) -> N
     )
 
 
-def fetch(base_url: str, task_ids: list[str], threads: int = 8) -> tuple[dict[str, dict[str, Any] | None], dict[str, list[dict[str, Any]]]]:
+def fetch(
+    base_url: str, task_ids: list[str], threads: int = 8
+) -> tuple[dict[str, dict[str, Any] | None], dict[str, list[dict[str, Any]]]]:
     """Every task as the API shows it (None if it is gone) and its events."""
 
     def one(task_id: str, client: httpx.Client) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]]]:
@@ -142,7 +144,12 @@ def wait_delivered(subscribers: list[Subscriber], event_ids: set[str], timeout_s
     def missing() -> int:
         return sum(len(event_ids - {r.webhook_id for r in s.receiver.received(s.path)}) for s in subscribers)
 
-    wait_for(lambda: missing() == 0, timeout_s=timeout_s, interval_s=0.5, what=f"{len(event_ids)} events at {len(subscribers)} subscribers")
+    wait_for(
+        lambda: missing() == 0,
+        timeout_s=timeout_s,
+        interval_s=0.5,
+        what=f"{len(event_ids)} events at {len(subscribers)} subscribers",
+    )
 
 
 def delivery_statuses(api: httpx.Client, sub_id: str) -> Counter[str]:

@@ -44,7 +44,8 @@ def novita(http_status: int, reason: str) -> dict[str, Any]:
 # Answers the simulator gives, in order, before it behaves again; every provider answer takes 0.5 s.
 TROUBLE: dict[str, Any] = {
     "latency_s": 0.5,
-    "apikley_create_responses": [apikley(429, "rate limited")] * 5 + [apikley(500, "server error"), apikley(500, "bad gateway", 502)],
+    "apikley_create_responses": [apikley(429, "rate limited")] * 5
+    + [apikley(500, "server error"), apikley(500, "bad gateway", 502)],
     "novita_submit_responses": [novita(429, "RATE_LIMIT_EXCEEDED")] * 4 + [novita(503, "SERVICE_UNAVAILABLE")] * 2,
     "novita_result_responses": [novita(500, "INTERNAL_ERROR")] * 5 + [novita(429, "RATE_LIMIT_EXCEEDED")] * 3,
     "apikley_record_responses": [apikley(500, "server error")] * 3 + [apikley(429, "rate limited")] * 2,
@@ -68,11 +69,14 @@ def test_provider_429_and_5xx_bursts_and_slow_answers_still_finish_every_task(
     with stack.client() as api, serve_receiver() as receiver:
         subs = add_subscribers(api, receiver, [f"trouble-{n}" for n in range(3)])
         prompts = [f"provider trouble {n}" for n in range(len(PROVIDERS))]
-        task_ids = create_tasks(stack.url, [{"prompt": p, "provider": provider} for p, provider in zip(prompts, PROVIDERS, strict=True)])
+        task_ids = create_tasks(
+            stack.url, [{"prompt": p, "provider": provider} for p, provider in zip(prompts, PROVIDERS, strict=True)]
+        )
         tasks, events = settle(stack.url, api, task_ids, subs, timeout_s=90)
         figures = reconcile(
             "provider 429/5xx bursts and slow answers",
-            "simulator: 0.5 s per answer; bursts of 429/500/502 on Apikley create and record, 429/503 on Novita submit, 500/429 on Novita polls",
+            "simulator: 0.5 s per answer; bursts of 429/500/502 on Apikley create and record, 429/503 on Novita submit,"
+            " 500/429 on Novita polls",
             task_ids,
             tasks,
             events,
@@ -96,7 +100,9 @@ def test_provider_429_and_5xx_bursts_and_slow_answers_still_finish_every_task(
     assert retried == refusals
 
 
-def test_a_burst_longer_than_the_retry_budget_fails_the_task_with_the_providers_code(trouble_stack: Stack, sim: Simulator) -> None:
+def test_a_burst_longer_than_the_retry_budget_fails_the_task_with_the_providers_code(
+    trouble_stack: Stack, sim: Simulator
+) -> None:
     """Backoff gives up: a task refused more times than it has retries fails, with the provider's code."""
     delays = len(TROUBLE_ENV["SUBMIT_RETRY_DELAYS_S"].split(","))
     sim.configure(apikley_create_responses=[apikley(429, "rate limited")] * (delays + 1))
