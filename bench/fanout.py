@@ -68,11 +68,12 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
         except OSError:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nothing listening on {port}") from None
             time.sleep(0.05)
+        else:
+            return
 
 
 def sample_event_body(task_id: str) -> tuple[str, bytes]:
@@ -180,8 +181,10 @@ def main() -> int:
                 sub_ids.append(sub.id)
 
             env = {**os.environ, "REDIS_URL": server.url, "CALLBACK_SECRET": "bench", "ALLOW_PRIVATE_WEBHOOKS": "true"}
-            log = open(Path(tmp) / "worker.log", "wb")
-            worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            with open(Path(tmp) / "worker.log", "wb") as log:  # the child keeps its own copy
+                worker = subprocess.Popen(
+                    [sys.executable, "-m", "service.cli", "worker"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
             _, body = sample_event_body("task_bench")
             baseline = Baseline(urls, body)
             run_engine(redis, sub_ids, 2)  # warm-up: worker imports, pooled connections

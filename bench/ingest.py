@@ -109,7 +109,9 @@ def main() -> None:
           f"{succeeded:,} tasks moved to succeeded); {cpu_mine:.0f} µs CPU per callback")
     print(f"ratio {ratio:.2f} (target >= {TARGET_RATIO}) {'MET' if ratio >= TARGET_RATIO else 'NOT MET'}")
     if max(ours) * args.seconds >= args.tasks:
-        print("warning: a block may have run out of seeded tasks; later callbacks were duplicates (raise --tasks)", file=sys.stderr)
+        print(
+            "warning: a block may have run out of seeded tasks; later callbacks were duplicates (raise --tasks)", file=sys.stderr
+        )
     print(f"RESULT callbacks_per_s={mine:.0f} baseline_per_s={baseline:.0f} ratio={ratio:.2f} "
           f"cpu_us_per_callback={cpu_mine:.0f} baseline_cpu_us={cpu_baseline:.0f}")
 

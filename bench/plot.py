@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,9 +49,9 @@ def main() -> None:
     fig.tight_layout()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
-    for n, r in zip(fan_counts, fan):
+    for n, r in zip(fan_counts, fan, strict=True):
         print(f"fanout subscribers={n} deliveries_per_s={r['deliveries_per_s']:.0f} baseline_per_s={r['baseline_per_s']:.0f}")
-    for n, r in zip(lat_counts, lat):
+    for n, r in zip(lat_counts, lat, strict=True):
         print(f"latency subscribers={n} p50_ms={r['p50_ms']:.1f} p99_ms={r['p99_ms']:.1f}")
     print(f"wrote {args.out}")
 

@@ -58,10 +58,13 @@ def stack(base: Path) -> Iterator[tuple[str, str, Redis, Callable[[], subprocess
         "PROVIDER_TIMEOUT_S": "120",
     }
     procs: list[subprocess.Popen[bytes]] = []
-    logs = open(base / "processes.log", "wb")
 
     def spawn(*args: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT)
+        # Each process appends to the one log; ours is closed once the child has its own.
+        with open(base / "processes.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
         procs.append(proc)
         return proc
 
@@ -76,12 +79,13 @@ def stack(base: Path) -> Iterator[tuple[str, str, Redis, Callable[[], subprocess
                 proc.kill()
             proc.wait()
         redis_server.stop()
-        logs.close()
 
 
 
 def create(web: str, text: str) -> str:
-    response = httpx.post(f"{web}/v1/tasks", json={"prompt": text, "provider": "apikley"}, headers={"Authorization": f"Bearer {API_KEY}"})
+    response = httpx.post(
+        f"{web}/v1/tasks", json={"prompt": text, "provider": "apikley"}, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     response.raise_for_status()
     return str(response.json()["id"])
 

@@ -28,11 +28,26 @@ REPORT = ROOT / "docs" / "reliability.md"
 
 # Bad-input and security suites: module → what it proves.
 SUITES = {
-    "tests/stack/test_api_fuzz.py": "schemathesis, positive and negative cases, against the served `/openapi.json`: no 5xx; status codes, media types, headers and bodies match the document; every operation refuses a request without a key",
-    "tests/unit/test_status_machine_properties.py": "hypothesis: no sequence of provider reports moves a task backwards, out of a terminal status, or emits two events for one transition; sequences go 1, 2, 3 …",
-    "tests/stack/test_status_machine_properties.py": "hypothesis: the same sequences, with the reports racing from threads on the real Redis store: one event per transition, numbered 1, 2, 3 …",
-    "tests/stack/test_callback_fuzz.py": "fuzzed callback bodies on a real task with its valid token (wrong types, huge strings, deep nesting, invalid UTF-8, NaN, random JSON and bytes): always 4xx, never a change",
-    "tests/stack/test_security.py": "every `/v1/*` route in the app's route table refuses missing/bad keys; no key or secret in logs, answers or Redis; tokens open one task only; body limits on every route; per-key rate limit with Retry-After",
+    "tests/stack/test_api_fuzz.py": (
+        "schemathesis, positive and negative cases, against the served `/openapi.json`: no 5xx; status codes, media types, "
+        "headers and bodies match the document; every operation refuses a request without a key"
+    ),
+    "tests/unit/test_status_machine_properties.py": (
+        "hypothesis: no sequence of provider reports moves a task backwards, out of a terminal status, or emits two events "
+        "for one transition; sequences go 1, 2, 3 …"
+    ),
+    "tests/stack/test_status_machine_properties.py": (
+        "hypothesis: the same sequences, with the reports racing from threads on the real Redis store: one event per "
+        "transition, numbered 1, 2, 3 …"
+    ),
+    "tests/stack/test_callback_fuzz.py": (
+        "fuzzed callback bodies on a real task with its valid token (wrong types, huge strings, deep nesting, invalid UTF-8, "
+        "NaN, random JSON and bytes): always 4xx, never a change"
+    ),
+    "tests/stack/test_security.py": (
+        "every `/v1/*` route in the app's route table refuses missing/bad keys; no key or secret in logs, answers or Redis; "
+        "tokens open one task only; body limits on every route; per-key rate limit with Retry-After"
+    ),
 }
 COLUMNS = [
     ("scenario", "Scenario"),
@@ -64,7 +79,19 @@ def run_tests(junit: Path) -> int:
     FIGURES.unlink(missing_ok=True)
     env = {**os.environ, "RELIABILITY_FIGURES": str(FIGURES)}
     # One module at a time (-n 0): the figures include each scenario's wall-clock seconds.
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", f"--junitxml={junit}", "tests/stack/faults", *SUITES]
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "0",
+        f"--junitxml={junit}",
+        "tests/stack/faults",
+        *SUITES,
+    ]
     return subprocess.call(args, cwd=ROOT, env=env)
 
 
@@ -75,7 +102,13 @@ def suite_counts(junit: Path) -> dict[str, Counter[str]]:
     for case in ET.parse(junit).getroot().iter("testcase"):
         module = "tests/" + case.get("classname", "").removeprefix("tests.").replace(".", "/") + ".py"
         if module in counts:
-            outcome = "failed" if case.find("failure") is not None or case.find("error") is not None else "skipped" if case.find("skipped") is not None else "passed"
+            outcome = (
+                "failed"
+                if case.find("failure") is not None or case.find("error") is not None
+                else "skipped"
+                if case.find("skipped") is not None
+                else "passed"
+            )
             counts[module][outcome] += 1
     return counts
 
@@ -107,11 +140,16 @@ def render(book: dict[str, Any], counts: dict[str, Counter[str]] | None) -> str:
     for name in names:
         row = scenarios[name]
         lines.append("| " + " | ".join(_cell(row.get(key, "")) for key, _ in COLUMNS) + " |")
-    total = {key: sum(scenarios[n].get(key, 0) for n in names) for key in ("tasks", "events", "deliveries_expected", "delivered", "lost", "duplicated")}
+    total = {
+        key: sum(scenarios[n].get(key, 0) for n in names)
+        for key in ("tasks", "events", "deliveries_expected", "delivered", "lost", "duplicated")
+    }
     lines += [
         "",
-        f"Totals: {total['tasks']:,} tasks, {total['events']:,} events, {total['delivered']:,} of "
-        f"{total['deliveries_expected']:,} deliveries, **{total['lost']} lost, {total['duplicated']} duplicated**.",
+        (
+            f"Totals: {total['tasks']:,} tasks, {total['events']:,} events, {total['delivered']:,} of "
+            f"{total['deliveries_expected']:,} deliveries, **{total['lost']} lost, {total['duplicated']} duplicated**."
+        ),
         "",
         "How the columns are counted (`tests/stack/faults/ledger.py`):",
         "",
@@ -119,7 +157,10 @@ def render(book: dict[str, Any], counts: dict[str, Counter[str]] | None) -> str:
         "- **Deliveries expected** = events × subscribers; **Delivered** = distinct (event, subscriber) pairs a",
         "  subscriber received with a valid Standard Webhooks signature (checked with `standardwebhooks` and `svix`),",
         "  counted once every subscription's delivery log also shows them delivered.",
-        "- **Lost**: accepted tasks not terminal (or without their terminal event) plus (event, subscriber) pairs never received.",
+        (
+            "- **Lost**: accepted tasks not terminal (or without their terminal event) plus (event, subscriber) pairs"
+            " never received."
+        ),
         "- **Duplicated**: extra events for one transition (two `task.succeeded`, a repeated or skipped `sequence`),",
         "  plus anything a subscriber received that is no task's event or whose body disagrees with its `webhook-id`.",
         "- **Re-sent**: extra copies of a `webhook-id` the subscriber already had. Delivery is at-least-once: an",

@@ -50,7 +50,7 @@ class Receiver:
         hits = self.hits
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("content-length") or 0))
                 with lock:
                     hits[self.path] = hits.get(self.path, 0) + 1
@@ -86,7 +86,9 @@ def stack(root: Path, base: Path) -> Iterator[dict[str, Any]]:
     procs = []
     with open(log, "wb") as web_log, open(base / "other.log", "wb") as other_log:
         def spawn(args: list[str], out: Any) -> subprocess.Popen[bytes]:
-            proc = subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", *args], env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT
+            )
             procs.append(proc)
             return proc
 
@@ -166,14 +168,21 @@ def provider_url(s: dict[str, Any]) -> str:
         task = alice.post("/v1/tasks", json={"prompt": "hostile provider", "provider": "apikley"}).json()
         pid = wait(lambda: alice.get(f"/v1/tasks/{task['id']}").json()["provider_task_id"], what="submitted")
         token = _token(task["id"])
-        record = {"taskId": pid, "state": "success", "resultJson": json.dumps({"resultUrls": ["javascript:alert(document.cookie)"]})}
+        record = {
+            "taskId": pid,
+            "state": "success",
+            "resultJson": json.dumps({"resultUrls": ["javascript:alert(document.cookie)"]}),
+        }
         httpx.post(f"{s['web']}/callbacks/apikley/{task['id']}/{token}", json={"code": 200, "msg": "success", "data": record})
-        done = wait(lambda: (t := alice.get(f"/v1/tasks/{task['id']}").json())["status"] in ("succeeded", "failed") and t, what="the task")
+        done = wait(
+            lambda: (t := alice.get(f"/v1/tasks/{task['id']}").json())["status"] in ("succeeded", "failed") and t, what="the task"
+        )
         page = httpx.get(f"{s['web']}/dashboard/tasks/{task['id']}", headers={"Authorization": f"Bearer {ALICE}"}).text
         httpx.patch(f"{s['sim']}/_sim/config", json={"callback_mode": "normal"})
     stored = (done.get("result") or {}).get("video_url")
     linked = 'href="javascript:' in page or "href='javascript:" in page
-    return f"task {done['status']} ({(done.get('error') or {}).get('code')}); video_url stored: {stored!r}; dashboard links it: {linked}"
+    code = (done.get("error") or {}).get("code")
+    return f"task {done['status']} ({code}); video_url stored: {stored!r}; dashboard links it: {linked}"
 
 
 def _token(task_id: str) -> str:
@@ -187,7 +196,9 @@ def security_headers(s: dict[str, Any]) -> str:
     found = []
     for path in ("/dashboard", "/docs"):
         headers = httpx.get(f"{s['web']}{path}", headers={"Authorization": f"Bearer {ALICE}"}).headers
-        present = [h for h in ("content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy") if h in headers]
+        present = [
+            h for h in ("content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy") if h in headers
+        ]
         found.append(f"{path}: {', '.join(present) or 'none'}")
     return "; ".join(found)
 
@@ -209,7 +220,10 @@ def tenancy(s: dict[str, Any], receiver: Receiver) -> str:
         rotated = bob.post(f"/v1/subscriptions/{sub['id']}/rotate-secret").status_code
         same_secret = alice.get("/v1/webhooks/default/secret").json() == bob.get("/v1/webhooks/default/secret").json()
         deleted = bob.delete(f"/v1/subscriptions/{sub['id']}").status_code
-    return f"Bob on Alice's subscription: read {read}, re-point {patched}, rotate {rotated}, delete {deleted}; same default secret: {same_secret}"
+    return (
+        f"Bob on Alice's subscription: read {read}, re-point {patched}, rotate {rotated}, delete {deleted}; "
+        f"same default secret: {same_secret}"
+    )
 
 
 def keys_in_logs(s: dict[str, Any]) -> str:
@@ -226,9 +240,13 @@ def replays(s: dict[str, Any], receiver: Receiver) -> str:
             alice.post("/v1/tasks", json={"prompt": f"replayed {n}", "provider": "novita"})
         wait(lambda: receiver.hits.get("/replayed", 0) >= 6, what="deliveries")
         before = receiver.hits.get("/replayed", 0)
-        statuses = Counter(alice.post(f"/v1/subscriptions/{sub['id']}/replay", json={"since": "2000-01-01T00:00:00Z"}).status_code for _ in range(40))
+        statuses = Counter(
+            alice.post(f"/v1/subscriptions/{sub['id']}/replay", json={"since": "2000-01-01T00:00:00Z"}).status_code
+            for _ in range(40)
+        )
         time.sleep(3)
-    return f"40 replay calls in a row: {dict(sorted(statuses.items()))} by status; POSTs they caused: {receiver.hits.get('/replayed', 0) - before}"
+    caused = receiver.hits.get("/replayed", 0) - before
+    return f"40 replay calls in a row: {dict(sorted(statuses.items()))} by status; POSTs they caused: {caused}"
 
 
 def dashboard_cookie(s: dict[str, Any]) -> str:
@@ -245,7 +263,12 @@ def manual_retries(s: dict[str, Any], receiver: Receiver) -> str:
     with client(s, ALICE) as alice:
         sub = alice.post("/v1/subscriptions", json={"url": f"{receiver.url}/retried", "event_types": ["task.succeeded"]}).json()
         alice.post("/v1/tasks", json={"prompt": "retried", "provider": "novita"})
-        [delivery] = wait(lambda: [d for d in alice.get(f"/v1/subscriptions/{sub['id']}/deliveries").json()["data"] if d["status"] == "delivered"], what="a delivery")
+        [delivery] = wait(
+            lambda: [
+                d for d in alice.get(f"/v1/subscriptions/{sub['id']}/deliveries").json()["data"] if d["status"] == "delivered"
+            ],
+            what="a delivery",
+        )
         before = receiver.hits.get("/retried", 0)
         with ThreadPoolExecutor(20) as pool:
             list(pool.map(lambda _: alice.post(f"/v1/deliveries/{delivery['id']}/retry").status_code, range(20)))
@@ -290,7 +313,7 @@ def main() -> int:
         for name, probe in probes.items():
             try:
                 results[name] = probe()
-            except Exception as exc:  # a probe that breaks is a result too
+            except Exception as exc:  # noqa: BLE001 (a probe that breaks is a result too)
                 results[name] = f"probe failed: {type(exc).__name__}: {exc}"
             print(f"{name}: {results[name]}", flush=True)
     if args.json:

@@ -61,10 +61,15 @@ def stack(base: Path, max_bytes: int) -> Iterator[tuple[str, str, Redis, Path]]:
     }
     procs: list[subprocess.Popen[bytes]] = []
     log_path = base / "processes.log"
-    logs = open(log_path, "wb")
 
     def spawn(*args: str) -> None:
-        procs.append(subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT, stdout=logs, stderr=subprocess.STDOUT))
+        # Each process appends to the one log; ours is closed once the child has its own.
+        with open(log_path, "ab") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
 
     try:
         spawn("simulator", "--port", str(sim_port))
@@ -78,7 +83,6 @@ def stack(base: Path, max_bytes: int) -> Iterator[tuple[str, str, Redis, Path]]:
                 proc.terminate()
             proc.wait()
         redis_server.stop()
-        logs.close()
 
 
 def one_round(sim: str, web: str, redis: Redis, size: int) -> tuple[float, dict[str, int]]:

@@ -121,7 +121,7 @@ class Output:
     def table(self, rows: list[list[str]], header: list[str]) -> None:
         widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
-            self.line("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+            self.line("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 Command = Callable[[ApiClient, argparse.Namespace, Output], int]
@@ -186,7 +186,10 @@ def wait_for_task(client: ApiClient, task: dict[str, Any], out: Output, *, timeo
         status_line.show(current, time.monotonic() - started)
         if current["status"] not in TERMINAL and time.monotonic() - started > timeout_s:
             status_line.done()
-            raise CliError(EXIT_TIMEOUT, f"{current['id']} still {current['status']} after {timeout_s:g}s (kling-relay tasks show {current['id']})")
+            raise CliError(
+                EXIT_TIMEOUT,
+                f"{current['id']} still {current['status']} after {timeout_s:g}s (kling-relay tasks show {current['id']})",
+            )
 
     try:
         show(task)
@@ -212,7 +215,9 @@ def wait_for_task(client: ApiClient, task: dict[str, Any], out: Output, *, timeo
     return EXIT_OK
 
 
-def _follow_task(client: ApiClient, task: dict[str, Any], show: Callable[[dict[str, Any]], None], timeout_s: float) -> dict[str, Any]:
+def _follow_task(
+    client: ApiClient, task: dict[str, Any], show: Callable[[dict[str, Any]], None], timeout_s: float
+) -> dict[str, Any]:
     """The task as of its last event on its stream (`show`n as each arrives; a heartbeat re-checks
     the deadline), or as given if the stream is unavailable or breaks (the caller polls on)."""
     try:
@@ -348,10 +353,13 @@ def _subscriptions_add(client: ApiClient, args: argparse.Namespace, out: Output)
 
 
 def _subscriptions_list(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
-    return _list(
-        client, args, out, "/v1/subscriptions", ["ID", "ENABLED", "EVENTS", "URL"],
-        lambda s: [s["id"], "yes" if s["enabled"] else f"no ({s.get('disabled_reason') or 'manual'})", ",".join(s["event_types"]), s["url"]],
-    )
+    def row(s: dict[str, Any]) -> list[str]:
+        enabled = "yes" if s["enabled"] else f"no ({s.get('disabled_reason') or 'manual'})"
+        health = s["health"]
+        return [s["id"], enabled, ",".join(s["event_types"]), str(health["streak"]), health["success_at"] or "never", s["url"]]
+
+    # STREAK: failed attempts since the last success (the dashboard's "failure streak").
+    return _list(client, args, out, "/v1/subscriptions", ["ID", "ENABLED", "EVENTS", "STREAK", "LAST SUCCESS", "URL"], row)
 
 
 def _subscriptions_rm(client: ApiClient, args: argparse.Namespace, out: Output) -> int:
@@ -378,7 +386,10 @@ def _subscriptions_test(client: ApiClient, args: argparse.Namespace, out: Output
         out.json(delivery)
         return EXIT_OK
     out.line(delivery["id"])
-    out.note(f"sending a test {delivery['event_type']} event to {args.subscription_id}: see `kling-relay deliveries list {args.subscription_id}`")
+    out.note(
+        f"sending a test {delivery['event_type']} event to {args.subscription_id}: "
+        f"see `kling-relay deliveries list {args.subscription_id}`"
+    )
     return EXIT_OK
 
 
@@ -426,7 +437,9 @@ def _common() -> argparse.ArgumentParser:
     group.add_argument(
         "--api-key", default=None, help="bearer key (default: $KLING_RELAY_API_KEY, else the first of $KLING_RELAY_API_KEYS)"
     )
-    group.add_argument("--request-timeout", type=float, default=30.0, metavar="S", help="per-request timeout in seconds (default: 30)")
+    group.add_argument(
+        "--request-timeout", type=float, default=30.0, metavar="S", help="per-request timeout in seconds (default: 30)"
+    )
     group.add_argument("--json", action="store_true", help="print the API's JSON instead of text")
     return common
 
@@ -436,8 +449,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = _common()
     fmt = argparse.RawDescriptionHelpFormatter
 
-    def leaf(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, command: Command, help: str, description: str = "") -> argparse.ArgumentParser:
-        parser = parent.add_parser(name, parents=[common], help=help, description=description or help, epilog=EXIT_CODES, formatter_class=fmt)
+    def leaf(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, command: Command, help: str, description: str = ""
+    ) -> argparse.ArgumentParser:
+        parser = parent.add_parser(
+            name, parents=[common], help=help, description=description or help, epilog=EXIT_CODES, formatter_class=fmt
+        )
         parser.set_defaults(run=run(command), log_level="WARNING")
         return parser
 
@@ -455,7 +472,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         '  URL=$(kling-relay submit "a red fox running through snow" --wait)',
     )
     submit.add_argument("prompt", help="what the video should show")
-    submit.add_argument("--provider", choices=[AUTO, *registry.names()], default=None, help="default: auto (the server's DEFAULT_PROVIDER)")
+    submit.add_argument(
+        "--provider", choices=[AUTO, *registry.names()], default=None, help="default: auto (the server's DEFAULT_PROVIDER)"
+    )
     submit.add_argument("--duration", choices=["5", "10"], default=None, help="seconds of video (default: 5)")
     submit.add_argument("--aspect-ratio", choices=["16:9", "9:16", "1:1"], default=None, help="default: 16:9")
     submit.add_argument("--negative-prompt", default=None, help="what the video should avoid")
@@ -464,8 +483,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     submit.add_argument("--metadata", default=None, metavar="JSON", help="a small JSON object echoed back on the task")
     submit.add_argument("--idempotency-key", default=None, help="the same key returns the same task (safe retries)")
     submit.add_argument("--wait", action="store_true", help="follow the task until it ends; print its video URL")
-    submit.add_argument("--timeout", type=float, default=900.0, metavar="S", help="with --wait: give up after S seconds (exit 4; default 900)")
-    submit.add_argument("--poll-interval", type=float, default=1.0, metavar="S", help="with --wait: seconds between status checks")
+    submit.add_argument(
+        "--timeout", type=float, default=900.0, metavar="S", help="with --wait: give up after S seconds (exit 4; default 900)"
+    )
+    submit.add_argument(
+        "--poll-interval", type=float, default=1.0, metavar="S", help="with --wait: seconds between status checks"
+    )
 
     tasks = group("tasks", "list, inspect and cancel tasks")
     listing = leaf(tasks, "list", _tasks_list, "list tasks, newest first")
@@ -488,16 +511,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     subs = group("subscriptions", "manage webhook subscriptions")
     add = leaf(subs, "add", _subscriptions_add, "subscribe a URL to events; prints the id and the signing secret (shown once)")
     add.add_argument("url_to_call", metavar="URL", help="where to POST events")
-    add.add_argument("--events", default=None, help="comma-separated event types or patterns (default: '*'; e.g. task.succeeded,task.failed)")
+    add.add_argument(
+        "--events", default=None, help="comma-separated event types or patterns (default: '*'; e.g. task.succeeded,task.failed)"
+    )
     add.add_argument("--description", default=None)
-    sub_list = leaf(subs, "list", _subscriptions_list, "list subscriptions, newest first")
+    sub_list = leaf(
+        subs, "list", _subscriptions_list, "list subscriptions, newest first, with their failure streak and last success"
+    )
     sub_list.add_argument("--limit", type=int, default=20, help="how many (1-100, default 20)")
     sub_list.add_argument("--cursor", default=None)
     rm = leaf(subs, "rm", _subscriptions_rm, "delete a subscription")
     rm.add_argument("subscription_id", metavar="ID")
     rotate = leaf(subs, "rotate", _subscriptions_rotate, "rotate a subscription's signing secret; prints the new one")
     rotate.add_argument("subscription_id", metavar="ID")
-    test = leaf(subs, "test", _subscriptions_test, "send a signed sample event, marked test, to a subscription; prints the delivery id")
+    test = leaf(
+        subs, "test", _subscriptions_test, "send a signed sample event, marked test, to a subscription; prints the delivery id"
+    )
     test.add_argument("subscription_id", metavar="SUB_ID")
     test.add_argument("--event-type", default=None, metavar="TYPE", help="which event to sample (default: task.succeeded)")
 

@@ -134,7 +134,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
         epilog=leaf_help,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--forward-to", required=True, metavar="URL", help="where to POST each event (any http(s) URL; usually localhost)")
-    parser.add_argument("--events", default=None, metavar="TYPES", help="comma-separated event types or patterns, as for subscriptions (default: '*')")
-    parser.add_argument("--forward-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the receiver's answer (default: 10)")
+    parser.add_argument(
+        "--forward-to", required=True, metavar="URL", help="where to POST each event (any http(s) URL; usually localhost)"
+    )
+    parser.add_argument(
+        "--events",
+        default=None,
+        metavar="TYPES",
+        help="comma-separated event types or patterns, as for subscriptions (default: '*')",
+    )
+    parser.add_argument(
+        "--forward-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the receiver's answer (default: 10)"
+    )
     parser.set_defaults(run=run(listen), log_level="WARNING")

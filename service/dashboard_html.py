@@ -18,11 +18,17 @@ from urllib.parse import quote, urlencode
 from service.domain.clock import iso_to_unix, unix_to_iso
 from service.domain.events import Event
 from service.domain.status import TaskStatus
+from service.domain.subscriptions import SubscriptionView
 from service.domain.tasks import Task
 from service.security_headers import content_security_policy, inline_source
 from service.sessions import CSRF_FIELD
 from service.text import excerpt
-from service.webhooks.models import Attempt, Delivery, Subscription, SubscriptionHealth
+from service.webhooks.models import (
+    Attempt,
+    Delivery,
+    SubscriptionHealth,
+    SubscriptionWithHealth,
+)
 from service.webhooks.policy import DeliveryStatus
 
 
@@ -138,7 +144,10 @@ def csrf_field(token: str | None) -> str:
 
 def _action(path: str, label: str, csrf: str | None) -> str:
     """A button that POSTs to `path` with the session's CSRF token."""
-    return f"<form class=action method=post action='{escape(path)}'>{csrf_field(csrf)}<button type=submit>{escape(label)}</button></form>"
+    return (
+        f"<form class=action method=post action='{escape(path)}'>{csrf_field(csrf)}"
+        f"<button type=submit>{escape(label)}</button></form>"
+    )
 
 
 def link(url: str) -> str:
@@ -216,7 +225,10 @@ def tasks_page(views: list[TaskView], *, status: str | None, csrf: str | None = 
     filters = "".join(
         f"<a href='/dashboard?status={s}'>{'<b>' + s + '</b>' if s == status else s}</a>" for s in TaskStatus
     )
-    rows = "".join(task_row(v) for v in views) or "<tr id=empty><td colspan=7 class=muted>No tasks yet: kling-relay submit \"a red fox\" --wait</td></tr>"
+    rows = (
+        "".join(task_row(v) for v in views)
+        or '<tr id=empty><td colspan=7 class=muted>No tasks yet: kling-relay submit "a red fox" --wait</td></tr>'
+    )
     body = (
         f"<p class=filters><a href='/dashboard'>{'<b>all</b>' if status is None else 'all'}</a>{filters}</p>"
         "<table id=tasks><thead><tr><th>Task</th><th>Status</th><th>Provider</th><th>Prompt</th>"
@@ -253,10 +265,14 @@ def task_sections(page: TaskPage, *, csrf: str | None) -> dict[str, str]:
         facts.append(("error", escape(f"{t.error.code}: {t.error.message}")))
     if t.webhook_url:
         facts.append(("webhook_url", escape(t.webhook_url)))
-    events = "".join(
-        f"<tr><td>{e.sequence}</td><td class=muted>{escape(e.created_at)}</td><td>{escape(e.type)}</td><td><code>{escape(e.id)}</code></td></tr>"
-        for e in view.events
-    ) or "<tr><td colspan=4 class=muted>none yet</td></tr>"
+    events = (
+        "".join(
+            f"<tr><td>{e.sequence}</td><td class=muted>{escape(e.created_at)}</td><td>{escape(e.type)}</td>"
+            f"<td><code>{escape(e.id)}</code></td></tr>"
+            for e in view.events
+        )
+        or "<tr><td colspan=4 class=muted>none yet</td></tr>"
+    )
     deliveries = "".join(_delivery_row(d, page.subscription_urls) for d in view.deliveries) or (
         "<tr><td colspan=6 class=muted>none (no subscription matched, or none yet)</td></tr>"
     )
@@ -329,18 +345,14 @@ def _delivery_row(d: Delivery, subscription_urls: dict[str, str]) -> str:
     )
 
 
-@dataclass(frozen=True)
-class SubscriptionWithHealth:
-    """A subscription with its health, as the dashboard lists it."""
-
-    subscription: Subscription
-    health: SubscriptionHealth
-
-
-def _state(sub: Subscription) -> str:
+def _state(sub: SubscriptionView) -> str:
     if sub.enabled:
         return status_badge("enabled")
-    why = f" <span class=muted>{escape(sub.disabled_reason or '')}" + (f", since {escape(sub.disabled_at)}" if sub.disabled_at else "") + "</span>"
+    why = (
+        f" <span class=muted>{escape(sub.disabled_reason or '')}"
+        + (f", since {escape(sub.disabled_at)}" if sub.disabled_at else "")
+        + "</span>"
+    )
     return status_badge("disabled") + why
 
 
@@ -359,15 +371,19 @@ def _last_failure(health: SubscriptionHealth) -> str:
 
 def subscriptions_page(views: list[SubscriptionWithHealth], *, next_cursor: str | None, csrf: str | None = None) -> str:
     rows = "".join(
-        f"<tr id='sub-{escape(v.subscription.id)}'>"
-        f"<td><a href='/dashboard/subscriptions/{quote(v.subscription.id)}'>{escape(v.subscription.url)}</a>"
-        + (f"<br><span class=muted>{escape(v.subscription.description)}</span>" if v.subscription.description else "")
-        + f"</td><td><code>{escape(', '.join(v.subscription.event_types))}</code></td>"
-        f"<td class=state-cell>{_state(v.subscription)}</td><td class=success-cell>{_when(v.health.success_at)}</td>"
+        f"<tr id='sub-{escape(v.id)}'>"
+        f"<td><a href='/dashboard/subscriptions/{quote(v.id)}'>{escape(v.url)}</a>"
+        + (f"<br><span class=muted>{escape(v.description)}</span>" if v.description else "")
+        + f"</td><td><code>{escape(', '.join(v.event_types))}</code></td>"
+        f"<td class=state-cell>{_state(v)}</td><td class=success-cell>{_when(v.health.success_at)}</td>"
         f"<td class=streak-cell>{_streak(v.health)}</td><td class=failure-cell>{_last_failure(v.health)}</td></tr>"
         for v in views
     ) or "<tr><td colspan=6 class=muted>No subscriptions yet: POST /v1/subscriptions (see the API docs)</td></tr>"
-    more = f"<p class=more><a href='/dashboard/subscriptions?cursor={quote(next_cursor)}'>older \u2192</a></p>" if next_cursor else ""
+    more = (
+        f"<p class=more><a href='/dashboard/subscriptions?cursor={quote(next_cursor)}'>older \u2192</a></p>"
+        if next_cursor
+        else ""
+    )
     body = (
         "<h2>Subscriptions</h2><table id=subscriptions><thead><tr><th>Endpoint</th><th>Events</th><th>State</th>"
         f"<th>Last success</th><th>Failure streak</th><th>Last failure</th></tr></thead><tbody>{rows}</tbody></table>{more}"
@@ -379,7 +395,7 @@ def subscription_page(
     view: SubscriptionWithHealth, deliveries: list[Delivery], *, status: str | None, next_cursor: str | None,
     csrf: str | None = None, note: str = "",
 ) -> str:
-    sub, health = view.subscription, view.health
+    sub, health = view, view.health
     base = f"/dashboard/subscriptions/{quote(sub.id)}"
     facts = [
         ("endpoint", escape(sub.url)),
@@ -397,12 +413,16 @@ def subscription_page(
     filters = "".join(
         f"<a href='{base}?status={s}'>{'<b>' + s.value + '</b>' if s.value == status else s.value}</a>" for s in DeliveryStatus
     )
-    rows = "".join(
-        f"<tr id='delivery-{escape(d.id)}'><td>{_delivery_link(d)}</td><td>{escape(d.event_type)}</td>"
-        f"<td>{_subject(d.subject_id)}</td><td>{status_badge(d.status.value)}</td><td>{d.attempt_count}</td>"
-        f"<td class=muted>{_when(d.attempts[-1].at if d.attempts else None, DASH)}</td><td>{escape(_answer(d.attempts[-1] if d.attempts else None))}</td></tr>"
-        for d in deliveries
-    ) or "<tr><td colspan=7 class=muted>none within WEBHOOK_LOG_TTL_S</td></tr>"
+    rows = (
+        "".join(
+            f"<tr id='delivery-{escape(d.id)}'><td>{_delivery_link(d)}</td><td>{escape(d.event_type)}</td>"
+            f"<td>{_subject(d.subject_id)}</td><td>{status_badge(d.status.value)}</td><td>{d.attempt_count}</td>"
+            f"<td class=muted>{_when(d.attempts[-1].at if d.attempts else None, DASH)}</td>"
+            f"<td>{escape(_answer(d.attempts[-1] if d.attempts else None))}</td></tr>"
+            for d in deliveries
+        )
+        or "<tr><td colspan=7 class=muted>none within WEBHOOK_LOG_TTL_S</td></tr>"
+    )
     query = f"&status={quote(status)}" if status else ""
     more = f"<p class=more><a href='{base}?cursor={quote(next_cursor)}{query}'>older \u2192</a></p>" if next_cursor else ""
     notice = f"<p class=notice>{escape(note)}</p>" if note else ""
@@ -454,7 +474,9 @@ def delivery_sections(d: Delivery, to: str, *, csrf: str | None) -> dict[str, st
 
 
 def delivery_page(d: Delivery, to: str, *, csrf: str | None = None, note: str = "") -> str:
-    body = f"<h2>Delivery <code>{escape(d.id)}</code></h2>" + _live_page({"delivery": d.id}, delivery_sections(d, to, csrf=csrf), note)
+    body = f"<h2>Delivery <code>{escape(d.id)}</code></h2>" + _live_page(
+        {"delivery": d.id}, delivery_sections(d, to, csrf=csrf), note
+    )
     return _page(f"{d.id} \u2014 kling-relay", body, live=True, csrf=csrf)
 
 

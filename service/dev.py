@@ -27,9 +27,10 @@ def _wait_http(url: str, timeout_s: float = 20.0) -> None:
     while time.monotonic() < deadline:
         try:
             httpx.get(url, timeout=0.5)
-            return
         except httpx.HTTPError:
             time.sleep(0.1)
+        else:
+            return
     raise RuntimeError(f"{url} did not come up")
 
 
@@ -93,10 +94,11 @@ def run_dev(port: int | None = None) -> int:
         )
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
-        print("a process exited; stopping the rest", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 0
+    else:
+        print("a process exited; stopping the rest", file=sys.stderr)
+        return 1
     finally:
         for child in children:
             if child.poll() is None:

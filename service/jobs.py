@@ -91,13 +91,22 @@ class Jobs:
 
 
     def store(
-        self, task_id: str, *, tries: int, timeout_s: int, delay_s: float = 0, pipeline: Pipeline | None = None, job_id: str | None = None
+        self,
+        task_id: str,
+        *,
+        tries: int,
+        timeout_s: int,
+        delay_s: float = 0,
+        pipeline: Pipeline | None = None,
+        job_id: str | None = None,
     ) -> str:
         """Download and keep the task's video; `tries`: how many were made before this one. One job
         id per try, so the same retry scheduled twice is one job."""
         args = (task_id, tries)
         job_id = job_id or store_job_id(task_id, tries)
-        return self._put(STORE, "workers.store_video.store_video", args, delay_s=delay_s, pipeline=pipeline, job_id=job_id, timeout_s=timeout_s)
+        return self._put(
+            STORE, "workers.store_video.store_video", args, delay_s=delay_s, pipeline=pipeline, job_id=job_id, timeout_s=timeout_s
+        )
 
 
 def store_job_id(task_id: str, tries: int) -> str:

@@ -78,7 +78,8 @@ class RedisCollector(Collector):
         yield failed
         yield GaugeMetricFamily(
             "kling_relay_deliveries_pending",
-            "Recorded webhook deliveries not yet delivered or failed (awaiting a retry; first attempts in flight are not counted)",
+            "Recorded webhook deliveries not yet delivered or failed"
+            " (awaiting a retry; first attempts in flight are not counted)",
             value=next(values),
         )
         tasks = GaugeMetricFamily("kling_relay_tasks", "Tasks stored, by status", labels=["status"])

@@ -76,7 +76,9 @@ def connect_redis(settings: Settings) -> tuple[Redis, PipelinedRedis]:
             host, port = await asyncio.to_thread(sentinel.discover_master, name)
             return str(host), int(port)
 
-        return redis, PipelinedRedis(current_master, timeout_s=SOCKET_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S, **master_options(settings.redis_url))
+        return redis, PipelinedRedis(
+            current_master, timeout_s=SOCKET_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S, **master_options(settings.redis_url)
+        )
     settings.require("redis_url")
     url = settings.redis_url or ""
     parts = urlsplit(url)

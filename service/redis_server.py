@@ -7,8 +7,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 from redis import Redis
+from redis.exceptions import RedisError
 
 
 class RedisNotFound(RuntimeError):
@@ -48,7 +50,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> RedisServer:
+    def start(self, timeout_s: float = 10.0) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             find_redis_server(),
@@ -67,7 +69,7 @@ class RedisServer:
             try:
                 client.ping()
                 break
-            except Exception:
+            except RedisError:  # not listening yet, or still loading its data
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.05)
@@ -84,7 +86,7 @@ class RedisServer:
                 self.process.wait()
         self.process = None
 
-    def __enter__(self) -> RedisServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -48,7 +48,7 @@ def parse(lines: Iterable[str]) -> Iterator[Message]:
             yield PING
             continue
         name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
+        value = value.removeprefix(" ")
         if name == "id":
             event_id = value
         elif name == "event":
@@ -57,7 +57,9 @@ def parse(lines: Iterable[str]) -> Iterator[Message]:
             data.append(value)
 
 
-def follow(http: httpx.Client, path: str, *, last_event_id: str | None = None, read_timeout_s: float | None = None) -> Iterator[Message]:
+def follow(
+    http: httpx.Client, path: str, *, last_event_id: str | None = None, read_timeout_s: float | None = None
+) -> Iterator[Message]:
     """The stream's messages until the server ends it; httpx errors propagate."""
     headers = {"Accept": "text/event-stream"}
     if last_event_id:

@@ -39,7 +39,7 @@ from service.keys import (
     index_key,
     task_key,
 )
-from service.live.log import LogLimits
+from service.live.log import DEFAULT_LIMITS, LogLimits
 from service.redis_async import Arg, PipelinedRedis
 from service.scripts import load, source
 
@@ -113,7 +113,7 @@ class WriteTransition:
     Named arguments instead of every command spelled out for the generic compare-and-set: a
     third of the arguments to pack and send, on the callback receiver's hot path."""
 
-    def __init__(self, redis: Redis, aredis: PipelinedRedis | None, retention_s: int, limits: LogLimits = LogLimits()) -> None:
+    def __init__(self, redis: Redis, aredis: PipelinedRedis | None, retention_s: int, limits: LogLimits = DEFAULT_LIMITS) -> None:
         self._script = load(redis, "transition")
         self._ascript = aredis.register_script(source("transition")) if aredis is not None else None
         self.retention_s = retention_s
@@ -151,7 +151,7 @@ class TaskStore:
         *,
         retention_s: int = 7 * 24 * 3600,
         follow_up: FollowUp | None = None,
-        limits: LogLimits = LogLimits(),
+        limits: LogLimits = DEFAULT_LIMITS,
     ) -> None:
         self.redis = redis
         self.aredis = aredis

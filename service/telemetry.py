@@ -38,7 +38,9 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 TASKS_CREATED = Counter("kling_relay_tasks_created", "Tasks created through the API, by provider", ["provider"])
 TRANSITIONS = Counter(
-    "kling_relay_task_transitions", "Task state changes applied (one event each), by provider and new status", ["provider", "status"]
+    "kling_relay_task_transitions",
+    "Task state changes applied (one event each), by provider and new status",
+    ["provider", "status"],
 )
 CALLBACKS = Counter(
     "kling_relay_callbacks",
@@ -55,7 +57,9 @@ POLLS = Counter("kling_relay_polls", "Provider status polls, by provider and out
 DELIVERY_ATTEMPTS = Counter(
     "kling_relay_delivery_attempts", "Webhook delivery attempts, by outcome (delivered, failed, gone)", ["outcome"]
 )
-LIVE_STREAMS = Gauge("kling_relay_live_streams", "Event streams (GET /v1/tasks/{id}/stream, /v1/events/stream) open in this web process")
+LIVE_STREAMS = Gauge(
+    "kling_relay_live_streams", "Event streams (GET /v1/tasks/{id}/stream, /v1/events/stream) open in this web process"
+)
 DELIVERY_LATENCY = Histogram(
     "kling_relay_delivery_latency_seconds",
     "Time from sending a webhook to its answer (or failure)",

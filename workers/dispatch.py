@@ -94,7 +94,7 @@ class Dispatcher:
             time.sleep(self.heartbeat_s / 3)
             try:
                 self.beat()
-            except Exception as exc:  # the heartbeat must outlive a Redis outage
+            except Exception as exc:  # noqa: BLE001 (the heartbeat must outlive any failure, a Redis outage above all)
                 log.warning("dispatcher heartbeat failed: %s", type(exc).__name__)
 
     def stop(self) -> None:
@@ -204,7 +204,9 @@ class Dispatcher:
         except RedisError:
             self._again.append(self._batch([entry], suspect=True))
             return
-        log.error("outbox entry set aside in %s after failing twice: %r (%s: %s)", OUTBOX_DEAD, entry, type(error).__name__, error)
+        log.error(
+            "outbox entry set aside in %s after failing twice: %r (%s: %s)", OUTBOX_DEAD, entry, type(error).__name__, error
+        )
 
 
 def requeue_orphans(redis: Redis) -> int:

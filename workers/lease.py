@@ -11,6 +11,7 @@ import logging
 import threading
 import uuid
 from types import TracebackType
+from typing import Self
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -70,7 +71,7 @@ class Lease:
         except RedisError as exc:  # it lapses on its own
             log.warning("lease %s not released: %s", self.key, type(exc).__name__)
 
-    def __enter__(self) -> Lease:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:

@@ -131,7 +131,9 @@ def run_worker(*, burst: bool = False) -> None:
                 else:
                     threading.Thread(target=scheduler.run_forever, name="scheduler", daemon=True).start()
                     threading.Thread(target=dispatcher.run_forever, name="dispatcher", daemon=True).start()
-                    threading.Thread(target=maintain_forever, args=(settings.sweep_interval_s,), name="sweep", daemon=True).start()
+                    threading.Thread(
+                        target=maintain_forever, args=(settings.sweep_interval_s,), name="sweep", daemon=True
+                    ).start()
             worker.work(burst=burst, logging_level="INFO")
         except (RedisConnectionError, RedisTimeoutError) as exc:
             # Redis restarts must not kill the worker: wait, then pick up where the queues are.

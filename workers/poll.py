@@ -85,7 +85,9 @@ def poll_task(task_id: str) -> None:
     timeout = deadline_update(current, now_s=time.time(), deadlines=rt.deadlines) if current is not None else None
     if timeout is not None:
         rt.apply(task_id, timeout)
-        log.warning("task timed out task_id=%s provider_task_id=%s; still asking for a late result", task_id, task.provider_task_id)
+        log.warning(
+            "task timed out task_id=%s provider_task_id=%s; still asking for a late result", task_id, task.provider_task_id
+        )
         current = rt.store.get(task_id)
     s = rt.settings
     eta = update.eta_s if update is not None else None

@@ -126,7 +126,9 @@ def _accepted(rt: Runtime, task_id: str, attempt: SubmitAttempt, provider_task_i
                 task_id, provider_task_id, task.provider_task_id,
             )
             return Change(close_attempt(task, attempt.id, "accepted", provider_task_id=provider_task_id))
-        return Change(accept(task, attempt.id, provider_task_id), ProviderUpdate(TaskStatus.SUBMITTED, provider_task_id=provider_task_id))
+        return Change(
+            accept(task, attempt.id, provider_task_id), ProviderUpdate(TaskStatus.SUBMITTED, provider_task_id=provider_task_id)
+        )
 
     rt.change(task_id, decide)
     observe_submit_attempt(attempt.provider, "accepted")

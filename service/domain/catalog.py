@@ -8,7 +8,7 @@ Pure: no I/O, no clock (callers pass ids and times in).
 from __future__ import annotations
 
 import copy
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import orjson
@@ -60,7 +60,7 @@ def _envelope() -> Schema:
     return Event.model_json_schema(mode="serialization")
 
 
-@lru_cache(maxsize=None)
+@cache
 def standalone_schema(event_type: EventType) -> Schema:
     """A self-contained JSON Schema (Draft 2020-12) of `event_type`'s payload."""
     name = data_name(event_type)
@@ -107,9 +107,19 @@ def sample_task(event_type: EventType, *, task_id: str, owner: str | None, now: 
     status = _status_of(event_type)
     at = unix_to_iso(now)
     provider_task_id = None if status is TaskStatus.QUEUED else f"test-{task_id.rsplit('_', 1)[-1][:16]}"
-    attempts = [] if provider_task_id is None else [
-        SubmitAttempt(id=f"att_{task_id.removeprefix('task_')}", provider="apikley", at=at, outcome="accepted", provider_task_id=provider_task_id)
-    ]
+    attempts = (
+        []
+        if provider_task_id is None
+        else [
+            SubmitAttempt(
+                id=f"att_{task_id.removeprefix('task_')}",
+                provider="apikley",
+                at=at,
+                outcome="accepted",
+                provider_task_id=provider_task_id,
+            )
+        ]
+    )
     task = Task(
         id=task_id,
         owner=owner,
@@ -123,10 +133,14 @@ def sample_task(event_type: EventType, *, task_id: str, owner: str | None, now: 
         attempts=attempts,
     )
     if status is TaskStatus.SUCCEEDED:
-        result = TaskResult(video_url=f"https://example.com/samples/{task_id}.mp4", expires_at=unix_to_iso(now + SAMPLE_URL_TTL_S))
+        result = TaskResult(
+            video_url=f"https://example.com/samples/{task_id}.mp4", expires_at=unix_to_iso(now + SAMPLE_URL_TTL_S)
+        )
         return task.model_copy(update={"result": result, "progress": 100})
     if status is TaskStatus.FAILED:
-        error = TaskError(code="provider_failed", message="sample failure: the provider could not generate this video", provider_code="501")
+        error = TaskError(
+            code="provider_failed", message="sample failure: the provider could not generate this video", provider_code="501"
+        )
         return task.model_copy(update={"error": error})
     if event_type.name == "task.progress":
         return task.model_copy(update={"progress": 40})
@@ -137,7 +151,15 @@ def sample_subscription(*, sub_id: str, owner: str | None, url: str, now: float)
     """A subscription as a `subscription.disabled` event shows it."""
     at = unix_to_iso(now)
     return SubscriptionView(
-        id=sub_id, owner=owner, url=url, event_types=["*"], enabled=False, disabled_reason="failing", disabled_at=at, created_at=at, updated_at=at
+        id=sub_id,
+        owner=owner,
+        url=url,
+        event_types=["*"],
+        enabled=False,
+        disabled_reason="failing",
+        disabled_at=at,
+        created_at=at,
+        updated_at=at,
     )
 
 
@@ -155,6 +177,8 @@ def sample_event(event_type: EventType, *, event_id: str, owner: str | None, url
         sequence = 1
     else:
         raise NoSample(event_type.name)
-    event = Event(id=event_id, type=event_type.name, created_at=unix_to_iso(now), sequence=sequence, data=data.model_dump(mode="json"))
+    event = Event(
+        id=event_id, type=event_type.name, created_at=unix_to_iso(now), sequence=sequence, data=data.model_dump(mode="json")
+    )
     body = orjson.dumps({**orjson.loads(event.dumps()), TEST_MARKER: True})
     return data.id, body

@@ -36,4 +36,4 @@ def _iso_ms(whole: int, ms: int) -> str:
 
 
 def iso_to_unix(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(value).timestamp()  # "Z" included, since Python 3.11

@@ -113,7 +113,9 @@ def deadline_update(task: Task, *, now_s: float, deadlines: Deadlines) -> Provid
     """The failure our own deadline decides for an unfinished task, once it has passed."""
     if not past_deadline(task, now_s, deadlines):
         return None
-    return ProviderUpdate(status=TaskStatus.FAILED, error=TaskError(code="timeout", message=f"no result within {deadlines.task_s:.0f} s"))
+    return ProviderUpdate(
+        status=TaskStatus.FAILED, error=TaskError(code="timeout", message=f"no result within {deadlines.task_s:.0f} s")
+    )
 
 
 def next_poll_in(task: Task, *, regular_s: float, now_s: float, deadlines: Deadlines) -> float | None:

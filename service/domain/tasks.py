@@ -30,7 +30,11 @@ def small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     # Depth first, iteratively: what is too deep to encode must not reach the encoder.
     level: list[Any] = [value]
     for _ in range(MAX_METADATA_DEPTH):
-        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())]
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item if isinstance(item, list) else ())
+        ]
         if not level:
             break
     else:
@@ -103,7 +107,7 @@ class TaskRequest(TaskInput):
     def _cfg_is_number(cls, value: object) -> object:
         # JSON true/false would otherwise be coerced to 1.0/0.0.
         if isinstance(value, bool):
-            raise ValueError("must be a number")
+            raise ValueError("must be a number")  # noqa: TRY004 (pydantic reports ValueError, not TypeError, as invalid input)
         return value
 
     @field_validator("cfg_scale")

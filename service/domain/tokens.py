@@ -27,7 +27,9 @@ def kie_signature(key: str, provider_task_id: str, timestamp: str) -> str:
     return base64.b64encode(digest).decode()
 
 
-def kie_signature_problem(key: str, provider_task_id: str, timestamp: str | None, signature: str | None, *, now_s: float) -> str | None:
+def kie_signature_problem(
+    key: str, provider_task_id: str, timestamp: str | None, signature: str | None, *, now_s: float
+) -> str | None:
     """Why a callback's signature headers do not hold, or None when they do."""
     if not timestamp or not signature:
         return "X-Webhook-Timestamp and X-Webhook-Signature are required"

@@ -130,6 +130,8 @@ def _apply_storage(task: Task, outcome: StorageOutcome, *, now: str, event_id: s
         if result.storage_error is not None:
             return None
         changes, event_type = {"storage_error": outcome.error}, "task.storage_failed"
-    new_task = task.model_copy(update={"result": result.model_copy(update=changes), "updated_at": now, "sequence": task.sequence + 1})
+    new_task = task.model_copy(
+        update={"result": result.model_copy(update=changes), "updated_at": now, "sequence": task.sequence + 1}
+    )
     event = make_event(new_task, event_type, event_id=event_id, created_at=now)
     return Transition(task=new_task, event=event, previous_status=task.status)

@@ -41,6 +41,10 @@ class LogLimits:
         return cls(global_events=s.stream_global_events, owner_events=s.stream_history_events, owner_ttl_s=s.stream_history_s)
 
 
+# The stores' default (frozen, so one instance serves them all).
+DEFAULT_LIMITS = LogLimits()
+
+
 def append(pipe: Pipeline, limits: LogLimits, owner: str | None, subject: str, event: Event) -> None:
     """Queue an event's log entries on a pipeline (a compare-and-set's recording): what
     `transition.lua` writes for a task's event. Its events list must get it in the same write."""

@@ -189,7 +189,11 @@ CALLBACK = CallbackDoc(
                 "type": "object",
                 "required": ["task"],
                 "properties": {
-                    "task": {"type": "object", "required": ["task_id"], "properties": {"task_id": {"type": "string", "minLength": 1}}}
+                    "task": {
+                        "type": "object",
+                        "required": ["task_id"],
+                        "properties": {"task_id": {"type": "string", "minLength": 1}},
+                    }
                 },
             },
         },

@@ -140,7 +140,11 @@ def _confirm(rt: Runtime, task_id: str, provider_task_id: str) -> None:
 
     def decide(task: Task) -> Change | None:
         adopted = adopt(task, provider_task_id)
-        return Change(adopted, ProviderUpdate(TaskStatus.SUBMITTED, provider_task_id=provider_task_id)) if adopted is not task else None
+        return (
+            Change(adopted, ProviderUpdate(TaskStatus.SUBMITTED, provider_task_id=provider_task_id))
+            if adopted is not task
+            else None
+        )
 
     _, written = rt.change(task_id, decide)
     if written is not None:
@@ -250,6 +254,8 @@ async def novita_callback(request: Request) -> Accepted:
 
 
 routes = [
-    Route("/callbacks/apikley/{task_id}/{token}", receiver("apikley", apikley_callback), methods=["POST"], name="apikley_callback"),
+    Route(
+        "/callbacks/apikley/{task_id}/{token}", receiver("apikley", apikley_callback), methods=["POST"], name="apikley_callback"
+    ),
     Route("/callbacks/novita/{task_id}/{token}", receiver("novita", novita_callback), methods=["POST"], name="novita_callback"),
 ]

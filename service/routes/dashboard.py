@@ -45,7 +45,6 @@ from starlette.routing import Route
 from service.auth import Caller
 from service.dashboard_html import (
     CONTENT_SECURITY_POLICY,
-    SubscriptionWithHealth,
     TaskPage,
     TaskView,
     content_security_policy_for,
@@ -83,7 +82,12 @@ from service.sessions import (
     session_caller,
     start_session,
 )
-from service.webhooks.models import TASK_WEBHOOK, Delivery, SubscriptionUpdate
+from service.webhooks.models import (
+    TASK_WEBHOOK,
+    Delivery,
+    SubscriptionUpdate,
+    SubscriptionWithHealth,
+)
 from service.webhooks.policy import DeliveryStatus, delivery_id
 
 HEADERS = browser_headers(CONTENT_SECURITY_POLICY, cache_control="no-store")
@@ -124,7 +128,7 @@ def load_views(
         for task in tasks:
             pipe.lrange(events_key(task.id), 0, -1)
         raw_events = pipe.execute()
-    events = {task.id: [Event.loads(raw) for raw in raws] for task, raws in zip(tasks, raw_events)}
+    events = {task.id: [Event.loads(raw) for raw in raws] for task, raws in zip(tasks, raw_events, strict=True)}
     # Deliveries to the caller's subscriptions only: another key's endpoints are not its to see.
     sub_ids = rt.subscriptions.ids(owner=_listed(who))
     deliveries: dict[str, list[Delivery]] = {task.id: [] for task in tasks}
@@ -265,8 +269,7 @@ async def subscriptions_list(request: Request) -> Response:
 
     def load() -> tuple[list[SubscriptionWithHealth], str | None]:
         page = rt.subscriptions.list(cursor=cursor, limit=PAGE_SIZE, owner=_listed(who))
-        health = rt.subscriptions.health([s.id for s in page.subscriptions])
-        return [SubscriptionWithHealth(s, health[s.id]) for s in page.subscriptions], page.next_cursor
+        return rt.subscriptions.with_health(page.subscriptions), page.next_cursor
 
     views, next_cursor = await run_in_threadpool(load)
     return HTMLResponse(subscriptions_page(views, next_cursor=next_cursor, csrf=page_csrf_token(request)))
@@ -283,7 +286,8 @@ async def subscription_detail(request: Request, note: str = "", status_code: int
     def load() -> tuple[SubscriptionWithHealth, list[Delivery], str | None]:
         sub = owned_subscription(rt, who, request.path_params["sub_id"])
         deliveries, next_cursor = rt.deliveries.for_subscription(sub.id, status=status, cursor=cursor, limit=PAGE_SIZE)
-        return SubscriptionWithHealth(sub, rt.subscriptions.health([sub.id])[sub.id]), deliveries, next_cursor
+        [view] = rt.subscriptions.with_health([sub])
+        return view, deliveries, next_cursor
 
     try:
         view, deliveries, next_cursor = await run_in_threadpool(load)
@@ -292,7 +296,12 @@ async def subscription_detail(request: Request, note: str = "", status_code: int
             return _not_found("subscription")
         raise
     page = subscription_page(
-        view, deliveries, status=status.value if status else None, next_cursor=next_cursor, csrf=page_csrf_token(request), note=note
+        view,
+        deliveries,
+        status=status.value if status else None,
+        next_cursor=next_cursor,
+        csrf=page_csrf_token(request),
+        note=note,
     )
     return HTMLResponse(page, status_code=status_code)
 
@@ -415,7 +424,12 @@ def _task_sections(rt: Runtime, who: Caller, task_id: str, csrf: str | None) -> 
         if task is None or not who.owns(task.owner):
             return None
         seen = last.get("page")
-        if seen is not None and seen[0] == _fingerprint(task) and not seen[1] and time.time() - iso_to_unix(task.updated_at) >= SETTLING_S:
+        if (
+            seen is not None
+            and seen[0] == _fingerprint(task)
+            and not seen[1]
+            and time.time() - iso_to_unix(task.updated_at) >= SETTLING_S
+        ):
             return seen[2]
         page = _task_page(rt, who, task)
         sections = task_sections(page, csrf=csrf)

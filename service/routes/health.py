@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -20,7 +21,7 @@ async def readyz(request: Request) -> JSONResponse:
     rt = runtime(request)
     try:
         await run_in_threadpool(rt.redis.ping)
-    except Exception as exc:  # any Redis failure means "not ready", never a 500
+    except RedisError as exc:  # any Redis failure (refused, timed out, loading…) means "not ready", never a 500
         return JSONResponse({"status": "unavailable", "redis": type(exc).__name__}, status_code=503)
     body: dict[str, object] = {"status": "ok"}
     if rt.callbacks_unreachable:

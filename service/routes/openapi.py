@@ -31,6 +31,7 @@ from service.webhooks.models import (
     Subscription,
     SubscriptionCreate,
     SubscriptionUpdate,
+    SubscriptionWithHealth,
 )
 from service.webhooks.policy import ALL_EVENT_TYPES, DeliveryStatus
 
@@ -70,7 +71,12 @@ ERROR_MEANING = {
 RETRY_AFTER = {429, 503}
 
 NULLABLE_STRING: Schema = {"anyOf": [{"type": "string"}, {"type": "null"}]}
-LIMIT = {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}
+LIMIT = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+}
 CURSOR = {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}}
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
@@ -183,6 +189,7 @@ def _components() -> dict[str, Schema]:
             (Task, "serialization"),
             (Event, "serialization"),
             (Subscription, "serialization"),
+            (SubscriptionWithHealth, "serialization"),
             (Delivery, "serialization"),
         ],
         ref_template=REF,
@@ -272,29 +279,54 @@ def build_spec() -> Schema:
         "/openapi.json": {"get": _operation("This document", {200: {"type": "object"}}, [], secured=False)},
         "/v1/tasks": {
             "post": _operation(
-                "Create a task", {202: _ref("Task")}, [400, 409, 413, 415, 422, 429], body="TaskRequest", parameters=[IDEMPOTENCY_KEY]
+                "Create a task",
+                {202: _ref("Task")},
+                [400, 409, 413, 415, 422, 429],
+                body="TaskRequest",
+                parameters=[IDEMPOTENCY_KEY],
             ),
-            "get": _operation("List tasks, newest first", {200: _page("Task")}, [400], parameters=[_status_filter(task_statuses), LIMIT, CURSOR]),
+            "get": _operation(
+                "List tasks, newest first", {200: _page("Task")}, [400], parameters=[_status_filter(task_statuses), LIMIT, CURSOR]
+            ),
         },
         "/v1/tasks/{task_id}": {"get": _operation("Get a task", {200: _ref("Task")}, [404], parameters=[task])},
         "/v1/tasks/{task_id}/cancel": {"post": _cancel_operation(task)},
         "/v1/tasks/{task_id}/events": {
             "get": _operation(
                 "A task's events, oldest first",
-                {200: {"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": _ref("Event")}}}},
+                {
+                    200: {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {"data": {"type": "array", "items": _ref("Event")}},
+                    }
+                },
                 [404],
                 parameters=[task],
             )
         },
         "/v1/tasks/{task_id}/video": {"get": _video_operation(task)},
         "/v1/subscriptions": {
-            "post": _operation("Create a subscription", {201: _ref("CreatedSubscription")}, [400, 413, 415, 422], body="SubscriptionCreate"),
-            "get": _operation("List subscriptions, newest first", {200: _page("Subscription")}, [400], parameters=[LIMIT, CURSOR]),
+            "post": _operation(
+                "Create a subscription", {201: _ref("CreatedSubscription")}, [400, 413, 415, 422], body="SubscriptionCreate"
+            ),
+            "get": _operation(
+                "List subscriptions, newest first, each with its health",
+                {200: _page("SubscriptionWithHealth")},
+                [400],
+                parameters=[LIMIT, CURSOR],
+            ),
         },
         "/v1/subscriptions/{sub_id}": {
-            "get": _operation("Get a subscription", {200: _ref("Subscription")}, [404], parameters=[sub]),
+            "get": _operation(
+                "Get a subscription with its health", {200: _ref("SubscriptionWithHealth")}, [404], parameters=[sub]
+            ),
             "patch": _operation(
-                "Change a subscription", {200: _ref("Subscription")}, [400, 404, 413, 415, 422], body="SubscriptionUpdate", parameters=[sub]
+                "Change a subscription",
+                {200: _ref("Subscription")},
+                [400, 404, 413, 415, 422],
+                body="SubscriptionUpdate",
+                parameters=[sub],
             ),
             "delete": _operation("Delete a subscription", {204: None}, [404], parameters=[sub]),
         },
@@ -305,7 +337,10 @@ def build_spec() -> Schema:
                     200: {
                         "type": "object",
                         "required": ["secret", "previous_secret_expires_at"],
-                        "properties": {"secret": {"type": "string", "pattern": "^whsec_"}, "previous_secret_expires_at": NULLABLE_STRING},
+                        "properties": {
+                            "secret": {"type": "string", "pattern": "^whsec_"},
+                            "previous_secret_expires_at": NULLABLE_STRING,
+                        },
                     }
                 },
                 [404],
@@ -379,7 +414,13 @@ def build_spec() -> Schema:
         "/v1/webhooks/default/secret": {
             "get": _operation(
                 "The secret signing deliveries to tasks' own webhook_url",
-                {200: {"type": "object", "required": ["secret"], "properties": {"secret": {"type": "string", "pattern": "^whsec_"}}}},
+                {
+                    200: {
+                        "type": "object",
+                        "required": ["secret"],
+                        "properties": {"secret": {"type": "string", "pattern": "^whsec_"}},
+                    }
+                },
                 [],
             )
         },
@@ -389,12 +430,20 @@ def build_spec() -> Schema:
         "description": "Resume after this event (EventSource sends it when it reconnects)",
     }
     for path, summary, parameters in (
-        ("/v1/tasks/{task_id}/stream", "A task's events as Server-Sent Events, from its first (or after Last-Event-ID); ends after its terminal event", [task]),
+        (
+            "/v1/tasks/{task_id}/stream",
+            "A task's events as Server-Sent Events, from its first (or after Last-Event-ID); ends after its terminal event",
+            [task],
+        ),
         ("/v1/events/stream", "Your events (an admin key: everyone's) as Server-Sent Events, live (or after Last-Event-ID)", []),
     ):
-        operation = _operation(summary, {200: None}, [400, *([404] if parameters else [])], parameters=[*parameters, last_event_id])
+        operation = _operation(
+            summary, {200: None}, [400, *([404] if parameters else [])], parameters=[*parameters, last_event_id]
+        )
         operation["responses"]["200"] = {
-            "description": "`id:` the event id, `event:` its type, `data:` the event JSON (an Event); `: ping` comments when idle",
+            "description": (
+                "`id:` the event id, `event:` its type, `data:` the event JSON (an Event); `: ping` comments when idle"
+            ),
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         }
         paths[path] = {"get": operation}
@@ -419,7 +468,9 @@ def build_spec() -> Schema:
         "info": {
             "title": "kling-relay",
             "version": "1",
-            "description": f"Webhook-driven relay for Kling V2.1 Master text-to-video ({', '.join(p.title for p in registry.all())}).",
+            "description": (
+                f"Webhook-driven relay for Kling V2.1 Master text-to-video ({', '.join(p.title for p in registry.all())})."
+            ),
         },
         "paths": paths,
         "webhooks": _webhooks(),

@@ -66,7 +66,9 @@ def _last_event_id(request: Request) -> str | None:
         try:
             resume_floor_ms(value)
         except BadEventId:
-            raise ApiError(400, "validation_error", "Last-Event-ID is not an event id", {"Last-Event-ID": "not an event id"}) from None
+            raise ApiError(
+                400, "validation_error", "Last-Event-ID is not an event id", {"Last-Event-ID": "not an event id"}
+            ) from None
     return value
 
 

@@ -35,6 +35,7 @@ from service.webhooks.models import (
     Subscription,
     SubscriptionCreate,
     SubscriptionUpdate,
+    SubscriptionWithHealth,
 )
 from service.webhooks.policy import (
     DeliveryStatus,
@@ -109,12 +110,24 @@ async def list_subscriptions(request: Request) -> JSONResponse:
     limit = limit_param(request)
     cursor = request.query_params.get("cursor") or None
     owner = None if who.admin else who.key_id
-    page = await run_in_threadpool(lambda: runtime(request).subscriptions.list(cursor=cursor, limit=limit, owner=owner))
-    return JSONResponse({"data": [s.public() for s in page.subscriptions], "next_cursor": page.next_cursor})
+    store = runtime(request).subscriptions
+
+    def load() -> tuple[list[SubscriptionWithHealth], str | None]:
+        page = store.list(cursor=cursor, limit=limit, owner=owner)
+        return store.with_health(page.subscriptions), page.next_cursor
+
+    shown, next_cursor = await run_in_threadpool(load)
+    return JSONResponse({"data": [s.model_dump(mode="json") for s in shown], "next_cursor": next_cursor})
 
 
 async def get_subscription(request: Request) -> JSONResponse:
-    return JSONResponse((await _existing(request, caller(request))).public())
+    rt, who, sub_id = runtime(request), caller(request), request.path_params["sub_id"]
+
+    def load() -> SubscriptionWithHealth:
+        [shown] = rt.subscriptions.with_health([owned_subscription(rt, who, sub_id)])
+        return shown
+
+    return JSONResponse((await run_in_threadpool(load)).model_dump(mode="json"))
 
 
 def _apply_update(sub: Subscription, req: SubscriptionUpdate) -> Subscription:
@@ -164,7 +177,9 @@ async def rotate_secret(request: Request) -> JSONResponse:
     now = time.time()
 
     def change(sub: Subscription) -> Subscription:
-        return sub.model_copy(update={"secrets": rotate(sub.secrets, secret, now=now, grace_s=grace), "updated_at": unix_to_iso(now)})
+        return sub.model_copy(
+            update={"secrets": rotate(sub.secrets, secret, now=now, grace_s=grace), "updated_at": unix_to_iso(now)}
+        )
 
     updated = await run_in_threadpool(runtime(request).subscriptions.update, sub.id, change)
     if updated is None:

@@ -46,7 +46,12 @@ def provider_for(rt: Runtime, req: TaskRequest, task_input: TaskInput) -> tuple[
     if req.provider != AUTO:
         provider: ProviderName = req.provider
         if provider not in configured:
-            raise ApiError(422, "validation_error", f"{provider} is not configured", {"provider": f"{provider} is not configured on this server"})
+            raise ApiError(
+                422,
+                "validation_error",
+                f"{provider} is not configured",
+                {"provider": f"{provider} is not configured on this server"},
+            )
         return provider, limit_violations(task_input, provider, registry.get(provider).limits)
     if not configured:
         raise ApiError(503, "no_provider", "no provider is configured on this server")
@@ -154,7 +159,10 @@ def cancel(rt: Runtime, who: Caller, task_id: str) -> Task:
             return Change(task, cancel_update(task))
         except NotCancelable as exc:
             raise ApiError(
-                409, "task_finished", f"task {task_id} has already finished as {exc.status.value}: only a queued, submitted or running task can be canceled"
+                409,
+                "task_finished",
+                f"task {task_id} has already finished as {exc.status.value}: "
+                "only a queued, submitted or running task can be canceled",
             ) from exc
 
     try:

@@ -88,7 +88,9 @@ async def _serve(request: Request, path: Path, result: TaskResult, sha256: str) 
         span = byte_range(wanted_range, size)
     except Unsatisfiable:
         await handle.aclose()
-        raise ApiError(416, "range_not_satisfiable", f"the video has {size} bytes", headers={"Content-Range": f"bytes */{size}"}) from None
+        raise ApiError(
+            416, "range_not_satisfiable", f"the video has {size} bytes", headers={"Content-Range": f"bytes */{size}"}
+        ) from None
     first, last = span if span is not None else (0, size - 1)
     length = last - first + 1 if size else 0
     headers["Content-Length"] = str(length)

@@ -81,6 +81,14 @@ def novita_forced(forced: NovitaForcedResponse) -> Response:
     return novita_error(forced.http_status, forced.reason, forced.message)
 
 
+def novita_submit_body(raw: bytes, *, accepts_extra: bool) -> tuple[dict[str, Any], NovitaSubmit]:
+    """A Novita submit's body, as sent and validated; `extra` refused if so configured."""
+    data = decode_object(raw)
+    if "extra" in data and not accepts_extra:
+        raise InvalidBody("extra", "unknown field")
+    return data, validate(NovitaSubmit, data)
+
+
 class Simulator:
     """The route handlers, sharing one in-memory store and one callback sender."""
 
@@ -164,10 +172,7 @@ class Simulator:
         if forced := pop_first(config.novita_submit_responses):
             return novita_forced(forced)
         try:
-            data = decode_object(await request.body())
-            if "extra" in data and not config.novita_accepts_extra:
-                raise InvalidBody("extra", "unknown field")
-            body = validate(NovitaSubmit, data)
+            data, body = novita_submit_body(await request.body(), accepts_extra=config.novita_accepts_extra)
         except InvalidBody as exc:
             return novita_error(400, "INVALID_REQUEST_BODY", str(exc), {"field": exc.field})
         webhook_url = body.webhook_url

@@ -157,7 +157,9 @@ _MATRIX = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
 
 def _moov(sizes: list[int], first_offset: int, sps: bytes, pps: bytes) -> bytes:
     duration = len(sizes) * TIMESCALE // FPS
-    avcc = _box(b"avcC", bytes([1, 66, 0xC0, 10, 0xFF, 0xE1]), struct.pack(">H", len(sps)), sps, b"\x01", struct.pack(">H", len(pps)), pps)
+    avcc = _box(
+        b"avcC", bytes([1, 66, 0xC0, 10, 0xFF, 0xE1]), struct.pack(">H", len(sps)), sps, b"\x01", struct.pack(">H", len(pps)), pps
+    )
     avc1 = _box(
         b"avc1",
         bytes(6), struct.pack(">H", 1),  # reserved, data_reference_index
@@ -181,7 +183,7 @@ def _moov(sizes: list[int], first_offset: int, sps: bytes, pps: bytes) -> bytes:
         _box(b"dinf", _full(b"dref", 0, struct.pack(">I", 1), _full(b"url ", 1))),
         stbl,
     )
-    language = sum((ord(c) - 0x60) << shift for c, shift in zip("und", (10, 5, 0)))
+    language = sum((ord(c) - 0x60) << shift for c, shift in zip("und", (10, 5, 0), strict=True))
     mdia = _box(
         b"mdia",
         _full(b"mdhd", 0, struct.pack(">IIIIHH", 0, 0, TIMESCALE, duration, language, 0)),

@@ -258,7 +258,7 @@ class SimTask:
 
 
 def unix_ms(seconds: float) -> int:
-    return int(round(seconds * 1000))
+    return round(seconds * 1000)
 
 
 def compact_json(value: Any) -> str:

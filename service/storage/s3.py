@@ -53,14 +53,20 @@ class S3Storage:
             if str(exc.response.get("Error", {}).get("Code")) in NOT_FOUND:
                 return None
             raise
-        url: str = self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s)
+        url: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+        )
         return url
 
     def media_origin(self) -> str | None:
         if self._origin is None:
             # Where presigned URLs point (path or virtual-hosted style, any endpoint): signing is
             # local, so one made for a name that need not exist tells it.
-            url = urlsplit(self._client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": self._key("origin")}, ExpiresIn=1))
+            url = urlsplit(
+                self._client.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": self._key("origin")}, ExpiresIn=1
+                )
+            )
             self._origin = f"{url.scheme}://{url.netloc}"
         return self._origin
 

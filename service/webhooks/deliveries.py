@@ -229,7 +229,7 @@ class DeliveryStore:
         derived id), so creating them twice yields the same deliveries, never twice as many."""
         fresh = new_deliveries(event, targets, now=now, created_at=created_at)
         flags = self._create(deliveries=fresh, ttl_s=self.ttl_s, due_at=now + self.lease_s)
-        created = {d.id for d, flag in zip(fresh, flags) if flag}
+        created = {d.id for d, flag in zip(fresh, flags, strict=True) if flag}
         if len(created) == len(fresh):
             return fresh
         current = {d.id: d for d in self.get_many([d.id for d in fresh if d.id not in created])}
@@ -252,7 +252,7 @@ class DeliveryStore:
         if not dlv_ids:
             return set()
         found = self.redis.mget([delivery_key(i) for i in dlv_ids])
-        return {i for i, raw in zip(dlv_ids, found) if raw is not None}
+        return {i for i, raw in zip(dlv_ids, found, strict=True) if raw is not None}
 
     def get(self, dlv_id: str) -> Delivery | None:
         raw = self.redis.get(delivery_key(dlv_id))
@@ -270,7 +270,7 @@ class DeliveryStore:
         ttl = max(math.ceil(lease_s), 1)
         # The due score lies past the lease key's expiry, so the sweep's re-send can claim it.
         won = self._claim(deliveries=deliveries, ttl_s=ttl, due_at=now + ttl + 1)
-        return [d for d, ok in zip(deliveries, won) if ok]
+        return [d for d, ok in zip(deliveries, won, strict=True) if ok]
 
     def in_flight(self, delivery: Delivery) -> bool:
         return bool(self.redis.exists(delivery_lease_key(delivery.id, delivery.attempt_count)))
@@ -322,7 +322,12 @@ class DeliveryStore:
                     raise DeliveryInFlight(dlv_id)
                 return d, False
             restarted = d.model_copy(
-                update={"status": DeliveryStatus.PENDING, "round_attempts": 0, "next_attempt_at": now, "updated_at": unix_to_iso(now)}
+                update={
+                    "status": DeliveryStatus.PENDING,
+                    "round_attempts": 0,
+                    "next_attempt_at": now,
+                    "updated_at": unix_to_iso(now),
+                }
             )
             done = self._restart(read=raw, restarted=restarted, ttl_s=self.ttl_s, due_at=now + self.lease_s)
             if done is Restarted.RESTARTED:
@@ -352,7 +357,7 @@ class DeliveryStore:
             ids = [_text(i) for i in self.redis.zrevrangebylex(deliveries_index_key(sub_id), upper, "-", start=0, num=100)]
             if not ids:
                 return found, None
-            for d_id, d in zip(ids, self._aligned(ids)):
+            for d_id, d in zip(ids, self._aligned(ids), strict=True):
                 scanned += 1
                 upper = f"({d_id}"
                 if d is not None and (status is None or d.status is status):
@@ -386,7 +391,7 @@ class DeliveryStore:
         with self.redis.pipeline(transaction=False) as pipe:
             for subject in subjects:
                 pipe.lrange(events_key(subject), 0, -1)
-            stored = dict(zip(subjects, pipe.execute()))
+            stored = dict(zip(subjects, pipe.execute(), strict=True))
         wanted = {event_id for _, event_id in events}
         bodies: dict[str, bytes] = {}
         for raws in stored.values():

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -83,7 +82,7 @@ class ReplayRequest(BaseModel):
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
 
@@ -118,23 +117,39 @@ class Subscription(SubscriptionView):
         return orjson.dumps(self.model_dump(mode="json"))
 
     @classmethod
-    def loads(cls, raw: bytes | str) -> "Subscription":
+    def loads(cls, raw: bytes | str) -> Subscription:
         return cls.model_validate_json(raw)
 
 
-@dataclass(frozen=True)
-class SubscriptionHealth:
-    """How a subscription's deliveries have been going, as recorded with its attempts (times are
-    ISO 8601; None: nothing recorded within WEBHOOK_LOG_TTL_S)."""
+class SubscriptionHealth(BaseModel):
+    """How the subscription's deliveries have been going, as recorded with its attempts. Times are
+    ISO 8601; null when nothing is recorded (within WEBHOOK_LOG_TTL_S of its last attempt)."""
+
+    # Every field is always sent (null when unknown): required in the published schema.
+    model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=True)
 
     success_at: str | None = None
     # Failed attempts since the last success.
     streak: int = 0
     failure_at: str | None = None
+    # The last failed attempt's answer (an HTTP status or a transport error).
     failure: str | None = None
     # When the current run of failures began (it disables the subscription after
-    # WEBHOOK_DISABLE_AFTER_S); None while it is not failing.
+    # WEBHOOK_DISABLE_AFTER_S); null while it is not failing.
     failing_since: str | None = None
+
+
+class SubscriptionWithHealth(SubscriptionView):
+    """A subscription as the API's reads show it (no secrets) and the dashboard lists it, with
+    its health."""
+
+    model_config = ConfigDict(title="SubscriptionWithHealth")
+
+    health: SubscriptionHealth
+
+    @classmethod
+    def of(cls, sub: Subscription, health: SubscriptionHealth) -> SubscriptionWithHealth:
+        return cls.model_validate({**sub.model_dump(exclude={"secrets"}), "health": health})
 
 
 class Attempt(BaseModel):
@@ -176,7 +191,7 @@ class Delivery(BaseModel):
     def due(self, now: float, *, slack_s: float = 0.0) -> bool:
         return self.status is DeliveryStatus.PENDING and (self.next_attempt_at or 0) <= now + slack_s
 
-    def after_attempt(self, attempt: Attempt, decision: Decision, now: float) -> "Delivery":
+    def after_attempt(self, attempt: Attempt, decision: Decision, now: float) -> Delivery:
         """This delivery once `attempt` is made and `decision` taken on it (pure)."""
         retrying = decision.status is DeliveryStatus.PENDING and decision.retry_in_s is not None
         return self.model_copy(
@@ -191,10 +206,15 @@ class Delivery(BaseModel):
             }
         )
 
-    def abandoned(self, reason: str, now: float) -> "Delivery":
+    def abandoned(self, reason: str, now: float) -> Delivery:
         """Failed without an attempt: its subscription was deleted or disabled, or the event expired."""
         return self.model_copy(
-            update={"status": DeliveryStatus.FAILED, "next_attempt_at": None, "updated_at": unix_to_iso(now), "last_error": reason}
+            update={
+                "status": DeliveryStatus.FAILED,
+                "next_attempt_at": None,
+                "updated_at": unix_to_iso(now),
+                "last_error": reason,
+            }
         )
 
     def public(self) -> dict[str, Any]:
@@ -209,5 +229,5 @@ class Delivery(BaseModel):
         return self.__pydantic_serializer__.to_json(self)
 
     @classmethod
-    def loads(cls, raw: bytes | str) -> "Delivery":
+    def loads(cls, raw: bytes | str) -> Delivery:
         return cls.model_validate_json(raw)

@@ -112,7 +112,7 @@ class WebhookSender:
                 return await self._post(session, url, headers, body, started)
             except UnsafeWebhookURL as exc:
                 return AttemptResult(None, _ms_since(started), f"unsafe_url: {exc.reason}")
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return AttemptResult(None, _ms_since(started), f"timeout: no answer within {self.timeout_s:g} s")
             except aiohttp.ClientError as exc:
                 return AttemptResult(None, _ms_since(started), f"connection_error: {type(exc).__name__}: {exc}"[:500])

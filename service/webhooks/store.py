@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from redis import Redis
 from redis.client import Pipeline
@@ -30,9 +31,13 @@ from service.keys import (
     subscription_key,
 )
 from service.live import log as live_log
-from service.live.log import LogLimits
+from service.live.log import DEFAULT_LIMITS, LogLimits
 from service.redis_async import Arg
-from service.webhooks.models import Subscription, SubscriptionHealth
+from service.webhooks.models import (
+    Subscription,
+    SubscriptionHealth,
+    SubscriptionWithHealth,
+)
 from service.webhooks.policy import DisableReason
 from service.webhooks.signing import generate_secret
 
@@ -57,7 +62,7 @@ def _iso(unix: str | None) -> str | None:
 
 
 class SubscriptionStore:
-    def __init__(self, redis: Redis, *, event_ttl_s: int, limits: LogLimits = LogLimits()) -> None:
+    def __init__(self, redis: Redis, *, event_ttl_s: int, limits: LogLimits = DEFAULT_LIMITS) -> None:
         self.redis = redis
         self.event_ttl_s = event_ttl_s
         self.limits = limits
@@ -83,6 +88,11 @@ class SubscriptionStore:
         raws = self.redis.mget([subscription_key(i) for i in sub_ids])
         subs = [Subscription.loads(raw) for raw in raws if raw is not None]
         return {s.id: s for s in subs}
+
+    def with_health(self, subs: Sequence[Subscription]) -> list[SubscriptionWithHealth]:
+        """These subscriptions as shown, each with its health (one round trip for them all)."""
+        health = self.health([s.id for s in subs])
+        return [SubscriptionWithHealth.of(s, health[s.id]) for s in subs]
 
     def enabled(self) -> list[Subscription]:
         """Every enabled subscription; one GET when nothing changed since the last call."""
@@ -155,18 +165,22 @@ class SubscriptionStore:
             # compare-and-set on its key, so this count cannot go stale before the write.
             sequence = int(self.redis.llen(events_key(sub_id))) + 1
             event = Event(id=new_id("evt"), type=SUBSCRIPTION_DISABLED, created_at=now, sequence=sequence, data=disabled.public())
-
-            def build(pipe: Pipeline) -> None:
-                pipe.set(key, disabled.dumps())
-                pipe.set(SUBSCRIPTIONS_VERSION, _new_version())
-                pipe.rpush(events_key(sub_id), event.dumps())
-                live_log.append(pipe, self.limits, sub.owner, sub_id, event)
-                pipe.expire(events_key(sub_id), self.event_ttl_s)
-                pipe.delete(failing_key(sub_id))
-                outbox.push(pipe, sub_id, event.id)
-
+            # Bound here, not closed over: each try records the writes of its own read.
+            build = partial(self._write_disabled, disabled=disabled, event=event)
             if self._cas(key, raw, recorded(self.redis, build)):
                 return event
+
+    def _write_disabled(self, pipe: Pipeline, *, disabled: Subscription, event: Event) -> None:
+        """The writes of `disable`: the subscription, its event with its log entries, its outbox
+        entry; its failure run ends."""
+        sub_id = disabled.id
+        pipe.set(subscription_key(sub_id), disabled.dumps())
+        pipe.set(SUBSCRIPTIONS_VERSION, _new_version())
+        pipe.rpush(events_key(sub_id), event.dumps())
+        live_log.append(pipe, self.limits, disabled.owner, sub_id, event)
+        pipe.expire(events_key(sub_id), self.event_ttl_s)
+        pipe.delete(failing_key(sub_id))
+        outbox.push(pipe, sub_id, event.id)
 
     def failing_for(self, sub_ids: set[str], now: float, *, run_ttl_s: int) -> dict[str, float]:
         """How long each of these subscriptions has failed without a success, starting the run
@@ -181,7 +195,7 @@ class SubscriptionStore:
                 pipe.set(failing_key(sub_id), repr(now), nx=True, ex=run_ttl_s)
                 pipe.get(failing_key(sub_id))
             started = pipe.execute()[1::2]
-        return {sub_id: max(now - float(since or now), 0.0) for sub_id, since in zip(ordered, started)}
+        return {sub_id: max(now - float(since or now), 0.0) for sub_id, since in zip(ordered, started, strict=True)}
 
     def health(self, sub_ids: Sequence[str]) -> dict[str, SubscriptionHealth]:
         """Each subscription's health as its attempts' records left it; one round trip."""
@@ -193,7 +207,7 @@ class SubscriptionStore:
                 pipe.get(failing_key(sub_id))
             found = pipe.execute()
         health: dict[str, SubscriptionHealth] = {}
-        for sub_id, fields, since in zip(sub_ids, found[::2], found[1::2]):
+        for sub_id, fields, since in zip(sub_ids, found[::2], found[1::2], strict=True):
             got = {_text(k): _text(v) for k, v in fields.items()}
             health[sub_id] = SubscriptionHealth(
                 success_at=_iso(got.get("success_at")),

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import httpx
 import pytest
@@ -57,7 +57,7 @@ class ServedApp:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> ServedApp:
+    def __enter__(self) -> Self:
         self.thread.start()
         wait_for(lambda: self.server.started, timeout_s=10, what="uvicorn to start")
         return self
@@ -178,8 +178,11 @@ class Stack:
         return env
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
-        log = open(self.log_dir / f"{name}-{time.monotonic_ns()}.log", "wb")
-        return subprocess.Popen([sys.executable, "-m", "service.cli", name], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        # The child keeps its own copy of the file; ours is closed at once.
+        with open(self.log_dir / f"{name}-{time.monotonic_ns()}.log", "wb") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "service.cli", name], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def start_web(self) -> None:
         self.web = self._spawn("web")
@@ -236,7 +239,9 @@ def start_stack(redis_server: RedisServer, simulator: Simulator, log_dir: Path, 
 
 
 @pytest.fixture(scope="module")
-def stack(request: pytest.FixtureRequest, redis_server: RedisServer, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, redis_server: RedisServer, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """One web and one worker per test module; a module may set STACK_ENV to change settings."""
     env = getattr(request.module, "STACK_ENV", {})
     stack = start_stack(redis_server, simulator, tmp_path_factory.mktemp("logs"), env)

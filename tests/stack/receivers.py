@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import httpx
@@ -96,7 +96,7 @@ def serve_receiver() -> Iterator[Receiver]:
         yield receiver
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(event_type: str) -> jsonschema.Draft202012Validator:
     # The catalog's schema (`GET /v1/event-types` serves the very same: test_event_catalog.py).
     return jsonschema.Draft202012Validator(standalone_schema(BY_NAME[event_type]))

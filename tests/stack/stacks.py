@@ -51,9 +51,9 @@ def owned_stack(
 def simulator_process(log_dir: Path, api_key: str = "sandbox") -> Iterator[Simulator]:
     """`kling-relay simulator` as its own process."""
     port = free_port()
-    log = open(log_dir / "simulator.log", "wb")
     args = [sys.executable, "-m", "service.cli", "simulator", "--port", str(port), "--api-key", api_key]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_dir / "simulator.log", "wb") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     sim = Simulator(f"http://127.0.0.1:{port}")
 
     def up() -> bool:
@@ -68,4 +68,3 @@ def simulator_process(log_dir: Path, api_key: str = "sandbox") -> Iterator[Simul
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        log.close()

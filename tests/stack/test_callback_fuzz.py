@@ -104,7 +104,7 @@ RAW_CASES: dict[str, tuple[Any, str, int]] = {
     "empty": (lambda t: b"", JSON, 400),
     "taskId over 1 MiB": (lambda t: data(t, taskId="x" * (MIB + 1)), JSON, 413),
     "state of 900 KB": (lambda t: data(t, state="s" * 900_000), JSON, 422),
-    "text/plain": (lambda t: data(t), "text/plain", 415),
+    "text/plain": (data, "text/plain", 415),
     "form-encoded": (lambda t: b"data[taskId]=x&data[state]=success", "application/x-www-form-urlencoded", 415),
     "duplicate key, the last naming another task": (
         lambda t: data(t)[:-2] + b', "taskId": "task_kling_0"}}',
@@ -149,7 +149,11 @@ def test_callback_field_of_the_wrong_type_is_refused_and_changes_nothing(
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=30),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=25,
 )

@@ -130,9 +130,7 @@ def _success(task: dict[str, Any]) -> dict[str, Any]:
 
 
 REFUSALS: dict[str, Refusal] = {
-    "forged token": Refusal(
-        401, "invalid_token", lambda c, t: c.post(callback_path(t["id"], "forged-token"), json=_success(t))
-    ),
+    "forged token": Refusal(401, "invalid_token", lambda c, t: c.post(callback_path(t["id"], "forged-token"), json=_success(t))),
     "token under another secret": Refusal(
         401,
         "invalid_token",
@@ -143,11 +141,15 @@ REFUSALS: dict[str, Refusal] = {
         "invalid_token",
         lambda c, t: c.post(callback_path(t["id"], callback_token(CALLBACK_SECRET, t["id"] + "x")), json=_success(t)),
     ),
-    "body over 1 MiB": Refusal(413, "payload_too_large", lambda c, t: c.post(callback_path(t["id"]), content=_oversized(t), headers=JSON)),
+    "body over 1 MiB": Refusal(
+        413, "payload_too_large", lambda c, t: c.post(callback_path(t["id"]), content=_oversized(t), headers=JSON)
+    ),
     "body over 1 MiB sent chunked": Refusal(
         413, "payload_too_large", lambda c, t: c.post(callback_path(t["id"]), content=_chunked(_oversized(t)), headers=JSON)
     ),
-    "body not JSON": Refusal(400, "invalid_json", lambda c, t: c.post(callback_path(t["id"]), content=b"state=success", headers=JSON)),
+    "body not JSON": Refusal(
+        400, "invalid_json", lambda c, t: c.post(callback_path(t["id"]), content=b"state=success", headers=JSON)
+    ),
     "body without data": Refusal(
         422, "invalid_callback", lambda c, t: c.post(callback_path(t["id"]), json={"code": 200, "msg": "success"}), "data.taskId"
     ),
@@ -163,7 +165,9 @@ REFUSALS: dict[str, Refusal] = {
         lambda c, t: c.post(callback_path(t["id"]), json={"code": 200, "data": {**_success(t)["data"], "taskId": 12345}}),
         "data.taskId",
     ),
-    "body is an array": Refusal(422, "invalid_callback", lambda c, t: c.post(callback_path(t["id"]), json=[_success(t)]), "data.taskId"),
+    "body is an array": Refusal(
+        422, "invalid_callback", lambda c, t: c.post(callback_path(t["id"]), json=[_success(t)]), "data.taskId"
+    ),
     "unknown state": Refusal(
         422,
         "invalid_callback",

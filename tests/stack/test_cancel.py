@@ -157,7 +157,10 @@ def test_a_running_novita_task_canceled_is_no_longer_polled_and_stays_canceled_w
         final = api.get(f"/v1/tasks/{running['id']}").json()
         assert (final["status"], final["result"], final["error"]) == ("canceled", None, None)
         assert event_types(api, running["id"]) == ["task.submitted", "task.running", "task.canceled"]
-        assert metric(stack, "kling_relay_callbacks_total", provider="novita", outcome="accepted", reason="unchanged") > unchanged_before
+        assert (
+            metric(stack, "kling_relay_callbacks_total", provider="novita", outcome="accepted", reason="unchanged")
+            > unchanged_before
+        )
         assert metric(stack, "kling_relay_tasks", status="canceled") >= 1
 
         # Subscribers hear of it once, like of every event.
@@ -195,7 +198,9 @@ def test_a_late_apikley_success_callback_after_cancel_is_accepted_but_changes_no
     token = callback_token(CALLBACK_SECRET, submitted["id"])
     with httpx.Client(base_url=stack.url, timeout=10) as provider:
         for _ in range(2):  # a provider retrying its callback
-            answer = provider.post(f"/callbacks/apikley/{submitted['id']}/{token}", json={"code": 200, "msg": "success", "data": record})
+            answer = provider.post(
+                f"/callbacks/apikley/{submitted['id']}/{token}", json={"code": 200, "msg": "success", "data": record}
+            )
             # 2xx, so the provider stops retrying; nothing changed.
             assert answer.status_code == 200, answer.text
             assert answer.json() == {"accepted": True, "changed": False}
@@ -267,7 +272,18 @@ def test_tasks_cancel_prints_the_new_status_then_exits_3_once_the_task_has_finis
 
 
 def test_submit_wait_ends_with_exit_1_when_the_task_is_canceled(stack: Stack, api: httpx.Client, silent_sim: Simulator) -> None:
-    command = [sys.executable, "-m", "service.cli", "submit", "a fox", "--provider", "apikley", "--wait", "--poll-interval", "0.2"]
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "submit",
+        "a fox",
+        "--provider",
+        "apikley",
+        "--wait",
+        "--poll-interval",
+        "0.2",
+    ]
     proc = subprocess.Popen(command, env=cli_env(stack), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None

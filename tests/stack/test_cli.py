@@ -30,7 +30,9 @@ def own(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield owned.stack
 
 
-def kling_relay(stack: Stack, *args: str, env: dict[str, str] | None = None, exe: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+def kling_relay(
+    stack: Stack, *args: str, env: dict[str, str] | None = None, exe: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("KLING_RELAY_")}
     base.update(KLING_RELAY_URL=stack.url, KLING_RELAY_API_KEY=API_KEY)
     base.update(env or {})
@@ -39,7 +41,17 @@ def kling_relay(stack: Stack, *args: str, env: dict[str, str] | None = None, exe
 
 
 def test_submit_wait_shows_live_status_then_prints_only_the_video_url(own: Stack) -> None:
-    result = kling_relay(own, "submit", "a red fox running through snow", "--provider", "apikley", "--wait", "--poll-interval", "0.2", exe=[str(ENTRY_POINT)])
+    result = kling_relay(
+        own,
+        "submit",
+        "a red fox running through snow",
+        "--provider",
+        "apikley",
+        "--wait",
+        "--poll-interval",
+        "0.2",
+        exe=[str(ENTRY_POINT)],
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(".mp4") and result.stdout.count("\n") == 1
     # Not a terminal: one line per status change, ending in the terminal one.
@@ -71,9 +83,32 @@ def test_submit_passes_every_option_and_prints_the_task_id(own: Stack) -> None:
     with own.client() as api:
         task = api.get(f"/v1/tasks/{task_id}").json()
     assert task["provider"] == "novita" and task["metadata"] == {"order": 7}
-    assert task["input"] == {"prompt": "a heron at dawn", "negative_prompt": "blur", "duration": "10", "aspect_ratio": "9:16", "cfg_scale": 0.7}
-    again = kling_relay(own, "submit", "a heron at dawn", "--provider", "novita", "--duration", "10", "--aspect-ratio", "9:16",
-                        "--negative-prompt", "blur", "--cfg-scale", "0.7", "--metadata", '{"order": 7}', "--idempotency-key", "heron-1")
+    assert task["input"] == {
+        "prompt": "a heron at dawn",
+        "negative_prompt": "blur",
+        "duration": "10",
+        "aspect_ratio": "9:16",
+        "cfg_scale": 0.7,
+    }
+    again = kling_relay(
+        own,
+        "submit",
+        "a heron at dawn",
+        "--provider",
+        "novita",
+        "--duration",
+        "10",
+        "--aspect-ratio",
+        "9:16",
+        "--negative-prompt",
+        "blur",
+        "--cfg-scale",
+        "0.7",
+        "--metadata",
+        '{"order": 7}',
+        "--idempotency-key",
+        "heron-1",
+    )
     assert again.stdout.strip() == task_id
 
 
@@ -90,7 +125,9 @@ def test_submit_passes_every_option_and_prints_the_task_id(own: Stack) -> None:
         (["submit", "a fox", "--metadata", "{oops"], {}, 2, "--metadata is not valid JSON"),
     ],
 )
-def test_failures_exit_with_a_documented_code_and_a_reason(own: Stack, args: list[str], env: dict[str, str], code: int, says: str) -> None:
+def test_failures_exit_with_a_documented_code_and_a_reason(
+    own: Stack, args: list[str], env: dict[str, str], code: int, says: str
+) -> None:
     args = [a.replace("{free}", str(free_port())) for a in args]
     result = kling_relay(own, *args, env=env)
     assert result.returncode == code, result.stderr
@@ -124,6 +161,14 @@ def _settled(stack: Stack) -> bool:
         return not any(api.get("/v1/tasks", params={"status": s}).json()["data"] for s in ("queued", "submitted", "running"))
 
 
+def _subscription_rows(stack: Stack) -> list[list[str]]:
+    listed = kling_relay(stack, "subscriptions", "list")
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["ID", "ENABLED", "EVENTS", "STREAK", "LAST", "SUCCESS", "URL"]
+    return [row.split() for row in rows]
+
+
 def test_subscription_commands_cover_a_webhooks_whole_life(own: Stack, receiver: Receiver) -> None:
     # Earlier tests' tasks must not finish into this subscription.
     wait_for(lambda: _settled(own), timeout_s=30, what="earlier tasks to finish")
@@ -132,7 +177,8 @@ def test_subscription_commands_cover_a_webhooks_whole_life(own: Stack, receiver:
     assert added.returncode == 0, added.stderr
     sub_id, secret = added.stdout.split()
     assert sub_id.startswith("sub_") and secret.startswith("whsec_")
-    assert sub_id in kling_relay(own, "subscriptions", "list").stdout
+    url = receiver.url("cli-hook")
+    assert [sub_id, "yes", "task.succeeded", "0", "never", url] in _subscription_rows(own)
 
     assert kling_relay(own, "submit", "a lantern", "--provider", "apikley", "--wait", "--poll-interval", "0.2").returncode == 0
     [first] = receiver.wait_for_count("cli-hook", 1)
@@ -143,6 +189,8 @@ def test_subscription_commands_cover_a_webhooks_whole_life(own: Stack, receiver:
         return rows if rows and rows[0].split()[1] == "delivered" else None
 
     [row] = wait_for(delivered, timeout_s=10, what="the delivery to be logged")
+    [listed] = [r for r in _subscription_rows(own) if r[0] == sub_id]
+    assert listed[3] == "0" and listed[4].startswith("20"), listed  # its success, on its row
     assert kling_relay(own, "deliveries", "retry", row.split()[0]).returncode == 0
     receiver.wait_for_count("cli-hook", 2)
 
@@ -167,9 +215,13 @@ def test_subscription_commands_cover_a_webhooks_whole_life(own: Stack, receiver:
 
 def test_dev_prints_a_submit_wait_example_that_works_as_printed(tmp_path: Path) -> None:
     """The README's first run: `kling-relay dev` on a bare environment, then its own example."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KLING_RELAY_", "APIKLEY_", "NOVITA_", "REDIS_", "CALLBACK_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("KLING_RELAY_", "APIKLEY_", "NOVITA_", "REDIS_", "CALLBACK_"))
+    }
     env.update(PORT=str(free_port()), PYTHONUNBUFFERED="1")
-    dev = subprocess.Popen([str(ENTRY_POINT), "dev"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    dev = subprocess.Popen(
+        [str(ENTRY_POINT), "dev"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         assert dev.stdout is not None
         printed = ""
@@ -183,7 +235,15 @@ def test_dev_prints_a_submit_wait_example_that_works_as_printed(tmp_path: Path) 
         assert example is not None, printed
         assert f"/dashboard?key={exports[2].split('=', 1)[1]}" in printed
         run_env = {**env, **dict(pair.split("=", 1) for pair in exports.groups())}
-        result = subprocess.run([example[1], "submit", example[2], "--wait"], check=False, cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [example[1], "submit", example[2], "--wait"],
+            check=False,
+            cwd=tmp_path,
+            env=run_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip().endswith(".mp4")
     finally:

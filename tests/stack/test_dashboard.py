@@ -316,7 +316,9 @@ def test_a_dashboard_post_without_the_sessions_csrf_token_or_from_another_origin
         assert refused.json()["error"]["code"] == "forbidden", label
         assert "set-cookie" not in refused.headers, label
         assert dashboard_status(own, cookie) == 200, f"{label} changed the session"
-    signed_out = httpx.post(f"{own.url}/dashboard/logout", data={"csrf_token": token}, headers={**same_origin, "Cookie": f"{COOKIE}={cookie}"})
+    signed_out = httpx.post(
+        f"{own.url}/dashboard/logout", data={"csrf_token": token}, headers={**same_origin, "Cookie": f"{COOKIE}={cookie}"}
+    )
     assert signed_out.status_code == 303 and signed_out.headers["location"] == "/dashboard"
     assert f'{COOKIE}=""' in signed_out.headers["set-cookie"] and "Max-Age=0" in signed_out.headers["set-cookie"]
 
@@ -367,7 +369,11 @@ def test_a_tasks_status_changes_on_screen_without_a_reload(own: Stack, sim: Simu
     with browser() as chromium:
         chromium.open(f"{own.url}/dashboard?key={API_KEY}")
         assert chromium.run("return document.location.pathname + document.location.search") == "/dashboard"
-        wait_for(lambda: str(chromium.run("return document.getElementById('live').textContent")).endswith("live"), timeout_s=10, what="the stream")
+        wait_for(
+            lambda: str(chromium.run("return document.getElementById('live').textContent")).endswith("live"),
+            timeout_s=10,
+            what="the stream",
+        )
         chromium.run("window.sameDocument = true;")
         with own.client() as api:
             task_id = api.post("/v1/tasks", json={"prompt": "a kite over dunes", "provider": "novita"}).json()["id"]
@@ -392,12 +398,23 @@ def test_a_tasks_status_changes_on_screen_without_a_reload(own: Stack, sim: Simu
 def test_chromium_signs_in_with_the_form_and_out_with_the_button(own: Stack) -> None:
     with browser() as chromium:
         chromium.open(f"{own.url}/dashboard")
-        chromium.run("document.querySelector('input[name=key]').value = arguments[0]; document.querySelector('form button').click();", API_KEY)
+        chromium.run(
+            "document.querySelector('input[name=key]').value = arguments[0]; document.querySelector('form button').click();",
+            API_KEY,
+        )
         wait_for(lambda: chromium.run("return document.getElementById('tasks') !== null"), timeout_s=10, what="the tasks page")
-        wait_for(lambda: str(chromium.run("return document.getElementById('live').textContent")).endswith("live"), timeout_s=10, what="the stream")
+        wait_for(
+            lambda: str(chromium.run("return document.getElementById('live').textContent")).endswith("live"),
+            timeout_s=10,
+            what="the stream",
+        )
         assert chromium.run("return document.cookie") == ""  # HttpOnly: no script can read it
         chromium.run("document.querySelector('header form button').click();")
-        wait_for(lambda: chromium.run("return document.querySelector('input[name=key]') !== null"), timeout_s=10, what="the sign-in form")
+        wait_for(
+            lambda: chromium.run("return document.querySelector('input[name=key]') !== null"),
+            timeout_s=10,
+            what="the sign-in form",
+        )
         chromium.open(f"{own.url}/dashboard")
         assert chromium.run("return document.querySelector('input[name=key]') !== null"), "still signed in after signing out"
         console = chromium.console()
@@ -416,7 +433,9 @@ def signed_in(stack: Stack, key: str = API_KEY) -> tuple[dict[str, str], str]:
     return cookie, csrf_token_of(page.text)
 
 
-def post(stack: Stack, path: str, session: dict[str, str], form: dict[str, str], origin: dict[str, str] | None = None) -> httpx.Response:
+def post(
+    stack: Stack, path: str, session: dict[str, str], form: dict[str, str], origin: dict[str, str] | None = None
+) -> httpx.Response:
     """A form POST as a browser sends it (from a page of this origin unless told otherwise)."""
     headers = {**session, **({"Origin": stack.url, **SAME_ORIGIN_FORM} if origin is None else origin)}
     return httpx.post(f"{stack.url}{path}", data=form, headers=headers)
@@ -479,7 +498,9 @@ def test_the_subscriptions_page_shows_state_last_success_and_failure_streak_to_t
     # A subscription's page lists its deliveries, each linking to its attempts.
     detail = httpx.get(f"{own.url}/dashboard/subscriptions/{bad['id']}", headers=session)
     assert detail.status_code == 200 and f"href='/dashboard/deliveries/{failed['id']}'" in detail.text
-    only_delivered = httpx.get(f"{own.url}/dashboard/subscriptions/{bad['id']}", params={"status": "delivered"}, headers=session).text
+    only_delivered = httpx.get(
+        f"{own.url}/dashboard/subscriptions/{bad['id']}", params={"status": "delivered"}, headers=session
+    ).text
     assert failed["id"] not in only_delivered
 
 
@@ -499,7 +520,10 @@ def test_retry_now_resends_a_delivery_only_with_the_sessions_token_from_this_ori
         refused = {
             "no token": post(own, path, session, {}),
             "another session's token": post(own, path, session, {"csrf_token": another_sessions_token}),
-            **{f"token, {label}": post(own, path, session, {"csrf_token": token}, headers) for label, headers in CROSS_ORIGIN.items()},
+            **{
+                f"token, {label}": post(own, path, session, {"csrf_token": token}, headers)
+                for label, headers in CROSS_ORIGIN.items()
+            },
         }
         assert {label: r.status_code for label, r in refused.items()} == dict.fromkeys(refused, 403)
         assert post(own, path, their_session, {"csrf_token": their_token}).status_code == 404  # not theirs to see
@@ -550,7 +574,9 @@ def test_the_cancel_button_cancels_an_unfinished_task_with_the_sessions_token_on
 def test_the_task_page_plays_the_stored_copy_from_a_dashboard_route_only_its_owner_may_read(own: Stack, sim: Simulator) -> None:
     with own.client() as mine:
         task = run_task(mine, prompt="a harbour to keep")
-        stored = wait_for(lambda: (t := mine.get(f"/v1/tasks/{task['id']}").json())["result"].get("sha256") and t, what="the stored copy")
+        stored = wait_for(
+            lambda: (t := mine.get(f"/v1/tasks/{task['id']}").json())["result"].get("sha256") and t, what="the stored copy"
+        )
         by_api = mine.get(f"/v1/tasks/{task['id']}/video").content
     session, _ = signed_in(own)
     path = f"/dashboard/tasks/{task['id']}/video"
@@ -589,30 +615,58 @@ def test_in_chromium_progress_bars_move_live_cancel_works_and_the_stored_video_p
         sim.configure(queue_s=0.5, generate_s=10)  # for tasks submitted from now on
         with browser() as chromium:
             chromium.open(f"{own.url}/dashboard?key={API_KEY}")
-            wait_for(lambda: str(chromium.run("return document.getElementById('live').textContent")).endswith("live"), timeout_s=10, what="the stream")
+            wait_for(
+                lambda: str(chromium.run("return document.getElementById('live').textContent")).endswith("live"),
+                timeout_s=10,
+                what="the stream",
+            )
             chromium.run("window.sameDocument = true;")
             running = mine.post("/v1/tasks", json={"prompt": "a kite with a progress bar", "provider": "novita"}).json()["id"]
             on_list: list[float] = []
-            wait_for(values_seen(chromium, f"#task-{running} progress", on_list), timeout_s=20, interval_s=0.1, what="the row's bar to move")
+            wait_for(
+                values_seen(chromium, f"#task-{running} progress", on_list),
+                timeout_s=20,
+                interval_s=0.1,
+                what="the row's bar to move",
+            )
             assert chromium.run("return window.sameDocument === true"), "the list reloaded"
             chromium.keep_screenshot("dashboard-tasks-progress")
 
             chromium.open(f"{own.url}/dashboard/tasks/{running}")
             chromium.run("window.sameDocument = true;")
             on_page: list[float] = []
-            wait_for(values_seen(chromium, "#facts progress", on_page), timeout_s=20, interval_s=0.1, what="the task page's bar to move")
+            wait_for(
+                values_seen(chromium, "#facts progress", on_page),
+                timeout_s=20,
+                interval_s=0.1,
+                what="the task page's bar to move",
+            )
             assert chromium.run("return window.sameDocument === true"), "the task page reloaded"
             chromium.keep_screenshot("dashboard-task-progress")
             chromium.run("document.querySelector(\"#actions form[action$='/cancel'] button\").click();")
-            wait_for(lambda: chromium.run("return document.querySelector('#facts .status').textContent") == "canceled", timeout_s=10, what="the task page to show canceled")
+            wait_for(
+                lambda: chromium.run("return document.querySelector('#facts .status').textContent") == "canceled",
+                timeout_s=10,
+                what="the task page to show canceled",
+            )
             canceled_buttons = chromium.run("return document.querySelectorAll('#actions button').length")
 
-            wait_for(lambda: (mine.get(f"/v1/tasks/{finished}").json()["result"] or {}).get("sha256"), what="the finished task's stored copy")
+            wait_for(
+                lambda: (mine.get(f"/v1/tasks/{finished}").json()["result"] or {}).get("sha256"),
+                what="the finished task's stored copy",
+            )
             chromium.open(f"{own.url}/dashboard/tasks/{finished}")
-            video = "const v = document.querySelector('#media video'); return v && {w: v.videoWidth, h: v.videoHeight, d: v.duration, state: v.readyState, error: v.error && v.error.code};"
+            video = (
+                "const v = document.querySelector('#media video'); return v && {w: v.videoWidth, h: v.videoHeight,"
+                " d: v.duration, state: v.readyState, error: v.error && v.error.code};"
+            )
             loaded = wait_for(lambda: (v := chromium.run(video)) and v["w"] and v, timeout_s=20, what="the stored video to load")
             chromium.run("const v = document.querySelector('#media video'); v.muted = true; v.play();")
-            wait_for(lambda: chromium.run("return document.querySelector('#media video').currentTime > 0.5"), timeout_s=20, what="the video to play")
+            wait_for(
+                lambda: chromium.run("return document.querySelector('#media video').currentTime > 0.5"),
+                timeout_s=20,
+                what="the video to play",
+            )
             played = chromium.run(video)
             chromium.keep_screenshot("dashboard-task-video")
             console = chromium.console()
@@ -635,18 +689,30 @@ def test_in_chromium_retry_now_adds_an_attempt_and_the_subscription_recovers(
     with browser() as chromium:
         chromium.open(f"{own.url}/dashboard?key={API_KEY}")
         chromium.run("document.querySelector(\"header a[href='/dashboard/subscriptions']\").click();")
-        wait_for(lambda: chromium.run("return document.getElementById('subscriptions') !== null"), timeout_s=10, what="the subscriptions page")
+        wait_for(
+            lambda: chromium.run("return document.getElementById('subscriptions') !== null"),
+            timeout_s=10,
+            what="the subscriptions page",
+        )
         streak_before = chromium.run(cell, sub["id"], "streak-cell")
         failure_before = chromium.run(cell, sub["id"], "failure-cell")
         chromium.keep_screenshot("dashboard-subscriptions-failing")
         chromium.run("document.querySelector('#sub-' + arguments[0] + ' a').click();", sub["id"])
-        wait_for(lambda: chromium.run("return document.getElementById('deliveries') !== null"), timeout_s=10, what="the subscription page")
+        wait_for(
+            lambda: chromium.run("return document.getElementById('deliveries') !== null"),
+            timeout_s=10,
+            what="the subscription page",
+        )
         chromium.run("document.querySelector('#delivery-' + arguments[0] + ' a').click();", failed["id"])
-        wait_for(lambda: chromium.run("return document.getElementById('attempts') !== null"), timeout_s=10, what="the delivery page")
+        wait_for(
+            lambda: chromium.run("return document.getElementById('attempts') !== null"), timeout_s=10, what="the delivery page"
+        )
         attempts = "return [...document.querySelectorAll('#attempts tr.attempt')].map(row => row.textContent)"
         before = chromium.run(attempts)
         chromium.run("document.querySelector(\"form[action$='/retry'] button\").click();")
-        after = wait_for(lambda: len(rows := chromium.run(attempts)) == 2 and rows, timeout_s=20, what="the new attempt on the page")
+        after = wait_for(
+            lambda: len(rows := chromium.run(attempts)) == 2 and rows, timeout_s=20, what="the new attempt on the page"
+        )
         chromium.keep_screenshot("dashboard-delivery-retried")
         status = chromium.run("return document.querySelector('#facts .status').textContent")
         chromium.open(f"{own.url}/dashboard/subscriptions")

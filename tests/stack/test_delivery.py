@@ -31,7 +31,9 @@ STACK_ENV = {
 }
 
 
-def test_fan_out_reaches_every_matching_subscriber_signed(api: httpx.Client, sim: Simulator, receiver: Receiver, subs: list[str]) -> None:
+def test_fan_out_reaches_every_matching_subscriber_signed(
+    api: httpx.Client, sim: Simulator, receiver: Receiver, subs: list[str]
+) -> None:
     filters: dict[str, list[str] | None] = {
         **{f"all-{i}": None for i in range(6)},
         **{f"succeeded-{i}": ["task.succeeded"] for i in range(6)},
@@ -71,7 +73,9 @@ def test_fan_out_reaches_every_matching_subscriber_signed(api: httpx.Client, sim
     assert all(d["attempts"][0]["response_body"] == "" for d in log)
 
 
-def test_failed_attempts_are_retried_until_delivered(api: httpx.Client, sim: Simulator, receiver: Receiver, subs: list[str]) -> None:
+def test_failed_attempts_are_retried_until_delivered(
+    api: httpx.Client, sim: Simulator, receiver: Receiver, subs: list[str]
+) -> None:
     created = subscribe(api, receiver.answer("flaky", 500, 503), ["task.succeeded"])
     subs.append(created["id"])
     task = run_task(api)
@@ -93,7 +97,9 @@ def test_failed_attempts_are_retried_until_delivered(api: httpx.Client, sim: Sim
     assert [r.at for r in requests] == sorted(r.at for r in requests)
 
 
-def test_a_tasks_own_webhook_url_gets_its_events_signed_with_the_default_secret(api: httpx.Client, sim: Simulator, receiver: Receiver) -> None:
+def test_a_tasks_own_webhook_url_gets_its_events_signed_with_the_default_secret(
+    api: httpx.Client, sim: Simulator, receiver: Receiver
+) -> None:
     secret = api.get("/v1/webhooks/default/secret").json()["secret"]
     assert secret.startswith("whsec_")
     task = run_task(api, webhook_url=receiver.answer("one-off"))
@@ -107,7 +113,9 @@ def test_a_tasks_own_webhook_url_gets_its_events_signed_with_the_default_secret(
     assert delivery["subscription_id"] is None and delivery["webhook_url"] == receiver.url("one-off")
 
 
-def test_rotated_secret_both_old_and_new_verify_during_the_grace_period(api: httpx.Client, sim: Simulator, receiver: Receiver, subs: list[str]) -> None:
+def test_rotated_secret_both_old_and_new_verify_during_the_grace_period(
+    api: httpx.Client, sim: Simulator, receiver: Receiver, subs: list[str]
+) -> None:
     created = subscribe(api, receiver.answer("rotating"), ["task.succeeded"])
     subs.append(created["id"])
     rotated = api.post(f"/v1/subscriptions/{created['id']}/rotate-secret")

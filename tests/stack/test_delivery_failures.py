@@ -19,7 +19,8 @@ from tests.stack.receivers import (
     wait_for_deliveries,
 )
 
-# Five attempts a round (~1 s apart: RQ's scheduler ticks each second); a subscription failing for 1.5 s without a success is disabled.
+# Five attempts a round (~1 s apart: RQ's scheduler ticks each second); a subscription failing for 1.5 s without a
+# success is disabled.
 STACK_ENV = {
     "WEBHOOK_RETRY_SCHEDULE_S": "0,0.3,0.3,0.3,0.3",
     "WEBHOOK_TIMEOUT_S": "2",
@@ -48,7 +49,9 @@ def _wait_disabled(api: httpx.Client, sub_id: str) -> dict[str, Any]:
     return wait_for(check, timeout_s=20, what=f"{sub_id} to be disabled")  # type: ignore[no-any-return]
 
 
-def test_410_gone_disables_the_subscription_at_once(api: httpx.Client, sim: Simulator, receiver: Receiver, ops: tuple[str, str]) -> None:
+def test_410_gone_disables_the_subscription_at_once(
+    api: httpx.Client, sim: Simulator, receiver: Receiver, ops: tuple[str, str]
+) -> None:
     gone = subscribe(api, receiver.answer("gone", then=410), ["task.succeeded"])
     everything = subscribe(api, receiver.answer("everything"))  # "*": task events only
     run_task(api)

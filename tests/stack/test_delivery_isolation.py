@@ -25,7 +25,11 @@ def test_a_slow_subscriber_does_not_hold_up_other_subscribers_events(api: httpx.
         wait_for(lambda: first_request_for(receiver, "slow", first), what="the slow subscriber to hold a request")
 
         second = api.post("/v1/tasks", json={"prompt": "a heron at dawn", "provider": "apikley"}).json()["id"]
-        wait_for(lambda: first_request_for(receiver, "fast", second), timeout_s=SLOW_S, what="the second task's event at the fast subscriber")
+        wait_for(
+            lambda: first_request_for(receiver, "fast", second),
+            timeout_s=SLOW_S,
+            what="the second task's event at the fast subscriber",
+        )
 
         # The slow subscriber's first attempt is still unanswered: nothing waited for it.
         assert [d for d in deliveries_of(api, slow["id"]) if d["attempts"]] == []

@@ -37,7 +37,9 @@ def all_delivered(api: httpx.Client, task_id: str, subs: dict[str, dict[str, Any
     return events
 
 
-def test_worker_killed_mid_fan_out_then_restarted_delivers_everything_once(api: httpx.Client, sim: Simulator, stack: Stack) -> None:
+def test_worker_killed_mid_fan_out_then_restarted_delivers_everything_once(
+    api: httpx.Client, sim: Simulator, stack: Stack
+) -> None:
     with serve_receiver() as receiver:
         # Each answer takes a second, so the kill lands while every request is in flight.
         subs = {f"slow-{i}": subscribe(api, receiver.answer(f"slow-{i}", delay_s=1.0)) for i in range(SUBSCRIBERS)}
@@ -49,7 +51,12 @@ def test_worker_killed_mid_fan_out_then_restarted_delivers_everything_once(api: 
         stack.kill_workers()
         stack.start_worker()
 
-        events = wait_for(lambda: all_delivered(api, task_id, subs), timeout_s=40, interval_s=0.2, what="every delivery to complete after the restart")
+        events = wait_for(
+            lambda: all_delivered(api, task_id, subs),
+            timeout_s=40,
+            interval_s=0.2,
+            what="every delivery to complete after the restart",
+        )
         event_ids = {e["id"] for e in events}
         resent = 0
         for path, sub in subs.items():

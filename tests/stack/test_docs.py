@@ -39,7 +39,10 @@ def test_the_docs_page_and_its_files_send_the_browser_security_headers(web: str)
     page = httpx.get(f"{web}/docs")
     csp = dict(part.strip().split(" ", 1) for part in page.headers["content-security-policy"].split(";"))
     assert csp["default-src"] == "'none'" and csp["frame-ancestors"] == "'none'"
-    assert "unsafe-inline" not in page.headers["content-security-policy"] and "unsafe-eval" not in page.headers["content-security-policy"]
+    assert (
+        "unsafe-inline" not in page.headers["content-security-policy"]
+        and "unsafe-eval" not in page.headers["content-security-policy"]
+    )
     inline = re.findall(r"<script>(.*?)</script>", page.text, re.DOTALL)
     assert inline, "the init script is inline"
     for body in inline:

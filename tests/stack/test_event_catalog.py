@@ -46,7 +46,9 @@ def test_the_catalog_lists_every_type_with_its_schema_and_needs_a_key(stack: Sta
     assert response.status_code == 200, response.text
     listed = response.json()["data"]
     types = [e["type"] for e in listed]
-    assert {"task.submitted", "task.running", "task.succeeded", "task.failed", "task.progress", "subscription.disabled"} <= set(types)
+    assert {"task.submitted", "task.running", "task.succeeded", "task.failed", "task.progress", "subscription.disabled"} <= set(
+        types
+    )
     assert listed == orjson.loads(orjson.dumps(catalog()))  # the one the code builds, not a copy
     for entry in listed:
         jsonschema.Draft202012Validator.check_schema(entry["schema"])
@@ -92,7 +94,13 @@ def test_real_deliveries_of_every_event_type_validate_against_the_catalog(
         assert "test" not in payload
         seen.add(payload["type"])
     assert seen == {
-        "task.submitted", "task.running", "task.progress", "task.succeeded", "task.failed", "task.canceled", "subscription.disabled",
+        "task.submitted",
+        "task.running",
+        "task.progress",
+        "task.succeeded",
+        "task.failed",
+        "task.canceled",
+        "subscription.disabled",
     }
 
 
@@ -127,7 +135,9 @@ def test_a_test_event_arrives_signed_marked_valid_and_logged_to_that_subscriptio
     assert deliveries_of(api, bystander["id"]) == [] and receiver.received("bystander") == []
 
 
-def test_a_test_event_defaults_to_task_succeeded_and_samples_any_type(api: httpx.Client, receiver: Receiver, subs: list[str]) -> None:
+def test_a_test_event_defaults_to_task_succeeded_and_samples_any_type(
+    api: httpx.Client, receiver: Receiver, subs: list[str]
+) -> None:
     target = subscribe(api, receiver.answer("samples"))
     subs.append(target["id"])
     no_body = api.post(f"/v1/subscriptions/{target['id']}/test")
@@ -145,7 +155,9 @@ def test_a_test_event_defaults_to_task_succeeded_and_samples_any_type(api: httpx
     assert disabled["data"]["id"].startswith("sub_test_") and disabled["data"]["id"] != target["id"]
 
 
-def test_a_failing_receiver_gets_retries_of_a_test_event_like_any_delivery(api: httpx.Client, receiver: Receiver, subs: list[str]) -> None:
+def test_a_failing_receiver_gets_retries_of_a_test_event_like_any_delivery(
+    api: httpx.Client, receiver: Receiver, subs: list[str]
+) -> None:
     target = subscribe(api, receiver.answer("flaky-test", 500, 503))
     subs.append(target["id"])
     delivery = send_test(api, target["id"], event_type="task.failed").json()

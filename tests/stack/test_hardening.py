@@ -48,11 +48,15 @@ def nested_json(depth: int) -> str:
 # --- JSON we cannot store ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("depth", [17, 300, 1000])
-def test_metadata_nested_too_deep_is_a_422_naming_the_field_and_stores_nothing(stack: Stack, api: httpx.Client, depth: int) -> None:
+def test_metadata_nested_too_deep_is_a_422_naming_the_field_and_stores_nothing(
+    stack: Stack, api: httpx.Client, depth: int
+) -> None:
     redis = stack.redis()
     before = sorted(redis.keys("kr:task:*") + redis.keys("kr:sub:*"))
     for path, body in (("/v1/tasks", '{"prompt": "deep"'), ("/v1/subscriptions", '{"url": "http://127.0.0.1:9/hook"')):
-        response = api.post(path, content=f'{body}, "metadata": {nested_json(depth)}}}', headers={"Content-Type": "application/json"})
+        response = api.post(
+            path, content=f'{body}, "metadata": {nested_json(depth)}}}', headers={"Content-Type": "application/json"}
+        )
         assert response.status_code == 422, response.text
         assert response.json()["error"]["fields"] == {"metadata": "must nest at most 16 levels deep"}
     assert sorted(redis.keys("kr:task:*") + redis.keys("kr:sub:*")) == before
@@ -75,10 +79,14 @@ def test_json_nested_past_the_parsers_limit_is_a_400(api: httpx.Client) -> None:
 
 @pytest.mark.parametrize("provider", ["apikley", "novita"])
 @pytest.mark.parametrize("url", ["javascript:alert(document.cookie)", "file:///etc/passwd", "data:text/html,<script>x</script>", "ftp://cdn/v.mp4"])
-def test_a_result_url_that_is_not_http_fails_the_task_with_a_clear_code(api: httpx.Client, sim: Simulator, provider: str, url: str) -> None:
+def test_a_result_url_that_is_not_http_fails_the_task_with_a_clear_code(
+    api: httpx.Client, sim: Simulator, provider: str, url: str
+) -> None:
     sim.configure(result_url=url)
     task_id = api.post("/v1/tasks", json={"prompt": "hostile provider", "provider": provider}).json()["id"]
-    done = wait_for(lambda: (t := api.get(f"/v1/tasks/{task_id}").json())["status"] in ("succeeded", "failed") and t, what="the task to end")
+    done = wait_for(
+        lambda: (t := api.get(f"/v1/tasks/{task_id}").json())["status"] in ("succeeded", "failed") and t, what="the task to end"
+    )
     assert done["status"] == "failed"
     assert done["error"]["code"] == "invalid_result_url"
     assert done["result"] is None
@@ -109,7 +117,9 @@ def test_concurrent_manual_retries_make_one_attempt_and_every_send_is_logged(
         os.kill(worker.pid, signal.SIGCONT)
     assert answers == [202] * 20
     logged = wait_for(
-        lambda: (d := api.get(f"/v1/deliveries/{delivery['id']}").json())["status"] == "delivered" and d["attempt_count"] > 1 and d,
+        lambda: (
+            (d := api.get(f"/v1/deliveries/{delivery['id']}").json())["status"] == "delivered" and d["attempt_count"] > 1 and d
+        ),
         what="the retried delivery to land",
     )
     sends = receiver.received(path)[sent_before:]
@@ -121,7 +131,9 @@ def test_concurrent_manual_retries_make_one_attempt_and_every_send_is_logged(
 # --- bounded replays --------------------------------------------------------------------------------
 
 
-def test_a_second_replay_while_one_is_sent_is_409_and_replays_are_rate_limited_per_key(stack: Stack, api: httpx.Client, receiver: Receiver) -> None:
+def test_a_second_replay_while_one_is_sent_is_409_and_replays_are_rate_limited_per_key(
+    stack: Stack, api: httpx.Client, receiver: Receiver
+) -> None:
     path = f"replayed-{uuid.uuid4().hex[:6]}"
     # The receiver answers slowly, so a replay's batch is still being sent when the next call comes.
     sub = subscribe(api, receiver.answer(path, delay_s=1.0))
@@ -141,7 +153,9 @@ def test_a_second_replay_while_one_is_sent_is_409_and_replays_are_rate_limited_p
     statuses = []
     for _ in range(4):
         wait_for(lambda: not stack.redis().exists(f"kr:replay:{sub['id']}"), what="the replay to be sent")
-        statuses.append((r := api.post(f"/v1/subscriptions/{sub['id']}/replay", json={"since": "2000-01-01T00:00:00Z"})).status_code)
+        statuses.append(
+            (r := api.post(f"/v1/subscriptions/{sub['id']}/replay", json={"since": "2000-01-01T00:00:00Z"})).status_code
+        )
     assert statuses == [202, 202, 429, 429]
     assert int(r.headers["Retry-After"]) >= 1
     assert r.json()["error"]["code"] == "rate_limited"
@@ -150,7 +164,9 @@ def test_a_second_replay_while_one_is_sent_is_409_and_replays_are_rate_limited_p
 # --- nothing left behind ----------------------------------------------------------------------------
 
 
-def test_a_subscription_deleted_during_its_first_attempt_leaves_no_key_behind(stack: Stack, api: httpx.Client, receiver: Receiver) -> None:
+def test_a_subscription_deleted_during_its_first_attempt_leaves_no_key_behind(
+    stack: Stack, api: httpx.Client, receiver: Receiver
+) -> None:
     path = f"deleted-{uuid.uuid4().hex[:6]}"
     sub = subscribe(api, receiver.answer(path, 500, delay_s=1.5), event_types=["task.succeeded"])
     task = api.post("/v1/tasks", json={"prompt": "delete mid-delivery", "provider": "apikley"}).json()
@@ -158,7 +174,9 @@ def test_a_subscription_deleted_during_its_first_attempt_leaves_no_key_behind(st
     assert api.delete(f"/v1/subscriptions/{sub['id']}").status_code == 204
     wait_for(lambda: api.get(f"/v1/tasks/{task['id']}").json()["status"] == "succeeded", what="the task")
     # The attempt lands after the delete and is recorded (a failure, with a retry scheduled).
-    wait_for(lambda: stack.redis().exists(f"kr:sub:{sub['id']}:dlvs") or not orphans(stack.redis()), what="the attempt to be recorded")
+    wait_for(
+        lambda: stack.redis().exists(f"kr:sub:{sub['id']}:dlvs") or not orphans(stack.redis()), what="the attempt to be recorded"
+    )
     wait_for(lambda: not orphans(stack.redis()), timeout_s=10, what=f"no orphan keys (found {orphans(stack.redis())})")
 
 

@@ -38,7 +38,9 @@ class Listen:
             env["KLING_RELAY_API_KEY"] = key
         self.out, self.err = tmp / "listen.out", tmp / "listen.err"
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "service.cli", "listen", *args], env=env, cwd=ROOT, stdout=out, stderr=err)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "listen", *args], env=env, cwd=ROOT, stdout=out, stderr=err
+            )
 
     @property
     def stderr(self) -> str:

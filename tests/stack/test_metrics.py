@@ -60,7 +60,9 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 
 def worker_metrics() -> Samples:
-    found: Samples = wait_for(lambda: _try_scrape(f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics"), timeout_s=15, what="worker metrics")
+    found: Samples = wait_for(
+        lambda: _try_scrape(f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics"), timeout_s=15, what="worker metrics"
+    )
     return found
 
 
@@ -76,11 +78,19 @@ def test_web_counts_created_tasks_and_callbacks_by_outcome_and_reason(own: Stack
     with own.client() as api:
         run_task(api)
         created = api.post("/v1/tasks", json={"prompt": "a heron", "provider": "novita"}).json()
-        forged = httpx.post(f"{own.url}/callbacks/apikley/{created['id']}/forged", json={"data": {"taskId": "x", "state": "success"}})
+        forged = httpx.post(
+            f"{own.url}/callbacks/apikley/{created['id']}/forged", json={"data": {"taskId": "x", "state": "success"}}
+        )
         assert forged.status_code == 401
     after = scrape(f"{own.url}/metrics")
-    assert value(after, "kling_relay_tasks_created_total", provider="apikley") == value(before, "kling_relay_tasks_created_total", provider="apikley") + 1
-    assert value(after, "kling_relay_tasks_created_total", provider="novita") == value(before, "kling_relay_tasks_created_total", provider="novita") + 1
+    assert (
+        value(after, "kling_relay_tasks_created_total", provider="apikley")
+        == value(before, "kling_relay_tasks_created_total", provider="apikley") + 1
+    )
+    assert (
+        value(after, "kling_relay_tasks_created_total", provider="novita")
+        == value(before, "kling_relay_tasks_created_total", provider="novita") + 1
+    )
     rejected = {"provider": "apikley", "outcome": "rejected", "reason": "invalid_token"}
     assert value(after, "kling_relay_callbacks_total", **rejected) == value(before, "kling_relay_callbacks_total", **rejected) + 1
     # The simulator's terminal callback is accepted and confirmed with a poll before it counts.
@@ -99,7 +109,12 @@ def test_worker_counts_transitions_polls_and_delivery_attempts_with_latency(own:
 
     def landed() -> Samples | None:
         now = worker_metrics()
-        return now if value(now, "kling_relay_delivery_attempts_total", outcome="failed") > value(before, "kling_relay_delivery_attempts_total", outcome="failed") else None
+        return (
+            now
+            if value(now, "kling_relay_delivery_attempts_total", outcome="failed")
+            > value(before, "kling_relay_delivery_attempts_total", outcome="failed")
+            else None
+        )
 
     after = wait_for(landed, timeout_s=10, what="the attempts to be counted")
 
@@ -111,7 +126,9 @@ def test_worker_counts_transitions_polls_and_delivery_attempts_with_latency(own:
     assert grew("kling_relay_polls_total", provider="apikley", outcome="answered")
     assert grew("kling_relay_delivery_attempts_total", outcome="delivered")
     assert grew("kling_relay_delivery_latency_seconds_count", by=2)
-    assert value(after, "kling_relay_delivery_latency_seconds_bucket", le="+Inf") == value(after, "kling_relay_delivery_latency_seconds_count")
+    assert value(after, "kling_relay_delivery_latency_seconds_bucket", le="+Inf") == value(
+        after, "kling_relay_delivery_latency_seconds_count"
+    )
 
     # The failed attempt's retry now waits on the scheduler: the web process sees it in Redis.
     web = scrape(f"{own.url}/metrics")
@@ -142,8 +159,12 @@ def test_a_scrape_with_redis_down_reports_it_instead_of_failing() -> None:
 
 def test_counting_a_transition_costs_microseconds() -> None:
     now = "2025-01-01T00:00:00.000Z"
-    task = Task(id="task_1", provider="apikley", status=TaskStatus.SUCCEEDED, input=TaskInput(prompt="x"), created_at=now, updated_at=now)
-    transition = Transition(task=task, previous_status=TaskStatus.RUNNING, event=make_event(task, "task.succeeded", event_id="evt_1", created_at=now))
+    task = Task(
+        id="task_1", provider="apikley", status=TaskStatus.SUCCEEDED, input=TaskInput(prompt="x"), created_at=now, updated_at=now
+    )
+    transition = Transition(
+        task=task, previous_status=TaskStatus.RUNNING, event=make_event(task, "task.succeeded", event_id="evt_1", created_at=now)
+    )
     started = time.perf_counter()
     for _ in range(20_000):
         observe_transition(transition)

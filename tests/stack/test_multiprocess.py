@@ -76,5 +76,9 @@ def test_two_webs_and_two_workers_share_the_work_without_duplicates(two_by_two: 
     assert len(jobs_done) == 2 and all(count > 0 for count in jobs_done.values()), jobs_done
     # Each web counts the tasks it created itself (its own /metrics).
     for web in (web_a, web_b):
-        counted = [line for line in httpx.get(f"{web.url}/metrics").text.splitlines() if line.startswith("kling_relay_tasks_created_total")]
+        counted = [
+            line
+            for line in httpx.get(f"{web.url}/metrics").text.splitlines()
+            if line.startswith("kling_relay_tasks_created_total")
+        ]
         assert sum(float(line.split()[-1]) for line in counted) == TASKS // 2, counted

@@ -63,7 +63,10 @@ def world(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Ite
             admin_sub = subscribe(admin, receiver.answer("admin"))
             alice_task = run_task(alice, prompt="alice's fox", webhook_url=receiver.answer("alice-own"))
             bob_task = run_task(bob, prompt="bob's fox")
-            wait_for(lambda: len(deliveries_of(alice, alice_sub["id"])) >= 2 and len(deliveries_of(bob, bob_sub["id"])) >= 2, what="deliveries")
+            wait_for(
+                lambda: len(deliveries_of(alice, alice_sub["id"])) >= 2 and len(deliveries_of(bob, bob_sub["id"])) >= 2,
+                what="deliveries",
+            )
         yield World(stack, receiver, alice_task, bob_task, alice_sub, bob_sub, admin_sub)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import httpx
@@ -131,5 +132,5 @@ def test_novita_progress_becomes_throttled_progress_events(api: httpx.Client, si
     events = api.get(f"/v1/tasks/{task['id']}/events").json()["data"]
     progress = [e["data"]["progress"] for e in events if e["type"] == "task.progress"]
     assert progress, [e["type"] for e in events]
-    assert all(b - a >= 10 for a, b in zip(progress, progress[1:]))
+    assert all(b - a >= 10 for a, b in itertools.pairwise(progress))
     assert events[-1]["type"] == "task.succeeded"

@@ -163,7 +163,10 @@ def test_a_stopped_server_times_out_commands_then_connects_and_answers_again(tmp
 def test_a_replica_is_left_for_the_master(tmp_path: Path) -> None:
     # What a client reaching a demoted master meets: READONLY. It drops that connection and asks
     # where the master is (Sentinel, in production) before the next command.
-    with RedisServer(tmp_path / "master", appendonly=False) as master, RedisServer(tmp_path / "replica", appendonly=False) as replica:
+    with (
+        RedisServer(tmp_path / "master", appendonly=False) as master,
+        RedisServer(tmp_path / "replica", appendonly=False) as replica,
+    ):
         Redis(port=replica.port).replicaof("127.0.0.1", master.port)
         answers = iter([replica.port, master.port])
 

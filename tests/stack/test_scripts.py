@@ -187,13 +187,13 @@ def test_a_transition_joins_the_live_logs_by_reference_in_the_same_write(redis: 
 
 
 def test_an_ownerless_tasks_transition_joins_the_global_log_only(redis: Redis) -> None:
-    task, raw = _stored_task(redis, TaskStatus.RUNNING)
+    task, _ = _stored_task(redis, TaskStatus.RUNNING)
     ownerless = task.model_copy(update={"owner": None})
     redis.set(task_key(task.id), ownerless.dumps())
     done = _transition(ownerless, ProviderUpdate(TaskStatus.SUCCEEDED, result=TaskResult(video_url="https://cdn.example/v.mp4")))
     assert WriteTransition(redis, None, RETENTION_S)(ownerless.dumps(), done, [])
     assert _log(redis, EVENT_LOG) == [{b"o": b"", b"s": task.id.encode(), b"i": b"evt_1"}]
-    assert [k for k in redis.keys("kr:evlog:*")] == []
+    assert redis.keys("kr:evlog:*") == []
 
 
 def test_the_logs_are_capped(redis: Redis) -> None:

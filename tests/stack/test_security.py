@@ -81,9 +81,14 @@ class World:
     def state(self) -> tuple[Any, ...]:
         """What an unauthorised or refused request could have changed."""
         redis = self.stack.redis()
-        keys = sorted(k for pattern in ("kr:task:*", "kr:sub:*", "kr:dlv:*", "kr:idem:*", "kr:events:*") for k in redis.keys(pattern))
+        keys = sorted(
+            k for pattern in ("kr:task:*", "kr:sub:*", "kr:dlv:*", "kr:idem:*", "kr:events:*") for k in redis.keys(pattern)
+        )
         with self.client() as api:
-            views = [api.get(self.path(p)).json() for p in ("/v1/tasks/{task_id}", "/v1/tasks/{task_id}/events", "/v1/deliveries/{delivery_id}")]
+            views = [
+                api.get(self.path(p)).json()
+                for p in ("/v1/tasks/{task_id}", "/v1/tasks/{task_id}/events", "/v1/deliveries/{delivery_id}")
+            ]
         return keys, redis.get(f"kr:sub:{self.ids['sub_id']}"), views
 
 
@@ -121,7 +126,9 @@ def exercise(w: World) -> None:
             {"prompt": "[sim:fail] a secret eel", "provider": "apikley"},
             {"prompt": "[sim:drop-callback] a secret elk", "provider": "apikley"},
         ]
-        tasks = [api.post("/v1/tasks", json=body, headers={"Idempotency-Key": f"idem-{n}"}).json() for n, body in enumerate(bodies)]
+        tasks = [
+            api.post("/v1/tasks", json=body, headers={"Idempotency-Key": f"idem-{n}"}).json() for n, body in enumerate(bodies)
+        ]
         for task in tasks:
             wait_for_status(api, task["id"], {"succeeded", "failed"}, timeout_s=30)
         wait_for(lambda: api.get(f"/v1/subscriptions/{sub['id']}/deliveries").json()["data"], what="a delivery")
@@ -132,7 +139,11 @@ def exercise(w: World) -> None:
         events = sum(len(api.get(f"/v1/tasks/{t['id']}/events").json()["data"]) for t in tasks)
 
         def settled() -> bool:
-            found = [d for s in (sub, failing) for d in api.get(f"/v1/subscriptions/{s['id']}/deliveries", params={"limit": 100}).json()["data"]]
+            found = [
+                d
+                for s in (sub, failing)
+                for d in api.get(f"/v1/subscriptions/{s['id']}/deliveries", params={"limit": 100}).json()["data"]
+            ]
             return len(found) == 2 * events and all(d["status"] != "pending" for d in found)
 
         wait_for(settled, timeout_s=30, what="every delivery to settle")
@@ -144,8 +155,12 @@ def exercise(w: World) -> None:
             stranger.get("/v1/tasks")
     with w.client(None) as anonymous:
         task_id = w.ids["task_id"]
-        anonymous.post(f"/callbacks/apikley/{task_id}/{callback_token('guess', task_id)}", json={"data": {"taskId": "t", "state": "success"}})
-        anonymous.post(w.path("/callbacks/apikley/{task_id}/{token}"), content=b"{not json", headers={"Content-Type": "application/json"})
+        anonymous.post(
+            f"/callbacks/apikley/{task_id}/{callback_token('guess', task_id)}", json={"data": {"taskId": "t", "state": "success"}}
+        )
+        anonymous.post(
+            w.path("/callbacks/apikley/{task_id}/{token}"), content=b"{not json", headers={"Content-Type": "application/json"}
+        )
         anonymous.get("/dashboard", params={"key": KEY}, follow_redirects=False)
         anonymous.get("/dashboard", params={"key": OTHER_KEY[:-1]}, follow_redirects=False)
 
@@ -172,7 +187,9 @@ def test_every_v1_route_refuses_a_request_without_a_valid_key_and_changes_nothin
     before = world.state()
     headers = {"Authorization": authorization} if authorization is not None else {}
     with httpx.Client(base_url=world.stack.url, headers=headers, timeout=30) as client:
-        response = client.request(method, world.path(path), json={"prompt": "x", "url": "http://127.0.0.1:9/"} if method in BODY_METHODS else None)
+        response = client.request(
+            method, world.path(path), json={"prompt": "x", "url": "http://127.0.0.1:9/"} if method in BODY_METHODS else None
+        )
     assert response.status_code == 401, response.text
     assert response.json()["error"]["code"] == "unauthorized"
     assert world.state() == before
@@ -222,17 +239,28 @@ def test_no_secret_or_key_appears_in_any_answer_except_where_it_is_issued(world:
     assert any(r.status_code >= 400 for r in answers)
     for response in answers:
         body = response.text
-        handed_out = response.status_code < 300 and response.request.method in ("POST", "GET") and issuing.search(response.request.url.path)
+        handed_out = (
+            response.status_code < 300
+            and response.request.method in ("POST", "GET")
+            and issuing.search(response.request.url.path)
+        )
         for label, secret in in_play.items():
             if handed_out and secret in world.issued + [s.removeprefix("whsec_") for s in world.issued]:
                 continue
-            assert secret not in body, f"{label} in {response.request.method} {response.request.url.path} → {response.status_code}"
+            assert secret not in body, (
+                f"{label} in {response.request.method} {response.request.url.path} → {response.status_code}"
+            )
 
 
 def test_no_api_key_callback_secret_or_provider_key_is_stored_in_redis(world: World) -> None:
     redis = world.stack.redis()
     dump = b"".join(_dump(redis, key) for key in redis.scan_iter(count=1000))
-    for label, secret in {"API key": KEY, "second API key": OTHER_KEY, "CALLBACK_SECRET": CALLBACK_SECRET, "provider key": PROVIDER_KEY}.items():
+    for label, secret in {
+        "API key": KEY,
+        "second API key": OTHER_KEY,
+        "CALLBACK_SECRET": CALLBACK_SECRET,
+        "provider key": PROVIDER_KEY,
+    }.items():
         assert secret.encode() not in dump, label
 
 
@@ -284,7 +312,9 @@ def two_tasks(world: World) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @pytest.mark.parametrize("forge", FORGED_TOKENS.values(), ids=FORGED_TOKENS.keys())
-def test_a_callback_token_opens_its_own_task_only(world: World, two_tasks: tuple[dict[str, Any], dict[str, Any]], forge: Any) -> None:
+def test_a_callback_token_opens_its_own_task_only(
+    world: World, two_tasks: tuple[dict[str, Any], dict[str, Any]], forge: Any
+) -> None:
     victim, other = two_tasks
     body = {"code": 501, "msg": "forged", "data": {"taskId": victim["provider_task_id"], "state": "fail", "failMsg": "forged"}}
     with world.client() as api, world.client(None) as anonymous:

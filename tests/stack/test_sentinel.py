@@ -34,7 +34,9 @@ class SentinelProcess:
             "sentinel down-after-milliseconds mymaster 1000\n"
             "sentinel failover-timeout mymaster 2000\n"
         )
-        self.process = subprocess.Popen([find_redis_server(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [find_redis_server(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
         client = Redis(port=self.port, socket_connect_timeout=0.2)
         wait_for(lambda: _answers(client), timeout_s=10, what="sentinel to start")
         sentinel = Sentinel([("127.0.0.1", self.port)], socket_timeout=1)
@@ -48,9 +50,9 @@ class SentinelProcess:
 def _master_known(sentinel: Sentinel) -> bool:
     try:
         sentinel.discover_master("mymaster")
-        return True
     except MasterNotFoundError:
         return False
+    return True
 
 
 def _answers(client: Redis) -> bool:
@@ -72,7 +74,9 @@ def sentinel_setup(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, S
     master.stop()
 
 
-def test_clients_find_the_master_through_sentinel_and_follow_a_failover(sentinel_setup: tuple[RedisServer, RedisServer, SentinelProcess]) -> None:
+def test_clients_find_the_master_through_sentinel_and_follow_a_failover(
+    sentinel_setup: tuple[RedisServer, RedisServer, SentinelProcess],
+) -> None:
     master, replica, sentinel = sentinel_setup
     settings = load_settings(redis_sentinels=f"127.0.0.1:{sentinel.port}", redis_sentinel_master="mymaster", redis_url="redis://ignored-host/2")
     redis, aredis = connect_redis(settings)
@@ -90,10 +94,10 @@ def test_clients_find_the_master_through_sentinel_and_follow_a_failover(sentinel
     def written_after_failover() -> bool:
         try:
             redis.set("k", "after")
-            return True
         except (RedisConnectionError, RedisTimeoutError, ReadOnlyError):
             time.sleep(0.1)
             return False
+        return True
 
     wait_for(written_after_failover, timeout_s=20, what="the client to reach the promoted replica")
     assert Redis(port=replica.port, db=2).get("k") == b"after"
@@ -109,7 +113,9 @@ def test_clients_find_the_master_through_sentinel_and_follow_a_failover(sentinel
     assert wait_for(read_after_failover, timeout_s=20, what="the async client to reach the promoted replica") == b"after"
 
 
-def test_the_async_client_follows_a_failover_whose_old_master_stays_up(sentinel_setup: tuple[RedisServer, RedisServer, SentinelProcess]) -> None:
+def test_the_async_client_follows_a_failover_whose_old_master_stays_up(
+    sentinel_setup: tuple[RedisServer, RedisServer, SentinelProcess],
+) -> None:
     # A manual failover demotes the old master but leaves it running: the connection to it must
     # not go on being used (writes there would fail READONLY, reads would be stale).
     master, replica, sentinel = sentinel_setup

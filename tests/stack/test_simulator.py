@@ -400,7 +400,7 @@ def test_callback_delay_holds_back_the_callback(
 def test_failing_callback_targets_are_logged_and_harmless(
     sim: httpx.Client, callbacks: tuple[CallbackReceiver, str]
 ) -> None:
-    recorder, hook = callbacks
+    _, hook = callbacks
     broken = hook.rsplit("/", 1)[0] + "/broken"
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
@@ -427,7 +427,7 @@ def test_novita_task_progresses_to_success_with_ttld_video(sim: httpx.Client) ->
         if answer["task"]["status"] == "TASK_STATUS_PROCESSING":
             progress.append(answer["task"]["progress_percent"])
         time.sleep(0.02)
-    assert progress and progress == sorted(progress) and 0 <= progress[0] and progress[-1] < 100
+    assert progress and progress == sorted(progress) and progress[0] >= 0 and progress[-1] < 100
     assert answer["task"]["progress_percent"] == 100 and answer["task"]["eta"] == 0
     assert answer["images"] == [] and answer["audios"] == [] and answer["extra"] == {}
     (video,) = answer["videos"]

@@ -71,13 +71,17 @@ def storage_stack(redis_server: RedisServer, simulator: Simulator, base: Path, v
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory, videos: Path) -> Iterator[Stack]:
+def stack(
+    redis_server: RedisServer, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory, videos: Path
+) -> Iterator[Stack]:
     stack = storage_stack(redis_server, simulator, tmp_path_factory.mktemp("logs"), videos)
     yield stack
     stack.stop()
 
 
-def test_a_finished_tasks_video_is_stored_announced_once_and_served(stack: Stack, api: httpx.Client, sim: Simulator, videos: Path) -> None:
+def test_a_finished_tasks_video_is_stored_announced_once_and_served(
+    stack: Stack, api: httpx.Client, sim: Simulator, videos: Path
+) -> None:
     size = 100_000
     sim.configure(video_bytes=size)
     with serve_receiver() as receiver:
@@ -233,7 +237,9 @@ def _video_app() -> Any:
     return Starlette(routes=[Route("/v.mp4", video), Route("/redirect", redirect)])
 
 
-def test_retention_deletes_expired_copies(redis_server: RedisServer, simulator: Simulator, sim: Simulator, tmp_path: Path) -> None:
+def test_retention_deletes_expired_copies(
+    redis_server: RedisServer, simulator: Simulator, sim: Simulator, tmp_path: Path
+) -> None:
     videos = tmp_path / "videos"
     stack = storage_stack(redis_server, simulator, tmp_path / "logs", videos, STORAGE_RETENTION_S="2")
     try:

@@ -31,9 +31,9 @@ AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
     server = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen(server, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path_factory.mktemp("moto") / "moto.log", "wb") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(server, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -48,11 +48,12 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-        log.close()
 
 
 def s3_client(endpoint: str) -> Any:
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+    return boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
 
 
 def s3_stack(redis_server: RedisServer, simulator: Simulator, base: Path, endpoint: str, **env: str) -> Stack:
@@ -67,14 +68,18 @@ def s3_stack(redis_server: RedisServer, simulator: Simulator, base: Path, endpoi
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[Stack]:
+def stack(
+    redis_server: RedisServer, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str
+) -> Iterator[Stack]:
     s3_client(s3_endpoint).create_bucket(Bucket=BUCKET)
     stack = s3_stack(redis_server, simulator, tmp_path_factory.mktemp("logs"), s3_endpoint)
     yield stack
     stack.stop()
 
 
-def test_a_video_is_kept_in_the_bucket_and_served_by_a_presigned_redirect(stack: Stack, api: httpx.Client, sim: Simulator, s3_endpoint: str) -> None:
+def test_a_video_is_kept_in_the_bucket_and_served_by_a_presigned_redirect(
+    stack: Stack, api: httpx.Client, sim: Simulator, s3_endpoint: str
+) -> None:
     size = 300_000
     sim.configure(video_bytes=size)
     task = run_task(api)
@@ -105,7 +110,9 @@ def test_a_video_is_kept_in_the_bucket_and_served_by_a_presigned_redirect(stack:
         assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found"
 
 
-def test_retention_deletes_the_object(redis_server: RedisServer, simulator: Simulator, sim: Simulator, s3_endpoint: str, tmp_path: Path) -> None:
+def test_retention_deletes_the_object(
+    redis_server: RedisServer, simulator: Simulator, sim: Simulator, s3_endpoint: str, tmp_path: Path
+) -> None:
     stack = s3_stack(redis_server, simulator, tmp_path, s3_endpoint, STORAGE_RETENTION_S="2")
     client = s3_client(s3_endpoint)
     try:

@@ -59,7 +59,9 @@ def _events_for(reader: StreamReader, task_id: str, until: str = "task.succeeded
     return found
 
 
-def test_a_task_stream_shows_its_events_in_order_exactly_as_stored_and_ends(stack: Stack, api: httpx.Client, readers: list[StreamReader]) -> None:
+def test_a_task_stream_shows_its_events_in_order_exactly_as_stored_and_ends(
+    stack: Stack, api: httpx.Client, readers: list[StreamReader]
+) -> None:
     task_id = _submit(api)
     reader = _open(stack, readers, f"/v1/tasks/{task_id}/stream")
     reader.join()
@@ -71,7 +73,9 @@ def test_a_task_stream_shows_its_events_in_order_exactly_as_stored_and_ends(stac
     assert [m.id for m in got] == [e["id"] for e in events_of(api, task_id)]
 
 
-def test_a_finished_tasks_stream_sends_its_history_and_ends_and_resumes_after_an_id(stack: Stack, api: httpx.Client, readers: list[StreamReader]) -> None:
+def test_a_finished_tasks_stream_sends_its_history_and_ends_and_resumes_after_an_id(
+    stack: Stack, api: httpx.Client, readers: list[StreamReader]
+) -> None:
     task = run_task(api)
     ids = [e["id"] for e in events_of(api, task["id"])]
     whole = _open(stack, readers, f"/v1/tasks/{task['id']}/stream")
@@ -83,7 +87,9 @@ def test_a_finished_tasks_stream_sends_its_history_and_ends_and_resumes_after_an
         assert resumed.ended and [m.id for m in resumed.messages] == ids[position + 1 :]
 
 
-def test_the_events_stream_shows_a_key_its_own_events_only_and_an_admin_everyones(stack: Stack, readers: list[StreamReader]) -> None:
+def test_the_events_stream_shows_a_key_its_own_events_only_and_an_admin_everyones(
+    stack: Stack, readers: list[StreamReader]
+) -> None:
     mine = _open(stack, readers, "/v1/events/stream")
     theirs = _open(stack, readers, "/v1/events/stream", key=OTHER)
     everyone = _open(stack, readers, "/v1/events/stream", key=ADMIN)
@@ -98,7 +104,9 @@ def test_the_events_stream_shows_a_key_its_own_events_only_and_an_admin_everyone
         assert [m.id for m in _events_for(mine, my_task)] == [e["id"] for e in events_of(me, my_task)]
 
 
-def test_an_events_stream_resumed_with_last_event_id_gets_only_later_events(stack: Stack, api: httpx.Client, readers: list[StreamReader]) -> None:
+def test_an_events_stream_resumed_with_last_event_id_gets_only_later_events(
+    stack: Stack, api: httpx.Client, readers: list[StreamReader]
+) -> None:
     first = _open(stack, readers, "/v1/events/stream")
     before = _submit(api)
     seen = _events_for(first, before)
@@ -128,7 +136,9 @@ def test_fifty_streams_all_get_the_same_events(stack: Stack, api: httpx.Client, 
     assert expected is not None and sorted(expected) == sorted(e["id"] for task_id in task_ids for e in events_of(api, task_id))
 
 
-def test_an_idle_stream_gets_heartbeats_past_the_read_timeout_and_a_closed_one_is_let_go(stack: Stack, readers: list[StreamReader]) -> None:
+def test_an_idle_stream_gets_heartbeats_past_the_read_timeout_and_a_closed_one_is_let_go(
+    stack: Stack, readers: list[StreamReader]
+) -> None:
     def open_streams() -> float:
         text = httpx.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}).text
         match = re.search(r"^kling_relay_live_streams (\S+)$", text, re.MULTILINE)

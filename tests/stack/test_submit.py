@@ -160,8 +160,8 @@ def test_novita_task_succeeds_through_polling_with_an_expiry(stack: Stack, api: 
     assert types[0] == "task.submitted" and types[-1] == "task.succeeded"
     assert types.count("task.succeeded") == 1 and "task.failed" not in types
     [sent] = provider_tasks_for(sim, prompt)
-    expires = datetime.fromisoformat(done["result"]["expires_at"].replace("Z", "+00:00"))
-    finished = datetime.fromisoformat(done["updated_at"].replace("Z", "+00:00"))
+    expires = datetime.fromisoformat(done["result"]["expires_at"])
+    finished = datetime.fromisoformat(done["updated_at"])
     assert 0 < (expires - finished).total_seconds() <= 900
     assert sent["task_id"] == done["provider_task_id"]
     assert sent["request"] == {
@@ -171,7 +171,11 @@ def test_novita_task_succeeds_through_polling_with_an_expiry(stack: Stack, api: 
         "guidance_scale": 0.5,
         "negative_prompt": "blur",
         # A per-task result webhook: the way a submit whose answer was lost can be found again.
-        "extra": {"webhook": {"url": f"{stack.url}/callbacks/novita/{task['id']}/{callback_token(CALLBACK_SECRET, task['id'], 'novita')}"}},
+        "extra": {
+            "webhook": {
+                "url": f"{stack.url}/callbacks/novita/{task['id']}/{callback_token(CALLBACK_SECRET, task['id'], 'novita')}"
+            }
+        },
     }
 
 
@@ -188,7 +192,7 @@ def test_novita_expiry_published_is_not_later_than_the_video_urls_real_expiry(ap
     plan = sent["plan"]
     finished_at = sent["created_at"] / 1000 + plan["queue_s"] + plan["generate_s"]
     real_expiry = finished_at + plan["video_url_ttl"]
-    published = datetime.fromisoformat(done["result"]["expires_at"].replace("Z", "+00:00")).timestamp()
+    published = datetime.fromisoformat(done["result"]["expires_at"]).timestamp()
     assert published <= real_expiry, f"published expiry is {published - real_expiry:.3f} s after the URL expires"
     assert published > finished_at
 
@@ -224,7 +228,9 @@ def test_novita_client_error_at_submit_fails_the_task(
 
 
 @pytest.mark.parametrize(
-    ("http_status", "error_code"), [(429, "rate_limited"), (500, "server_error"), (503, "server_error")], ids=["429", "500", "503"]
+    ("http_status", "error_code"),
+    [(429, "rate_limited"), (500, "server_error"), (503, "server_error")],
+    ids=["429", "500", "503"],
 )
 def test_novita_rate_limit_or_outage_at_submit_is_retried(
     api: httpx.Client, sim: Simulator, http_status: int, error_code: str

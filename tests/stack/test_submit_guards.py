@@ -64,7 +64,9 @@ FITS = {
 
 
 @pytest.mark.parametrize(("fields", "provider"), FITS.values(), ids=FITS.keys())
-def test_auto_takes_the_first_provider_whose_limits_fit(novita_first: Stack, sim: Simulator, fields: dict[str, str], provider: str) -> None:
+def test_auto_takes_the_first_provider_whose_limits_fit(
+    novita_first: Stack, sim: Simulator, fields: dict[str, str], provider: str
+) -> None:
     response = create(novita_first, **fields)
     assert response.status_code == 202, response.text
     assert response.json()["provider"] == provider
@@ -101,14 +103,25 @@ def test_signed_callbacks_are_taken(signed: Stack, sim: Simulator) -> None:
 
 UNSIGNED = {
     "no signature headers": lambda pid, now: {},
-    "a stale timestamp": lambda pid, now: {"X-Webhook-Timestamp": str(now - 301), "X-Webhook-Signature": kie_signature(HMAC_KEY, pid, str(now - 301))},
-    "signed with another key": lambda pid, now: {"X-Webhook-Timestamp": str(now), "X-Webhook-Signature": kie_signature("not-the-key", pid, str(now))},
-    "signed for another task": lambda pid, now: {"X-Webhook-Timestamp": str(now), "X-Webhook-Signature": kie_signature(HMAC_KEY, pid + "0", str(now))},
+    "a stale timestamp": lambda pid, now: {
+        "X-Webhook-Timestamp": str(now - 301),
+        "X-Webhook-Signature": kie_signature(HMAC_KEY, pid, str(now - 301)),
+    },
+    "signed with another key": lambda pid, now: {
+        "X-Webhook-Timestamp": str(now),
+        "X-Webhook-Signature": kie_signature("not-the-key", pid, str(now)),
+    },
+    "signed for another task": lambda pid, now: {
+        "X-Webhook-Timestamp": str(now),
+        "X-Webhook-Signature": kie_signature(HMAC_KEY, pid + "0", str(now)),
+    },
 }
 
 
 @pytest.mark.parametrize("headers_for", UNSIGNED.values(), ids=UNSIGNED.keys())
-def test_a_callback_without_a_valid_signature_is_refused_and_changes_nothing(signed: Stack, sim: Simulator, headers_for: Any) -> None:
+def test_a_callback_without_a_valid_signature_is_refused_and_changes_nothing(
+    signed: Stack, sim: Simulator, headers_for: Any
+) -> None:
     sim.configure(callback_mode="drop", generate_s=3600)
     task_id = create(signed, provider="apikley").json()["id"]
     before = wait_status(signed, task_id, {"submitted", "running"})
@@ -242,7 +255,10 @@ def test_a_refusal_spelling_its_text_message_is_read(stack: Stack, sim: Simulato
 def test_a_callback_that_changes_nothing_is_logged_with_its_provider_task_id(stack: Stack, sim: Simulator) -> None:
     task_id = create(stack, provider="apikley").json()["id"]
     done = wait_status(stack, task_id, TERMINAL)
-    [callback] = wait_for(lambda: [c for c in sim.callbacks() if c["task_id"] == done["provider_task_id"] and c["status_code"]], what="the callback answered")
+    [callback] = wait_for(
+        lambda: [c for c in sim.callbacks() if c["task_id"] == done["provider_task_id"] and c["status_code"]],
+        what="the callback answered",
+    )
     # The provider sends it again, late: accepted, changes nothing, and says so in the log.
     with httpx.Client(base_url=stack.url, timeout=10) as receiver:
         again = receiver.post(f"/callbacks/apikley/{task_id}/{callback_token(CALLBACK_SECRET, task_id)}", json=callback["body"])

@@ -52,7 +52,7 @@ class Footprint:
     redis_keys: frozenset[bytes]
 
     @classmethod
-    def take(cls, stack: Stack, api: httpx.Client) -> "Footprint":
+    def take(cls, stack: Stack, api: httpx.Client) -> Footprint:
         redis = stack.redis()
         keys = {*redis.keys("kr:task:*"), *redis.keys("kr:idem:*")}
         return cls(tuple(sorted(t["id"] for t in all_tasks(api))), frozenset(keys))

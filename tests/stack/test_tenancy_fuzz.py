@@ -57,7 +57,12 @@ HOOK = f"http://{socket.gethostname()}:9/hook"
 def tenants(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     simulator.reset()
     local_host()
-    env = {"KLING_RELAY_API_KEYS": f"{ALICE},{BOB}", "ALLOW_PRIVATE_WEBHOOKS": "false", "TASK_CREATE_RATE_PER_MIN": "0", "REPLAY_RATE_PER_HOUR": "0"}
+    env = {
+        "KLING_RELAY_API_KEYS": f"{ALICE},{BOB}",
+        "ALLOW_PRIVATE_WEBHOOKS": "false",
+        "TASK_CREATE_RATE_PER_MIN": "0",
+        "REPLAY_RATE_PER_HOUR": "0",
+    }
     with owned_stack(tmp_path_factory.mktemp("tenancy-fuzz"), simulator, env) as owned:
         with owned.stack.client(ALICE) as alice:
             sub = alice.post("/v1/subscriptions", json={"url": HOOK})
@@ -102,7 +107,9 @@ def keep_webhooks_home(context: Any, body: Any) -> Any:
 def no_cross_key_read(ctx: Any, response: Any, case: Any) -> bool | None:
     leaked = sorted(name for name, value in ALICE_THINGS.items() if value and value in response.text)
     if leaked:
-        raise AssertionError(f"Bob was shown Alice's {', '.join(leaked)}: {case.method} {case.formatted_path} → {response.status_code}")
+        raise AssertionError(
+            f"Bob was shown Alice's {', '.join(leaked)}: {case.method} {case.formatted_path} → {response.status_code}"
+        )
     return None
 
 

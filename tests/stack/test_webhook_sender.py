@@ -66,7 +66,9 @@ def _post(url: str, *, allow_private: bool, resolve_to: list[str] | None = None,
     [("rebind.example.com", ["10.0.0.7"]), ("mixed.example.com", ["93.184.216.34", "127.0.0.1"]),
      ("v6.example.com", ["::1"]), ("mapped.example.com", ["::ffff:169.254.169.254"])],
 )
-def test_a_name_resolving_to_a_private_address_is_refused_at_delivery_time(server: ServedApp, host: str, addresses: list[str]) -> None:
+def test_a_name_resolving_to_a_private_address_is_refused_at_delivery_time(
+    server: ServedApp, host: str, addresses: list[str]
+) -> None:
     hits.clear()
     result = _post(f"http://{host}:{server.port}/hook", allow_private=False, resolve_to=addresses)
     assert result.status_code is None and (result.error or "").startswith("unsafe_url:")

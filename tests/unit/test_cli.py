@@ -11,9 +11,26 @@ from service.cli import build_parser
 from service.cli_client import StatusLine
 
 COMMANDS = [
-    [], ["web"], ["worker"], ["simulator"], ["dev"], ["submit"], ["tasks"], ["tasks", "list"], ["tasks", "show"], ["tasks", "cancel"],
-    ["subscriptions"], ["subscriptions", "add"], ["subscriptions", "list"], ["subscriptions", "rm"],
-    ["subscriptions", "rotate"], ["deliveries"], ["deliveries", "list"], ["deliveries", "retry"], ["replay"], ["listen"],
+    [],
+    ["web"],
+    ["worker"],
+    ["simulator"],
+    ["dev"],
+    ["submit"],
+    ["tasks"],
+    ["tasks", "list"],
+    ["tasks", "show"],
+    ["tasks", "cancel"],
+    ["subscriptions"],
+    ["subscriptions", "add"],
+    ["subscriptions", "list"],
+    ["subscriptions", "rm"],
+    ["subscriptions", "rotate"],
+    ["deliveries"],
+    ["deliveries", "list"],
+    ["deliveries", "retry"],
+    ["replay"],
+    ["listen"],
     ["subscriptions", "test"],
 ]
 

@@ -12,7 +12,6 @@ import pytest
 from service.dashboard_html import (
     LIVE_SCRIPT,
     STYLE,
-    SubscriptionWithHealth,
     TaskPage,
     TaskView,
     content_security_policy_for,
@@ -28,7 +27,13 @@ from service.dashboard_html import (
 from service.domain.clock import iso_to_unix
 from service.domain.status import TaskStatus
 from service.domain.tasks import StorageError, Task, TaskInput, TaskResult
-from service.webhooks.models import Attempt, Delivery, Subscription, SubscriptionHealth
+from service.webhooks.models import (
+    Attempt,
+    Delivery,
+    Subscription,
+    SubscriptionHealth,
+    SubscriptionWithHealth,
+)
 
 NOW = "2026-01-01T00:00:00.000Z"
 LATER = "2026-01-08T00:00:00.000Z"
@@ -46,7 +51,9 @@ def page_of(t: Task, *, storing: bool = True, now: str = NOW) -> TaskPage:
     return TaskPage(TaskView(t), {}, storing=storing, now=iso_to_unix(now))
 
 
-STORED = TaskResult(video_url="https://cdn.example/v.mp4", sha256="ab" * 32, bytes=4096, content_type="video/mp4", stored_until=LATER)
+STORED = TaskResult(
+    video_url="https://cdn.example/v.mp4", sha256="ab" * 32, bytes=4096, content_type="video/mp4", stored_until=LATER
+)
 
 
 def test_a_running_tasks_percentage_is_a_progress_bar_in_its_row_and_on_its_page() -> None:
@@ -63,18 +70,28 @@ def test_a_running_tasks_percentage_is_a_progress_bar_in_its_row_and_on_its_page
         (STORED, True, NOW, "<video controls preload=metadata src='/dashboard/tasks/task_1/video'></video>"),
         (STORED, True, LATER, "deleted after its retention period"),
         (TaskResult(video_url="https://cdn.example/v.mp4"), True, NOW, "Storing the video"),
-        (TaskResult(video_url="https://x/v.mp4", storage_error=StorageError(code="too_large", message="big", attempts=1)), True, NOW, "could not be stored: too_large: big"),
+        (
+            TaskResult(video_url="https://x/v.mp4", storage_error=StorageError(code="too_large", message="big", attempts=1)),
+            True,
+            NOW,
+            "could not be stored: too_large: big",
+        ),
         (STORED, False, NOW, "<section id=media data-v=e3b0c44298fc1c14></section>"),  # no copies kept: nothing
     ],
 )
-def test_the_task_page_plays_the_stored_copy_or_says_why_there_is_none(result: TaskResult, storing: bool, now: str, shown: str) -> None:
+def test_the_task_page_plays_the_stored_copy_or_says_why_there_is_none(
+    result: TaskResult, storing: bool, now: str, shown: str
+) -> None:
     html = task_page(page_of(task(TaskStatus.SUCCEEDED, result=result), storing=storing, now=now))
     assert shown in html
     assert ("<video" in html) == (shown.startswith("<video"))
 
 
 def test_the_cancel_button_is_on_unfinished_tasks_only_and_carries_the_csrf_token() -> None:
-    form = "<form class=action method=post action='/dashboard/tasks/task_1/cancel'><input type=hidden name=csrf_token value='csrf-token-of-the-session'>"
+    form = (
+        "<form class=action method=post action='/dashboard/tasks/task_1/cancel'>"
+        "<input type=hidden name=csrf_token value='csrf-token-of-the-session'>"
+    )
     for status in (TaskStatus.QUEUED, TaskStatus.SUBMITTED, TaskStatus.RUNNING):
         assert form in task_page(page_of(task(status)), csrf=TOKEN)
     for status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELED):
@@ -89,7 +106,9 @@ def delivery(*attempts: Attempt) -> Delivery:
 
 
 def test_a_delivery_page_lists_attempts_newest_first_with_answer_and_duration_and_a_retry_button() -> None:
-    first = Attempt(number=1, at=NOW, url="https://r/x", status_code=500, latency_ms=31, error="http_status: 500", response_body="<b>busy</b>")
+    first = Attempt(
+        number=1, at=NOW, url="https://r/x", status_code=500, latency_ms=31, error="http_status: 500", response_body="<b>busy</b>"
+    )
     second = Attempt(number=2, at=LATER, url="https://r/x", latency_ms=15000, error="timeout: no answer within 15 s")
     html = delivery_page(delivery(first, second), "https://r/x", csrf=TOKEN)
     rows = re.findall(r"<tr class=attempt>.*?</tr>", html)
@@ -102,22 +121,35 @@ def test_subscriptions_show_their_state_and_health() -> None:
     sub = Subscription(id="sub_1", url="https://r/<x>", event_types=["*"], created_at=NOW, updated_at=NOW)
     off = sub.model_copy(update={"id": "sub_2", "enabled": False, "disabled_reason": "failing", "disabled_at": LATER})
     failing = SubscriptionHealth(success_at=NOW, streak=3, failure_at=LATER, failure="http_status: 503", failing_since=NOW)
-    html = subscriptions_page([SubscriptionWithHealth(sub, failing), SubscriptionWithHealth(off, SubscriptionHealth())], next_cursor="sub_0")
+    html = subscriptions_page(
+        [SubscriptionWithHealth.of(sub, failing), SubscriptionWithHealth.of(off, SubscriptionHealth())], next_cursor="sub_0"
+    )
     assert "https://r/&lt;x&gt;" in html and "<x>" not in html
     assert f"3 failed attempts <span class=muted>failing since {NOW}" in html and "http_status: 503" in html
     assert f"disabled</span> <span class=muted>failing, since {LATER}" in html
     assert "class=success-cell><span class=muted>never" in html
     assert "href='/dashboard/subscriptions?cursor=sub_0'" in html
-    assert "/enable'" in subscription_page(SubscriptionWithHealth(off, SubscriptionHealth()), [], status=None, next_cursor=None)
+    assert "/enable'" in subscription_page(
+        SubscriptionWithHealth.of(off, SubscriptionHealth()), [], status=None, next_cursor=None
+    )
 
 
 def test_a_live_part_changes_version_only_when_its_content_does() -> None:
-    assert section_update("facts", "<p>a</p>")["v"] == section_update("facts", "<p>a</p>")["v"] != section_update("facts", "<p>b</p>")["v"]
-    assert sections_html({"facts": "<p>a</p>"}) == f"<section id=facts data-v={section_update('facts', '<p>a</p>')['v']}><p>a</p></section>"
+    assert (
+        section_update("facts", "<p>a</p>")["v"]
+        == section_update("facts", "<p>a</p>")["v"]
+        != section_update("facts", "<p>b</p>")["v"]
+    )
+    assert (
+        sections_html({"facts": "<p>a</p>"})
+        == f"<section id=facts data-v={section_update('facts', '<p>a</p>')['v']}><p>a</p></section>"
+    )
 
 
 def test_no_page_has_inline_code_but_the_hashed_script_and_style() -> None:
-    sub = SubscriptionWithHealth(Subscription(id="sub_1", url="https://r/x", event_types=["*"], created_at=NOW, updated_at=NOW), SubscriptionHealth())
+    sub = SubscriptionWithHealth.of(
+        Subscription(id="sub_1", url="https://r/x", event_types=["*"], created_at=NOW, updated_at=NOW), SubscriptionHealth()
+    )
     pages = [
         tasks_page([TaskView(task(progress=10))], status=None, csrf=TOKEN),
         task_page(page_of(task(TaskStatus.SUCCEEDED, result=STORED)), csrf=TOKEN),

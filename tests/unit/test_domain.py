@@ -22,7 +22,14 @@ NOW = "2026-01-01T00:00:00.000Z"
 
 
 def make_task(status: TaskStatus = S.QUEUED, **fields: object) -> Task:
-    base = dict(id="task_x", provider="apikley", input=TaskInput(prompt="p"), created_at=NOW, updated_at=NOW, status=status)
+    base = {
+        "id": "task_x",
+        "provider": "apikley",
+        "input": TaskInput(prompt="p"),
+        "created_at": NOW,
+        "updated_at": NOW,
+        "status": status,
+    }
     base.update(fields)
     return Task.model_validate(base)
 

@@ -59,7 +59,7 @@ def sample(event_type: EventType) -> dict[str, Any]:
 
 def test_one_registry_feeds_filters_and_the_task_event_names() -> None:
     assert [t.name for t in CATALOG] == list(ALL_EVENT_TYPES) == list(BY_NAME)
-    assert EVENT_TYPES == tuple(t.name for t in CATALOG if not t.operational)
+    assert tuple(t.name for t in CATALOG if not t.operational) == EVENT_TYPES
     assert OPERATIONAL_EVENT_TYPES == ("subscription.disabled",)
     for name in ALL_EVENT_TYPES:
         assert filter_problem([name]) is None
@@ -113,7 +113,9 @@ def test_the_schema_refuses_what_is_not_that_event(event_type: EventType) -> Non
 
 def test_samples_look_like_the_tasks_that_emit_them() -> None:
     succeeded, failed, progress = (sample(BY_NAME[n])["data"] for n in ("task.succeeded", "task.failed", "task.progress"))
-    assert succeeded["status"] == "succeeded" and succeeded["result"]["video_url"].endswith(".mp4") and succeeded["progress"] == 100
+    assert (
+        succeeded["status"] == "succeeded" and succeeded["result"]["video_url"].endswith(".mp4") and succeeded["progress"] == 100
+    )
     assert failed["status"] == "failed" and failed["error"]["code"] == "provider_failed" and failed["result"] is None
     assert progress["status"] == "running" and progress["progress"] == 40
     disabled = sample(BY_NAME["subscription.disabled"])["data"]
@@ -136,7 +138,9 @@ def test_real_events_as_built_validate_against_their_schemas() -> None:
         validator(BY_NAME[transition.event.type]).validate(orjson.loads(transition.event.dumps()))
         seen.append(transition.event.type)
     assert seen == ["task.submitted", "task.running", "task.progress", "task.succeeded"]
-    failing = apply_update(make_task(S.RUNNING), ProviderUpdate(status=S.FAILED, error=TaskError(code="x", message="y")), now=NOW, event_id="e")
+    failing = apply_update(
+        make_task(S.RUNNING), ProviderUpdate(status=S.FAILED, error=TaskError(code="x", message="y")), now=NOW, event_id="e"
+    )
     assert failing is not None
     validator(BY_NAME["task.failed"]).validate(orjson.loads(failing.event.dumps()))
     # `subscription.disabled` is built from the stored subscription's public view.

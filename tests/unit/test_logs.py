@@ -4,6 +4,7 @@ the formatter and the redaction rules (the real processes' logs are `tests/stack
 from __future__ import annotations
 
 import logging
+import sys
 
 import orjson
 import pytest
@@ -18,19 +19,23 @@ def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
 
 
 def test_ids_become_fields_from_extra_or_from_name_value_pairs() -> None:
-    line = orjson.loads(JsonFormatter().format(record("fan-out event_id=%s sent=%d", "evt_1", 3, task_id="task_1", delivery_id="dlv_1")))
+    line = orjson.loads(
+        JsonFormatter().format(record("fan-out event_id=%s sent=%d", "evt_1", 3, task_id="task_1", delivery_id="dlv_1"))
+    )
     assert line["message"] == "fan-out event_id=evt_1 sent=3"
     assert (line["task_id"], line["event_id"], line["delivery_id"]) == ("task_1", "evt_1", "dlv_1")
     assert line["level"] == "info" and line["logger"] == "workers.deliver" and line["ts"].endswith("Z")
 
 
-def test_an_exception_stays_inside_its_one_line() -> None:
-    try:
-        raise ValueError("boom")
-    except ValueError:
-        import sys
+def _boom() -> None:
+    raise ValueError("boom")
 
-        failed = record("job failed task_id=task_9")
+
+def test_an_exception_stays_inside_its_one_line() -> None:
+    failed = record("job failed task_id=task_9")
+    try:
+        _boom()  # a traceback of more than one frame, so several lines to fold
+    except ValueError:
         failed.exc_info = sys.exc_info()
     text = JsonFormatter().format(failed)
     assert "\n" not in text

@@ -165,5 +165,7 @@ def test_health_per_subscription_is_its_newest_success_and_the_failures_after_it
         "sub_a": Health(success_at=2, failures=2, failure_at=4, failure="timeout: no answer within 15 s"),
         "sub_b": Health(success_at=None, failures=2, failure_at=2, failure="http_status: 502"),
     }
-    assert health_of([at(a, 1, 500), at(a, 2, 200)]) == {"sub_a": Health(success_at=2, failures=0, failure_at=1, failure="http_status: 500")}
+    assert health_of([at(a, 1, 500), at(a, 2, 200)]) == {
+        "sub_a": Health(success_at=2, failures=0, failure_at=1, failure="http_status: 500")
+    }
     assert plan_attempts(landed, first=False, failing_for={}, rules=RULES, now=NOW).health == health_of(landed)

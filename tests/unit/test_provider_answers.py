@@ -32,7 +32,11 @@ def test_get_task_details_for_a_failed_generation_is_the_failure_whatever_its_co
     assert update.status is TaskStatus.FAILED
     assert update.provider_task_id == "task_kling_1"
     assert update.error is not None
-    assert (update.error.code, update.error.message, update.error.provider_code) == ("generation_failed", "content refused", "NSFW")
+    assert (update.error.code, update.error.message, update.error.provider_code) == (
+        "generation_failed",
+        "content refused",
+        "NSFW",
+    )
 
 
 def test_a_non_200_answer_without_a_record_is_still_an_error() -> None:
@@ -82,7 +86,11 @@ def test_novita_submit_carries_a_result_webhook_when_asked() -> None:
 @pytest.mark.parametrize(
     ("http_status", "body", "refused"),
     [
-        (400, {"code": 400, "reason": "INVALID_REQUEST_BODY", "message": "extra: unknown field", "metadata": {"field": "extra"}}, True),
+        (
+            400,
+            {"code": 400, "reason": "INVALID_REQUEST_BODY", "message": "extra: unknown field", "metadata": {"field": "extra"}},
+            True,
+        ),
         (422, {"message": "unknown field extra"}, True),
         (400, {"message": "prompt: too long", "metadata": {"field": "prompt"}}, False),
         (500, {"message": "extra"}, False),
@@ -129,7 +137,9 @@ SIGNATURES = {
 
 
 @pytest.mark.parametrize(("task_id", "timestamp", "signature", "now_s", "problem"), SIGNATURES.values(), ids=SIGNATURES.keys())
-def test_a_kie_signature_must_be_fresh_and_match(task_id: str, timestamp: str | None, signature: str | None, now_s: float, problem: str | None) -> None:
+def test_a_kie_signature_must_be_fresh_and_match(
+    task_id: str, timestamp: str | None, signature: str | None, now_s: float, problem: str | None
+) -> None:
     if signature == "valid":
         signature = kie_signature("k3y", "task_kling_1", timestamp or "")
     found = kie_signature_problem("k3y", task_id, timestamp, signature, now_s=now_s)

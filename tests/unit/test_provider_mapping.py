@@ -99,7 +99,10 @@ def test_novita_processing_reports_progress_and_eta() -> None:
     assert (update.status, update.progress, update.eta_s) == (TaskStatus.RUNNING, 40, 12)
 
 
-@pytest.mark.parametrize(("status", "retryable"), [(400, False), (401, False), (403, False), (404, False), (422, False), (429, True), (500, True), (503, True)])
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [(400, False), (401, False), (403, False), (404, False), (422, False), (429, True), (500, True), (503, True)],
+)
 def test_novita_http_errors_split_into_retryable_and_terminal(status: int, retryable: bool) -> None:
     assert novita.error_for(status, {"code": status, "reason": "X", "message": "m"}).retryable is retryable
 

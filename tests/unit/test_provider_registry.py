@@ -209,7 +209,12 @@ def test_the_first_check_follows_each_providers_mode(dummy: ProviderSpec) -> Non
 
 def test_only_callback_mode_providers_are_warned_about(dummy: ProviderSpec) -> None:
     loopback = {"public_base_url": "http://127.0.0.1:8000"}
-    assert callbacks_unreachable(DummySettings(_env_file=None, dummy_api_key="k", dummy_base_url="https://dummy.example", **loopback)) is None  # type: ignore[call-arg]
+    assert (
+        callbacks_unreachable(
+            DummySettings(_env_file=None, dummy_api_key="k", dummy_base_url="https://dummy.example", **loopback)
+        )
+        is None
+    )  # type: ignore[call-arg]
     warning = callbacks_unreachable(load_settings(_env_file=None, apikley_api_key="k", **loopback))
     assert warning is not None and "Apikley tasks are followed by polling alone" in warning
 

@@ -36,7 +36,14 @@ RESULT = TaskResult(video_url="https://cdn/v.mp4")
 
 
 def make_task(status: TaskStatus, **fields: object) -> Task:
-    base: dict[str, object] = dict(id="task_x", provider="apikley", input=TaskInput(prompt="p"), created_at=T0, updated_at=T0, status=status)
+    base: dict[str, object] = {
+        "id": "task_x",
+        "provider": "apikley",
+        "input": TaskInput(prompt="p"),
+        "created_at": T0,
+        "updated_at": T0,
+        "status": status,
+    }
     base.update(fields)
     return Task.model_validate(base)
 
@@ -115,7 +122,12 @@ LATE = make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1")
 POLL_OR_NOT = {
     "unfinished: yes": (make_task(S.RUNNING, provider_task_id="p1"), START, False, True),
     "succeeded: no": (make_task(S.SUCCEEDED, provider_task_id="p1"), START, True, False),
-    "failed by the provider, even with a callback: no": (make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"), START, True, False),
+    "failed by the provider, even with a callback: no": (
+        make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"),
+        START,
+        True,
+        False,
+    ),
     "failed by our deadline, in the late window: yes": (LATE, START + 60, False, True),
     "failed by our deadline, window over: no": (LATE, START + 90000, False, False),
     "failed by our deadline, window over, a callback has news: yes": (LATE, START + 90000, True, True),
@@ -148,18 +160,50 @@ def test_our_deadline_fails_an_unfinished_task_with_timeout(task: Task, now_s: f
 RUNNING = ProviderUpdate(status=S.RUNNING)
 SUCCEEDED = ProviderUpdate(status=S.SUCCEEDED, result=RESULT)
 AFTER_POLLS = {
-    "still running: the regular schedule": (make_task(S.RUNNING, provider_task_id="p1"), RUNNING, make_task(S.RUNNING, provider_task_id="p1"), START, 7.5),
-    "no answer: the regular schedule": (make_task(S.RUNNING, provider_task_id="p1"), None, make_task(S.RUNNING, provider_task_id="p1"), START, 7.5),
+    "still running: the regular schedule": (
+        make_task(S.RUNNING, provider_task_id="p1"),
+        RUNNING,
+        make_task(S.RUNNING, provider_task_id="p1"),
+        START,
+        7.5,
+    ),
+    "no answer: the regular schedule": (
+        make_task(S.RUNNING, provider_task_id="p1"),
+        None,
+        make_task(S.RUNNING, provider_task_id="p1"),
+        START,
+        7.5,
+    ),
     "gone meanwhile: the chain ends": (make_task(S.RUNNING, provider_task_id="p1"), RUNNING, None, START, None),
-    "succeeded: the chain ends": (make_task(S.RUNNING, provider_task_id="p1"), SUCCEEDED, make_task(S.SUCCEEDED, provider_task_id="p1"), START, None),
+    "succeeded: the chain ends": (
+        make_task(S.RUNNING, provider_task_id="p1"),
+        SUCCEEDED,
+        make_task(S.SUCCEEDED, provider_task_id="p1"),
+        START,
+        None,
+    ),
     "timed out now: late polls": (make_task(S.RUNNING, provider_task_id="p1"), RUNNING, LATE, START + 3700, 300),
-    "a late poll found the provider's end: the chain ends": (LATE, SUCCEEDED, make_task(S.SUCCEEDED, provider_task_id="p1"), START + 4000, None),
+    "a late poll found the provider's end: the chain ends": (
+        LATE,
+        SUCCEEDED,
+        make_task(S.SUCCEEDED, provider_task_id="p1"),
+        START + 4000,
+        None,
+    ),
     "a late poll found the provider failed it: the chain ends, our failure stands": (
-        LATE, ProviderUpdate(status=S.FAILED, error=PROVIDER_FAIL), LATE, START + 4000, None,
+        LATE,
+        ProviderUpdate(status=S.FAILED, error=PROVIDER_FAIL),
+        LATE,
+        START + 4000,
+        None,
     ),
     "a late poll found it still running: late polls": (LATE, RUNNING, LATE, START + 4000, 300),
     "canceled while we asked: the chain ends": (
-        make_task(S.RUNNING, provider_task_id="p1"), SUCCEEDED, make_task(S.CANCELED, provider_task_id="p1"), START, None,
+        make_task(S.RUNNING, provider_task_id="p1"),
+        SUCCEEDED,
+        make_task(S.CANCELED, provider_task_id="p1"),
+        START,
+        None,
     ),
 }
 
@@ -179,16 +223,28 @@ SWEEPS = {
     "submitted with a provider id: its polls may be lost": (make_task(S.SUBMITTED, provider_task_id="p1"), START, Repoll()),
     "running: its polls may be lost": (make_task(S.RUNNING, provider_task_id="p1"), START, Repoll()),
     "unconfirmed within its limit: wait": (
-        make_task(S.SUBMITTED, attempts=[unconfirmed_attempt(START + 10)]), START + 100, WaitUntil(START + 1810),
+        make_task(S.SUBMITTED, attempts=[unconfirmed_attempt(START + 10)]),
+        START + 100,
+        WaitUntil(START + 1810),
     ),
-    "unconfirmed past its limit: fail": (make_task(S.SUBMITTED, attempts=[unconfirmed_attempt(START + 10)]), START + 1810, FailUnconfirmed()),
-    "failed by our deadline, in the late window: poll": (make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1"), START + 60, Repoll()),
+    "unconfirmed past its limit: fail": (
+        make_task(S.SUBMITTED, attempts=[unconfirmed_attempt(START + 10)]),
+        START + 1810,
+        FailUnconfirmed(),
+    ),
+    "failed by our deadline, in the late window: poll": (
+        make_task(S.FAILED, error=TIMEOUT, provider_task_id="p1"),
+        START + 60,
+        Repoll(),
+    ),
     "failed by the provider: forget": (make_task(S.FAILED, error=PROVIDER_FAIL, provider_task_id="p1"), START, Forget()),
     "succeeded: forget": (make_task(S.SUCCEEDED, provider_task_id="p1"), START, Forget()),
     "canceled while queued: forget, never submit": (make_task(S.CANCELED), START, Forget()),
     "canceled while running: forget, never poll": (make_task(S.CANCELED, provider_task_id="p1"), START, Forget()),
     "canceled with an unconfirmed submit: forget, never fail it": (
-        make_task(S.CANCELED, attempts=[unconfirmed_attempt(START + 10)]), START + 1810, Forget(),
+        make_task(S.CANCELED, attempts=[unconfirmed_attempt(START + 10)]),
+        START + 1810,
+        Forget(),
     ),
 }
 

@@ -1,6 +1,6 @@
 import base64
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -38,7 +38,7 @@ def test_generated_secret_is_whsec_with_24_random_bytes() -> None:
 
 def test_known_answer_vector_matches_standardwebhooks_byte_for_byte() -> None:
     reference = Webhook(VECTOR_SECRET).sign(
-        VECTOR_ID, datetime.fromtimestamp(VECTOR_TIMESTAMP, tz=timezone.utc), VECTOR_BODY.decode()
+        VECTOR_ID, datetime.fromtimestamp(VECTOR_TIMESTAMP, tz=UTC), VECTOR_BODY.decode()
     )
 
     assert reference == VECTOR_SIGNATURE

@@ -246,7 +246,7 @@ def test_allow_private_returns_private_addresses() -> None:
 
 
 def test_ip_literal_host_is_judged_without_asking_the_resolver() -> None:
-    with pytest.raises(UnsafeWebhookURL, match="loopback address 127.0.0.1"):
+    with pytest.raises(UnsafeWebhookURL, match=r"loopback address 127\.0\.0\.1"):
         _resolve("0x7f000001", ["93.184.216.34"])
 
 

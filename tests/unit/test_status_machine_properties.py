@@ -10,6 +10,7 @@ store, with reports racing from threads.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import pytest
@@ -74,7 +75,7 @@ def run(reports: list[ProviderUpdate]) -> tuple[list[Task], list[Transition]]:
 @example([ProviderUpdate(status=TaskStatus.SUBMITTED, progress=101), ProviderUpdate(status=TaskStatus.SUCCEEDED)])
 def test_no_sequence_of_reports_moves_a_task_backwards_or_out_of_a_terminal_status(reports: list[ProviderUpdate]) -> None:
     states, _ = run(reports)
-    for before, after in zip(states, states[1:]):
+    for before, after in itertools.pairwise(states):
         assert RANK[after.status] >= RANK[before.status]
         if before.status.terminal:
             assert after == before

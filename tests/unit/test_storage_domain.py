@@ -34,7 +34,9 @@ from service.storage.local import LocalStorage
 
 NOW = "2026-01-01T00:00:00.000Z"
 LATER = "2026-01-01T00:01:00.000Z"
-COPY = StoredCopy(stored_url="http://relay/v1/tasks/task_x/video", sha256="ab" * 32, bytes=10, content_type="video/mp4", stored_until=LATER)
+COPY = StoredCopy(
+    stored_url="http://relay/v1/tasks/task_x/video", sha256="ab" * 32, bytes=10, content_type="video/mp4", stored_until=LATER
+)
 FAILED = StorageFailed(StorageError(code="too_large", message="too big", attempts=1))
 RULES = RetryRules(initial_s=10, factor=2, max_s=60, default_url_ttl_s=3600)
 
@@ -86,7 +88,9 @@ def test_only_a_succeeded_task_gets_a_copy(status: TaskStatus) -> None:
 
 def test_a_new_success_result_needs_storing_again() -> None:
     task = succeeded().model_copy(update={"status": TaskStatus.RUNNING, "result": None})
-    transition = apply_update(task, ProviderUpdate(TaskStatus.SUCCEEDED, result=TaskResult(video_url="https://cdn/v.mp4")), now=NOW, event_id="e")
+    transition = apply_update(
+        task, ProviderUpdate(TaskStatus.SUCCEEDED, result=TaskResult(video_url="https://cdn/v.mp4")), now=NOW, event_id="e"
+    )
     assert transition is not None and needs_storing(transition.task)
 
 
@@ -200,7 +204,9 @@ def test_the_simulators_video_has_its_size_and_stable_bytes(size: int) -> None:
         samples = playable()[1]
         assert body[PLAYABLE - len(samples) : PLAYABLE] == samples
         stco = body.index(b"stco")
-        assert int.from_bytes(body[stco + 12 : stco + 16], "big") == PLAYABLE - len(samples), "the chunk offset misses the samples"
+        assert int.from_bytes(body[stco + 12 : stco + 16], "big") == PLAYABLE - len(samples), (
+            "the chunk offset misses the samples"
+        )
     else:
         assert body == b"".join(video_chunks(PLAYABLE))[:size]
 

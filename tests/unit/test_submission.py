@@ -48,7 +48,14 @@ class Refused:
 
 
 def make_task(status: TaskStatus = S.QUEUED, *, attempts: list[SubmitAttempt] | None = None, **fields: object) -> Task:
-    base: dict[str, object] = dict(id="task_x", provider="apikley", input=TaskInput(prompt="p"), created_at=NOW, updated_at=NOW, status=status)
+    base: dict[str, object] = {
+        "id": "task_x",
+        "provider": "apikley",
+        "input": TaskInput(prompt="p"),
+        "created_at": NOW,
+        "updated_at": NOW,
+        "status": status,
+    }
     base.update(fields)
     base["attempts"] = attempts or []
     return Task.model_validate(base)
@@ -63,9 +70,17 @@ def attempt(outcome: str, *, id: str = "att_1", provider: str = "apikley", **fie
 FITS = {
     # input, default, configured → chosen
     "short prompt goes to the default": (TaskInput(prompt="p"), "novita", ("apikley", "novita"), "novita"),
-    "3,000-char prompt skips Novita (2,500) for Apikley (5,000)": (TaskInput(prompt="x" * 3000), "novita", ("apikley", "novita"), "apikley"),
+    "3,000-char prompt skips Novita (2,500) for Apikley (5,000)": (
+        TaskInput(prompt="x" * 3000),
+        "novita",
+        ("apikley", "novita"),
+        "apikley",
+    ),
     "600-char negative prompt skips Apikley (500) for Novita (2,500)": (
-        TaskInput(prompt="p", negative_prompt="n" * 600), "apikley", ("apikley", "novita"), "novita",
+        TaskInput(prompt="p", negative_prompt="n" * 600),
+        "apikley",
+        ("apikley", "novita"),
+        "novita",
     ),
     "an unconfigured default is passed over": (TaskInput(prompt="p"), "apikley", ("novita",), "novita"),
 }
@@ -122,14 +137,24 @@ DECISIONS = {
     "rate limited: retry on the schedule": ([], Refused("rate_limited", retryable=True), Retry(1.0)),
     "second refusal waits the second delay": ([attempt("retrying")], Refused("rate_limited"), Retry(2.0)),
     "retries used up: fail with the provider's code": (
-        [attempt("retrying", id=f"a{i}") for i in range(3)], Refused("rate_limited"), Fail,
+        [attempt("retrying", id=f"a{i}") for i in range(3)],
+        Refused("rate_limited"),
+        Fail,
     ),
     "validation refused: fail at once": ([], Refused("validation_error", retryable=False, provider_code="422"), Fail),
-    "credits out: fail over at once": ([], Refused("insufficient_credits", retryable=False, provider_level=True), Failover("novita")),
+    "credits out: fail over at once": (
+        [],
+        Refused("insufficient_credits", retryable=False, provider_level=True),
+        Failover("novita"),
+    ),
     "maintenance: fail over at once": ([], Refused("maintenance", retryable=True, provider_level=True), Failover("novita")),
     "first 5xx: retry once": ([], Refused("server_error", provider_level=True), Retry(1.0)),
     "repeated 5xx: fail over": ([attempt("retrying")], Refused("server_error", provider_level=True), Failover("novita")),
-    "gateway page repeated: fail over": ([attempt("retrying")], Refused("gateway_error", provider_level=True), Failover("novita")),
+    "gateway page repeated: fail over": (
+        [attempt("retrying")],
+        Refused("gateway_error", provider_level=True),
+        Failover("novita"),
+    ),
     "timeout after sending: wait for the provider, never resend": ([], Refused("timeout", outcome_unknown=True), AwaitProvider()),
     "worker died mid-call: wait for the provider": ([], WorkerLost(), AwaitProvider()),
 }
@@ -202,7 +227,10 @@ def test_a_callback_adopts_the_id_of_the_attempt_whose_answer_was_lost(outcome: 
     task = make_task(S.SUBMITTED, attempts=[attempt("retrying", id="a0"), attempt(outcome, id="a1")])
     adopted = adopt(task, "p1")
     assert adopted.provider_task_id == "p1"
-    assert [(a.id, a.outcome, a.provider_task_id) for a in adopted.attempts] == [("a0", "retrying", None), ("a1", "adopted", "p1")]
+    assert [(a.id, a.outcome, a.provider_task_id) for a in adopted.attempts] == [
+        ("a0", "retrying", None),
+        ("a1", "adopted", "p1"),
+    ]
 
 
 def test_adoption_never_replaces_a_provider_task_id_we_have() -> None:

@@ -130,12 +130,19 @@ def _delivery() -> Delivery:
 
 
 def _attempt(n: int, status: int | None) -> Attempt:
-    return Attempt(number=n, at="t", url="https://example.com", status_code=status, latency_ms=3, error=None if status == 200 else "boom")
+    return Attempt(
+        number=n, at="t", url="https://example.com", status_code=status, latency_ms=3, error=None if status == 200 else "boom"
+    )
 
 
 def test_a_failed_attempt_keeps_the_delivery_pending_until_its_retry_is_due() -> None:
     after = _delivery().after_attempt(_attempt(1, 500), _decide(Outcome.FAILED, 1), now=100.0)
-    assert (after.status, after.attempt_count, after.round_attempts, after.next_attempt_at) == (DeliveryStatus.PENDING, 1, 1, 105.0)
+    assert (after.status, after.attempt_count, after.round_attempts, after.next_attempt_at) == (
+        DeliveryStatus.PENDING,
+        1,
+        1,
+        105.0,
+    )
     assert not after.due(104.0) and after.due(105.0)
     assert after.last_error == "boom"
 

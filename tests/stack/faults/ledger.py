@@ -12,6 +12,7 @@ what every subscriber actually received, reconciled into the report's figures.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -114,7 +115,9 @@ def wait_terminal(api: httpx.Client, task_ids: list[str], timeout_s: float) -> N
     )
 
 
-def fetch(base_url: str, task_ids: list[str], threads: int = 8) -> tuple[dict[str, dict[str, Any] | None], dict[str, list[dict[str, Any]]]]:
+def fetch(
+    base_url: str, task_ids: list[str], threads: int = 8
+) -> tuple[dict[str, dict[str, Any] | None], dict[str, list[dict[str, Any]]]]:
     """Every task as the API shows it (None if it is gone) and its events."""
 
     def one(task_id: str, client: httpx.Client) -> tuple[str, dict[str, Any] | None, list[dict[str, Any]]]:
@@ -141,7 +144,12 @@ def wait_delivered(subscribers: list[Subscriber], event_ids: set[str], timeout_s
     def missing() -> int:
         return sum(len(event_ids - {r.webhook_id for r in s.receiver.received(s.path)}) for s in subscribers)
 
-    wait_for(lambda: missing() == 0, timeout_s=timeout_s, interval_s=0.5, what=f"{len(event_ids)} events at {len(subscribers)} subscribers")
+    wait_for(
+        lambda: missing() == 0,
+        timeout_s=timeout_s,
+        interval_s=0.5,
+        what=f"{len(event_ids)} events at {len(subscribers)} subscribers",
+    )
 
 
 def delivery_statuses(api: httpx.Client, sub_id: str) -> Counter[str]:
@@ -177,10 +185,8 @@ def settle(
     Waiting is bounded: on a timeout the books are read anyway, so what is missing is counted
     (and reported) rather than hidden behind a timeout error.
     """
-    try:
+    with contextlib.suppress(AssertionError):
         wait_terminal(api, task_ids, timeout_s)
-    except AssertionError:
-        pass
     tasks, events = fetch(base_url, task_ids)
     event_ids = {e["id"] for evs in events.values() for e in evs}
     try:

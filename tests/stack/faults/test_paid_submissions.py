@@ -167,7 +167,13 @@ def test_a_provider_answering_after_our_timeout_is_paid_once_and_the_task_succee
     after = worker_metric(stack, "kling_relay_submit_attempts_total", provider=provider, outcome="unconfirmed")
     assert after == before + 1
     how = {"apikley": "callback", "novita": "result webhook"}[provider]
-    paid(record_paid, f"{provider} answers after our timeout", f"simulator creates the task, answers {LATE_ANSWER_S:g} s later (timeout 1 s); the {how} brings its id", done, created)
+    paid(
+        record_paid,
+        f"{provider} answers after our timeout",
+        f"simulator creates the task, answers {LATE_ANSWER_S:g} s later (timeout 1 s); the {how} brings its id",
+        done,
+        created,
+    )
 
 
 # --- workers killed ---------------------------------------------------------------------------
@@ -195,7 +201,13 @@ def test_a_worker_killed_with_a_submit_in_flight_pays_once_and_the_task_succeeds
     assert [t["task_id"] for t in created] == [done["provider_task_id"]]
     assert outcomes(done) == [(provider, "adopted")]
     assert event_types(stack, task_id) == ["task.submitted", "task.succeeded"]
-    paid(record_paid, f"worker SIGKILLed with a submit in flight ({provider})", "SIGKILL while createTask waits on the provider (answer in 10 s, callback in 4 s)", done, created)
+    paid(
+        record_paid,
+        f"worker SIGKILLed with a submit in flight ({provider})",
+        "SIGKILL while createTask waits on the provider (answer in 10 s, callback in 4 s)",
+        done,
+        created,
+    )
 
 
 def test_a_worker_killed_before_sending_anything_has_its_task_submitted_again(
@@ -218,7 +230,13 @@ def test_a_worker_killed_before_sending_anything_has_its_task_submitted_again(
     assert done["status"] == "succeeded", done
     assert len(created) == 1
     assert outcomes(done) == [("apikley", "accepted")]
-    paid(record_paid, "worker SIGKILLed before sending anything", "worker frozen idle takes the submit job from Redis, then SIGKILL; the sweep submits again", done, created)
+    paid(
+        record_paid,
+        "worker SIGKILLed before sending anything",
+        "worker frozen idle takes the submit job from Redis, then SIGKILL; the sweep submits again",
+        done,
+        created,
+    )
 
 
 # --- lost answers with no callback in time ----------------------------------------------------
@@ -240,7 +258,13 @@ def test_a_lost_answer_with_no_callback_fails_as_submit_unconfirmed_and_is_never
     assert done["error"]["code"] == "submit_unconfirmed"
     created = provider_tasks(sim, text)
     assert len(created) == 1  # the provider has it (and bills it); we never sent a second
-    paid(record_paid, "answer lost, no callback ever", "answer after our timeout, callbacks dropped; SUBMIT_UNCONFIRMED_S = 3", done, created)
+    paid(
+        record_paid,
+        "answer lost, no callback ever",
+        "answer after our timeout, callbacks dropped; SUBMIT_UNCONFIRMED_S = 3",
+        done,
+        created,
+    )
 
 
 def test_a_callback_after_the_unconfirmed_limit_still_delivers_the_result(
@@ -260,8 +284,16 @@ def test_a_callback_after_the_unconfirmed_limit_still_delivers_the_result(
     assert [t["task_id"] for t in created] == [done["provider_task_id"]]
     assert done["error"] is None and done["result"]["video_url"] == created[0]["video_url"]
     assert event_types(stack, task_id) == ["task.submitted", "task.failed", "task.succeeded"]
-    wait_for(lambda: "task.succeeded" in received_types(receiver, "late-unconfirmed", sub["secret"]), what="task.succeeded delivered")
-    paid(record_paid, "answer lost, callback after the limit", "answer after our timeout; callback 15 s later, past SUBMIT_UNCONFIRMED_S = 3", done, created)
+    wait_for(
+        lambda: "task.succeeded" in received_types(receiver, "late-unconfirmed", sub["secret"]), what="task.succeeded delivered"
+    )
+    paid(
+        record_paid,
+        "answer lost, callback after the limit",
+        "answer after our timeout; callback 15 s later, past SUBMIT_UNCONFIRMED_S = 3",
+        done,
+        created,
+    )
 
 
 # --- a deadline that passes before the result --------------------------------------------------
@@ -287,8 +319,16 @@ def test_a_success_after_the_deadline_is_kept_and_delivered(
     assert [t["task_id"] for t in created] == [done["provider_task_id"]]
     types = event_types(stack, task_id)
     assert types[0] == "task.submitted" and types[-2:] == ["task.failed", "task.succeeded"]
-    wait_for(lambda: received_types(receiver, path, sub["secret"])[-1:] == ["task.succeeded"], what="task.succeeded delivered last")
-    paid(record_paid, f"deadline passes, then a late success ({provider})", "generation 12 s, TASK_DEADLINE_S = 4, callbacks dropped; polled every LATE_POLL_S = 1 after", done, created)
+    wait_for(
+        lambda: received_types(receiver, path, sub["secret"])[-1:] == ["task.succeeded"], what="task.succeeded delivered last"
+    )
+    paid(
+        record_paid,
+        f"deadline passes, then a late success ({provider})",
+        "generation 12 s, TASK_DEADLINE_S = 4, callbacks dropped; polled every LATE_POLL_S = 1 after",
+        done,
+        created,
+    )
 
 
 # --- gateway pages and Get Task Details for failures --------------------------------------------
@@ -313,7 +353,13 @@ def test_gateway_pages_move_an_auto_task_to_the_other_provider_after_one_repeat(
     ]
     created = provider_tasks(sim, text)
     assert [t["provider"] for t in created] == ["novita"]
-    paid(record_paid, "gateway pages (HTML 502, 503) on an auto task", "Apikley's createTask answers two nginx error pages; failover to Novita", done, created)
+    paid(
+        record_paid,
+        "gateway pages (HTML 502, 503) on an auto task",
+        "Apikley's createTask answers two nginx error pages; failover to Novita",
+        done,
+        created,
+    )
 
 
 def test_a_failed_generation_fails_the_task_with_the_providers_reason_at_once(
@@ -321,17 +367,29 @@ def test_a_failed_generation_fails_the_task_with_the_providers_reason_at_once(
 ) -> None:
     stack = stacks["timeouts"]
     # The callback says fail; Get Task Details confirms it with code 501 and the record.
-    sim.configure(outcome="fail", fail_code="CONTENT_POLICY", fail_msg="prompt refused by the safety filter", apikley_record_fail_code=501)
+    sim.configure(
+        outcome="fail", fail_code="CONTENT_POLICY", fail_msg="prompt refused by the safety filter", apikley_record_fail_code=501
+    )
     text = prompt("refused generation")
     task_id = create(stack, "apikley", text)
 
     done = wait_status(stack, task_id, TERMINAL)
     assert done["status"] == "failed"
-    assert done["error"] == {"code": "generation_failed", "message": "prompt refused by the safety filter", "provider_code": "CONTENT_POLICY"}
+    assert done["error"] == {
+        "code": "generation_failed",
+        "message": "prompt refused by the safety filter",
+        "provider_code": "CONTENT_POLICY",
+    }
     assert event_types(stack, task_id) == ["task.submitted", "task.failed"]
     created = provider_tasks(sim, text)
     assert len(created) == 1
-    paid(record_paid, "failed generation (Get Task Details answers 501)", "the provider fails the task; its fail callback is confirmed by a 501 answer carrying the record", done, created)
+    paid(
+        record_paid,
+        "failed generation (Get Task Details answers 501)",
+        "the provider fails the task; its fail callback is confirmed by a 501 answer carrying the record",
+        done,
+        created,
+    )
 
 
 # --- the operator override ----------------------------------------------------------------------
@@ -355,4 +413,10 @@ def test_the_operator_override_submits_again_after_a_lost_answer_and_shows_both_
     assert len(created) == 2  # the price of the override: two paid tasks, both visible
     assert outcomes(done) == [("apikley", "unconfirmed"), ("apikley", "accepted")]
     assert done["provider_task_id"] in {t["task_id"] for t in created}
-    paid(record_paid, "lost answer with RESUBMIT_UNCONFIRMED=true", "answer after our timeout; the operator's override submits again", done, created)
+    paid(
+        record_paid,
+        "lost answer with RESUBMIT_UNCONFIRMED=true",
+        "answer after our timeout; the operator's override submits again",
+        done,
+        created,
+    )

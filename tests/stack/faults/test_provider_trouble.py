@@ -44,7 +44,8 @@ def novita(http_status: int, reason: str) -> dict[str, Any]:
 # Answers the simulator gives, in order, before it behaves again; every provider answer takes 0.5 s.
 TROUBLE: dict[str, Any] = {
     "latency_s": 0.5,
-    "apikley_create_responses": [apikley(429, "rate limited")] * 5 + [apikley(500, "server error"), apikley(500, "bad gateway", 502)],
+    "apikley_create_responses": [apikley(429, "rate limited")] * 5
+    + [apikley(500, "server error"), apikley(500, "bad gateway", 502)],
     "novita_submit_responses": [novita(429, "RATE_LIMIT_EXCEEDED")] * 4 + [novita(503, "SERVICE_UNAVAILABLE")] * 2,
     "novita_result_responses": [novita(500, "INTERNAL_ERROR")] * 5 + [novita(429, "RATE_LIMIT_EXCEEDED")] * 3,
     "apikley_record_responses": [apikley(500, "server error")] * 3 + [apikley(429, "rate limited")] * 2,
@@ -68,11 +69,14 @@ def test_provider_429_and_5xx_bursts_and_slow_answers_still_finish_every_task(
     with stack.client() as api, serve_receiver() as receiver:
         subs = add_subscribers(api, receiver, [f"trouble-{n}" for n in range(3)])
         prompts = [f"provider trouble {n}" for n in range(len(PROVIDERS))]
-        task_ids = create_tasks(stack.url, [{"prompt": p, "provider": provider} for p, provider in zip(prompts, PROVIDERS)])
+        task_ids = create_tasks(
+            stack.url, [{"prompt": p, "provider": provider} for p, provider in zip(prompts, PROVIDERS, strict=True)]
+        )
         tasks, events = settle(stack.url, api, task_ids, subs, timeout_s=90)
         figures = reconcile(
             "provider 429/5xx bursts and slow answers",
-            "simulator: 0.5 s per answer; bursts of 429/500/502 on Apikley create and record, 429/503 on Novita submit, 500/429 on Novita polls",
+            "simulator: 0.5 s per answer; bursts of 429/500/502 on Apikley create and record, 429/503 on Novita submit,"
+            " 500/429 on Novita polls",
             task_ids,
             tasks,
             events,
@@ -89,14 +93,16 @@ def test_provider_429_and_5xx_bursts_and_slow_answers_still_finish_every_task(
     for provider_task in sim.tasks():
         prompt = provider_task["request"].get("prompt") or provider_task["request"].get("input", {}).get("prompt")
         by_prompt[prompt] = by_prompt.get(prompt, 0) + 1
-    assert by_prompt == {p: 1 for p in prompts}
+    assert by_prompt == dict.fromkeys(prompts, 1)
     # ...and exactly one retry (or failover) per refusal: no stampede of extra requests.
     refusals = len(TROUBLE["apikley_create_responses"]) + len(TROUBLE["novita_submit_responses"])
     retried = sum(1 for t in tasks.values() if t for a in t["attempts"] if a["outcome"] != "accepted")
     assert retried == refusals
 
 
-def test_a_burst_longer_than_the_retry_budget_fails_the_task_with_the_providers_code(trouble_stack: Stack, sim: Simulator) -> None:
+def test_a_burst_longer_than_the_retry_budget_fails_the_task_with_the_providers_code(
+    trouble_stack: Stack, sim: Simulator
+) -> None:
     """Backoff gives up: a task refused more times than it has retries fails, with the provider's code."""
     delays = len(TROUBLE_ENV["SUBMIT_RETRY_DELAYS_S"].split(","))
     sim.configure(apikley_create_responses=[apikley(429, "rate limited")] * (delays + 1))

@@ -70,11 +70,17 @@ def sigkill(server: RedisServer) -> None:
 STOPS = {
     "Redis stopped and restarted (AOF) mid-flow": (
         sigterm,
-        "redis-server (appendonly yes, everysec) stopped (SIGTERM) with tasks mid-flight, held down until a provider callback was refused; started again on its AOF",
+        (
+            "redis-server (appendonly yes, everysec) stopped (SIGTERM) with tasks mid-flight, held down until a provider"
+            " callback was refused; started again on its AOF"
+        ),
     ),
     "Redis killed -9 and restarted (AOF) mid-flow": (
         sigkill,
-        "redis-server (appendonly yes, everysec) SIGKILLed with tasks mid-flight, held down until a provider callback was refused; started again on its AOF",
+        (
+            "redis-server (appendonly yes, everysec) SIGKILLed with tasks mid-flight, held down until a provider callback"
+            " was refused; started again on its AOF"
+        ),
     ),
 }
 
@@ -87,7 +93,12 @@ def aof_stack(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.mark.parametrize(("stop", "injection"), STOPS.values(), ids=STOPS.keys())
 def test_redis_restarted_mid_flow_answers_503_meanwhile_and_loses_nothing(
-    aof_stack: OwnedStack, sim: Simulator, record: Record, stop: Callable[[RedisServer], None], injection: str, request: pytest.FixtureRequest
+    aof_stack: OwnedStack,
+    sim: Simulator,
+    record: Record,
+    stop: Callable[[RedisServer], None],
+    injection: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     stack, redis_server = aof_stack.stack, aof_stack.redis_server
     started = time.monotonic()

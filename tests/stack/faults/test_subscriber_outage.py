@@ -54,12 +54,18 @@ def test_subscriber_down_for_the_whole_retry_window_gets_everything_by_replay(
     with stack.client() as api, serve_receiver() as healthy:
         [control] = add_subscribers(api, healthy, ["control"])
         created = subscribe(api, f"http://127.0.0.1:{down_port}/hooks")
-        task_ids = create_tasks(stack.url, [{"prompt": f"outage {n}", "provider": ("apikley", "novita")[n % 2]} for n in range(TASKS)])
+        task_ids = create_tasks(
+            stack.url, [{"prompt": f"outage {n}", "provider": ("apikley", "novita")[n % 2]} for n in range(TASKS)]
+        )
         settle(stack.url, api, task_ids, [control], timeout_s=60)
         events = sum(len(api.get(f"/v1/tasks/{t}/events").json()["data"]) for t in task_ids)
 
         # Every attempt of every delivery was refused: the whole retry schedule is spent.
-        wait_for(lambda: delivery_statuses(api, created["id"])["failed"] == events, timeout_s=30, what="the down subscriber's deliveries to fail")
+        wait_for(
+            lambda: delivery_statuses(api, created["id"])["failed"] == events,
+            timeout_s=30,
+            what="the down subscriber's deliveries to fail",
+        )
         assert api.get(f"/v1/subscriptions/{created['id']}").json()["enabled"] is True
 
         back = Receiver()
@@ -74,7 +80,8 @@ def test_subscriber_down_for_the_whole_retry_window_gets_everything_by_replay(
             tasks, task_events = settle(stack.url, api, task_ids, subscribers, timeout_s=60)
             figures = reconcile(
                 "subscriber down for the whole retry window, then replay",
-                "subscriber port closed through every scheduled attempt (0, 0.5, 1 s); brought back up, then POST /v1/subscriptions/{id}/replay",
+                "subscriber port closed through every scheduled attempt (0, 0.5, 1 s); brought back up,"
+                " then POST /v1/subscriptions/{id}/replay",
                 task_ids,
                 tasks,
                 task_events,

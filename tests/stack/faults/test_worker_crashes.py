@@ -118,7 +118,7 @@ def test_killed_worker_loses_and_duplicates_nothing(
             def caught() -> set[str]:
                 return under_way(stack, crash.during, subs) - seen
 
-            seen |= wait_for(caught, timeout_s=30, interval_s=0.02, what=f"a {crash.during} under way")
+            seen.update(wait_for(caught, timeout_s=30, interval_s=0.02, what=f"a {crash.during} under way"))
             stack.kill_workers()
             stack.start_worker()
         sim.configure(latency_s=0)
