@@ -391,7 +391,11 @@ def test_a_tasks_status_changes_on_screen_without_a_reload(own: Stack, sim: Simu
         console = chromium.console()
     assert len(seen) >= 2 and seen[-1] == "succeeded", seen
     assert any(status.startswith(("submitted", "running")) for status in seen[:-1]), seen
-    assert events.startswith("submitted \u2192 running \u2192 succeeded"), events
+    # In the order they happened; `running` only if a poll caught the task while it ran (a busy
+    # machine's poll may first see it finished).
+    shown = events.split(" \u2192 ")
+    assert shown[0] == "submitted" and "succeeded" in shown, events
+    assert shown == sorted(shown, key=["submitted", "running", "succeeded", "stored"].index), events
     assert csp_violations(console) == []
 
 
