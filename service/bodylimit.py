@@ -28,9 +28,13 @@ class BodyLimitMiddleware:
             return
         for name, value in scope["headers"]:
             # (The server has already refused a malformed Content-Length.)
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                error = _too_large(self.max_bytes)
-                await render(error.status, error.code, error.message)(scope, receive, send)
+            if name == b"content-length" and value.isdigit():
+                if int(value) > self.max_bytes:
+                    error = _too_large(self.max_bytes)
+                    await render(error.status, error.code, error.message)(scope, receive, send)
+                    return
+                # The server's HTTP parser reads exactly the declared length: nothing to count.
+                await self.app(scope, receive, send)
                 return
         received = 0
 
