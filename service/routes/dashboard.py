@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 from urllib.parse import parse_qs, quote, urlencode
 
 import orjson
@@ -93,6 +94,13 @@ from service.webhooks.policy import DeliveryStatus, delivery_id
 HEADERS = browser_headers(CONTENT_SECURITY_POLICY, cache_control="no-store")
 PAGE_SIZE = 25
 TICK_S = 1.0
+DELIVERY_GONE = "delivery (delivery logs expire after WEBHOOK_LOG_TTL_S)"
+
+
+class DetailPage(Protocol):
+    """A page that can be shown again with a note saying why an action was refused."""
+
+    def __call__(self, request: Request, note: str = ..., status_code: int = ...) -> Awaitable[Response]: ...
 # A stream ends after this long and the browser reconnects by itself: no connection outlives a
 # deploy for long, and load balancers' idle timeouts never bite.
 STREAM_LIFETIME_S = 60.0
@@ -246,18 +254,33 @@ async def _signed_post(request: Request) -> Caller | None:
     return who
 
 
-async def cancel_task(request: Request) -> Response:
+async def _act(
+    request: Request, act: Callable[[Runtime, Caller], object], *, what: str, page: DetailPage, back: str
+) -> Response:
+    """A dashboard button: a signed-in, same-site POST (401/403 otherwise) runs `act` off the loop,
+    then goes `back` (303); refused, it shows the not-found page for `what`, or `page` again
+    saying why."""
     who = await _signed_post(request)
     if who is None:
         return HTMLResponse(login_page(), status_code=401)
-    task_id = request.path_params["task_id"]
     try:
-        await run_in_threadpool(cancel, runtime(request), who, task_id)
+        await run_in_threadpool(act, runtime(request), who)
     except ApiError as exc:
         if exc.status == 404:
-            return _not_found("task")
-        return await task_detail(request, note=exc.message, status_code=exc.status)
-    return RedirectResponse(f"/dashboard/tasks/{quote(task_id)}", status_code=303)
+            return _not_found(what)
+        return await page(request, note=exc.message, status_code=exc.status)
+    return RedirectResponse(back, status_code=303)
+
+
+async def cancel_task(request: Request) -> Response:
+    task_id = request.path_params["task_id"]
+    return await _act(
+        request,
+        lambda rt, who: cancel(rt, who, task_id),
+        what="task",
+        page=task_detail,
+        back=f"/dashboard/tasks/{quote(task_id)}",
+    )
 
 
 async def subscriptions_list(request: Request) -> Response:
@@ -307,21 +330,14 @@ async def subscription_detail(request: Request, note: str = "", status_code: int
 
 
 async def _switch(request: Request, enabled: bool) -> Response:
-    who = await _signed_post(request)
-    if who is None:
-        return HTMLResponse(login_page(), status_code=401)
-    rt, sub_id = runtime(request), request.path_params["sub_id"]
+    sub_id = request.path_params["sub_id"]
 
-    def switch() -> None:
+    def switch(rt: Runtime, who: Caller) -> None:
         change_subscription(rt, owned_subscription(rt, who, sub_id), SubscriptionUpdate(enabled=enabled))
 
-    try:
-        await run_in_threadpool(switch)
-    except ApiError as exc:
-        if exc.status == 404:
-            return _not_found("subscription")
-        raise
-    return RedirectResponse(f"/dashboard/subscriptions/{quote(sub_id)}", status_code=303)
+    return await _act(
+        request, switch, what="subscription", page=subscription_detail, back=f"/dashboard/subscriptions/{quote(sub_id)}"
+    )
 
 
 async def enable_subscription(request: Request) -> Response:
@@ -347,24 +363,21 @@ async def delivery_detail(request: Request, note: str = "", status_code: int = 2
         delivery, to = await run_in_threadpool(_delivery_view, runtime(request), who, request.path_params["delivery_id"])
     except ApiError as exc:
         if exc.status == 404:
-            return _not_found("delivery (delivery logs expire after WEBHOOK_LOG_TTL_S)")
+            return _not_found(DELIVERY_GONE)
         raise
     return HTMLResponse(delivery_page(delivery, to, csrf=page_csrf_token(request), note=note), status_code=status_code)
 
 
 async def retry_delivery(request: Request) -> Response:
-    who = await _signed_post(request)
-    if who is None:
-        return HTMLResponse(login_page(), status_code=401)
     delivery_id = request.path_params["delivery_id"]
-    try:
-        await run_in_threadpool(retry, runtime(request), who, delivery_id)
-    except ApiError as exc:
-        if exc.status == 404:
-            return _not_found("delivery (delivery logs expire after WEBHOOK_LOG_TTL_S)")
-        # Refused (in flight, subscription disabled or deleted): the page again, saying why.
-        return await delivery_detail(request, note=exc.message, status_code=exc.status)
-    return RedirectResponse(f"/dashboard/deliveries/{quote(delivery_id)}", status_code=303)
+    # Refused (in flight, subscription disabled or deleted): the page again, saying why.
+    return await _act(
+        request,
+        lambda rt, who: retry(rt, who, delivery_id),
+        what=DELIVERY_GONE,
+        page=delivery_detail,
+        back=f"/dashboard/deliveries/{quote(delivery_id)}",
+    )
 
 
 def _fingerprint(task: Task) -> tuple[int, str, int | None]:
