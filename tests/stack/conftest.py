@@ -249,6 +249,24 @@ def stack(
     stack.stop()
 
 
+# The settings of the web that reading modules share: the HTTP limits test_http_limits checks.
+READING_WEB_ENV = {"HTTP_READ_TIMEOUT_S": "2.0", "HTTP_KEEPALIVE_S": "1"}
+
+
+@pytest.fixture(scope="session")
+def reading_web(redis_server: RedisServer, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One web process, no worker, shared by the modules that only read (the API docs, the HTTP
+    limits), one module at a time on each xdist worker: nothing they send changes state, so none
+    can disturb the next."""
+    db = next(_databases)
+    url = f"redis://127.0.0.1:{redis_server.port}/{db}"
+    Redis.from_url(url).flushdb()
+    stack = Stack(redis_url=url, simulator=simulator, env_overrides=READING_WEB_ENV, log_dir=tmp_path_factory.mktemp("reading"))
+    stack.start_web()
+    yield stack
+    stack.stop()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def simulator_at_defaults(simulator: Simulator) -> None:
     """Each module starts with the shared simulator at its defaults, whatever the module before

@@ -6,23 +6,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from service.app import create_app
-from service.redis_server import RedisServer
-from service.settings import load_settings
 from tests.stack.browser import browser
-from tests.stack.conftest import API_KEY, CALLBACK_SECRET, ServedApp, wait_for
+from tests.stack.conftest import Stack, wait_for
 
 
 @pytest.fixture(scope="module")
-def web(redis_server: RedisServer) -> Iterator[str]:
-    settings = load_settings(redis_url=redis_server.url, callback_secret=CALLBACK_SECRET, kling_relay_api_keys=API_KEY)
-    with ServedApp(create_app(settings)) as served:
-        yield served.url
+def web(reading_web: Stack) -> str:
+    return reading_web.url
 
 
 def test_the_docs_page_loads_nothing_from_other_hosts(web: str) -> None:

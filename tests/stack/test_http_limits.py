@@ -18,21 +18,19 @@ from pathlib import Path
 import pytest
 
 from service.domain.tokens import callback_token
-from tests.stack.conftest import CALLBACK_SECRET, Simulator, Stack, wait_for
+from tests.stack.conftest import CALLBACK_SECRET, READING_WEB_ENV, Simulator, Stack, wait_for
 from tests.stack.stacks import owned_stack
 
 MAX_HEAD = 32 * 1024  # HTTP_MAX_HEADER_BYTES's default, which the stack below keeps
-READ_TIMEOUT_S = 2.0
+READ_TIMEOUT_S = float(READING_WEB_ENV["HTTP_READ_TIMEOUT_S"])
 # Far above the read deadline (and its check interval), so only the server can end these waits.
 PATIENCE_S = 60.0
 MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory, simulator: Simulator) -> Iterator[Stack]:
-    env = {"HTTP_READ_TIMEOUT_S": str(READ_TIMEOUT_S), "HTTP_KEEPALIVE_S": "1"}
-    with owned_stack(tmp_path_factory.mktemp("http-limits"), simulator, env, workers=0) as owned:
-        yield owned.stack
+def web(reading_web: Stack) -> Stack:
+    return reading_web
 
 
 def connect(stack: Stack) -> socket.socket:
