@@ -98,14 +98,15 @@ class Runtime:
         return time.time() + delay_s + self.storage_job_timeout_s + self.settings.job_grace_s
 
     def _start_storing(self, transition: Transition) -> Callable[[Pipeline], None] | None:
-        """A task that has just succeeded gets its store job, with the success's write."""
+        """A task that has just succeeded is due for storing, in the success's write; the worker's
+        storage sweep starts its first try. (Not an RQ job built here: on the callback receiver's
+        hot path that cost ~100 µs of CPU per success, 60% more than the rest of the callback.)"""
         if transition.previous_status is TaskStatus.SUCCEEDED or not needs_storing(transition.task):
             return None
         task_id = transition.task.id
 
         def build(pipe: Pipeline) -> None:
-            self.jobs.store(task_id, tries=0, timeout_s=self.storage_job_timeout_s, pipeline=pipe)
-            pipe.zadd(STORAGE_DUE, {task_id: self.storage_deadline_s(0)})
+            pipe.zadd(STORAGE_DUE, {task_id: time.time()})
 
         return build
 

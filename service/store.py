@@ -150,13 +150,13 @@ class TaskStore:
         aredis: PipelinedRedis | None = None,
         *,
         retention_s: int = 7 * 24 * 3600,
-        follow_up: FollowUp | None = None,
         limits: LogLimits = DEFAULT_LIMITS,
     ) -> None:
         self.redis = redis
         self.aredis = aredis
         self.retention_s = retention_s
-        self.follow_up = follow_up
+        # Set by Runtime when stored videos are configured (it needs the runtime built first).
+        self.follow_up: FollowUp | None = None
         self._cas = CompareAndSet(redis)
         self._transition = WriteTransition(redis, aredis, retention_s, limits)
 

@@ -1,11 +1,13 @@
 """Store job: keep our own copy of a succeeded task's video, and the sweep that looks after copies.
 
-The success transition enqueues `store-{task}-0` in its own write (`Runtime._start_storing`) and
-puts the task in STORAGE_DUE. A try downloads into a partial file (`service/storage/download.py`),
-keeps it under the task's one object name, then writes `task.stored` through the transition
-function. A failed try schedules the next one (an RQ scheduled job, `store-{task}-{tries}`) until
-the provider's URL expires; after the last, `task.storage_failed`. Every step is safe to repeat:
-a re-run downloads again and writes the same object; the transition emits its event once.
+The success transition puts the task in STORAGE_DUE, due now, in its own write
+(`Runtime._start_storing`); the storage sweep (every SWEEP_INTERVAL_S) gives each due task a store
+job, and each try moves its entry to when it would be presumed lost. A try downloads into a
+partial file (`service/storage/download.py`), keeps it under the task's one object name, then
+writes `task.stored` through the transition function. A failed try schedules the next one (an RQ
+scheduled job, `store-{task}-{tries}`) until the provider's URL expires; after the last,
+`task.storage_failed`. Every step is safe to repeat: a re-run downloads again and writes the same
+object; the transition emits its event once.
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ def _finish(rt: Runtime, task_id: str, outcome: StorageOutcome, *, stored_until_
 
 
 def sweep_storage(rt: Runtime) -> int:
-    """Give overdue storage tries a new job, delete expired copies and stale partial files; how
+    """Give due tasks (new, or whose try is overdue) a store job, delete expired copies and stale
+    partial files; how
     many objects were deleted. One worker at a time."""
     storage = rt.storage
     if storage is None or not rt.redis.set(STORAGE_SWEEP_LOCK, "1", nx=True, ex=max(int(rt.settings.sweep_interval_s), 1)):
@@ -137,8 +140,9 @@ def sweep_storage(rt: Runtime) -> int:
 
 
 def _resume(rt: Runtime, task_id: str) -> None:
-    """A try presumed lost (its worker killed, or Redis restarted without the job): another one.
-    Its job id is fresh, so it never collides with the lost one if that still turns up."""
+    """A due task gets a try: its first, or another for one presumed lost (its worker killed, or
+    Redis restarted without the job). The job id is fresh, so it never collides with a lost one
+    that still turns up."""
     task = rt.store.get(task_id)
     if task is None or not needs_storing(task):
         rt.redis.zrem(STORAGE_DUE, task_id)
@@ -148,7 +152,7 @@ def _resume(rt: Runtime, task_id: str) -> None:
         rt.jobs.store(task_id, tries=0, timeout_s=rt.storage_job_timeout_s, pipeline=pipe, job_id=job_id)
         pipe.zadd(STORAGE_DUE, {task_id: rt.storage_deadline_s(0)})
         pipe.execute()
-    log.warning("sweep resumed storing task_id=%s", task_id)
+    log.info("sweep started a storage try task_id=%s", task_id)
 
 
 def _delete_copy(rt: Runtime, task_id: str) -> int:
