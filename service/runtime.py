@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -14,14 +13,13 @@ from redis.client import Pipeline
 from service.auth import Keys
 from service.cas import CompareAndSet, recorded
 from service.domain.recovery import Deadlines
-from service.domain.status import TaskStatus
-from service.domain.storage import RetryRules, needs_storing
+from service.domain.storage import RetryRules
 from service.domain.submission import SubmitPolicy
 from service.domain.tasks import ProviderName, Task
 from service.domain.tokens import callback_token
 from service.domain.transition import ProviderUpdate, Transition
 from service.jobs import Jobs
-from service.keys import STORAGE_DUE, confirm_key
+from service.keys import confirm_key
 from service.live.log import LogLimits
 from service.metrics_http import web_registry
 from service.providers import registry
@@ -48,13 +46,22 @@ class Runtime:
     redis: Redis
     store: TaskStore
     jobs: Jobs
+    # Where our copies of finished videos are kept (None: STORAGE_URL=none, no copies).
+    storage: Storage | None = None
     _providers: dict[str, ProviderClient] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         redis, aredis = connect_redis(settings)
-        store = TaskStore(redis, aredis, retention_s=settings.task_retention_s, limits=LogLimits.from_settings(settings))
-        return cls(settings=settings, redis=redis, store=store, jobs=Jobs(redis))
+        storage = open_storage(settings.storage_url)
+        store = TaskStore(
+            redis,
+            aredis,
+            retention_s=settings.task_retention_s,
+            limits=LogLimits.from_settings(settings),
+            stores_videos=storage is not None,
+        )
+        return cls(settings=settings, redis=redis, store=store, jobs=Jobs(redis), storage=storage)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -82,9 +89,6 @@ class Runtime:
             max_s=s.storage_retry_max_s,
             default_url_ttl_s=s.storage_url_ttl_s,
         )
-        self.storage: Storage | None = open_storage(s.storage_url)
-        if self.storage is not None:
-            self.store.follow_up = self._start_storing
 
     @property
     def storage_job_timeout_s(self) -> int:
@@ -96,19 +100,6 @@ class Runtime:
         """When a storage try starting in `delay_s` is presumed lost (its worker killed): a
         duplicate try is harmless, so this is the job's limit plus JOB_GRACE_S."""
         return time.time() + delay_s + self.storage_job_timeout_s + self.settings.job_grace_s
-
-    def _start_storing(self, transition: Transition) -> Callable[[Pipeline], None] | None:
-        """A task that has just succeeded is due for storing, in the success's write; the worker's
-        storage sweep starts its first try. (Not an RQ job built here: on the callback receiver's
-        hot path that cost ~100 µs of CPU per success, 60% more than the rest of the callback.)"""
-        if transition.previous_status is TaskStatus.SUCCEEDED or not needs_storing(transition.task):
-            return None
-        task_id = transition.task.id
-
-        def build(pipe: Pipeline) -> None:
-            pipe.zadd(STORAGE_DUE, {task_id: time.time()})
-
-        return build
 
     @cached_property
     def metrics_registry(self) -> CollectorRegistry:

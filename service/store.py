@@ -28,11 +28,12 @@ from service.domain.events import Event
 from service.domain.ids import id_floor, new_id
 from service.domain.status import TaskStatus
 from service.domain.tasks import Task
-from service.domain.transition import ProviderUpdate, Transition, Update, apply_update
+from service.domain.transition import ProviderUpdate, Transition, Update, apply_update, starts_storing
 from service.keys import (
     EVENT_LOG,
     OUTBOX,
     OWNERS,
+    STORAGE_DUE,
     WATCHDOG,
     event_log_key,
     events_key,
@@ -45,10 +46,6 @@ from service.scripts import load, source
 
 # Called while a write is built, so whatever it queues commits (or not) with the write.
 AfterWrite = Callable[[Pipeline, Task], None]
-# Asked about every transition before its write (from every writer, sync or async): the writes of
-# the follow-up work it starts (storing a succeeded task's video), which commit with it; None for
-# none (most transitions: nothing is recorded for them).
-FollowUp = Callable[[Transition], Callable[[Pipeline], None] | None]
 
 
 # Sees the stored task before an update is decided; raises to refuse it.
@@ -111,13 +108,26 @@ class WriteTransition:
     `read`. True if they were made.
 
     Named arguments instead of every command spelled out for the generic compare-and-set: a
-    third of the arguments to pack and send, on the callback receiver's hot path."""
+    third of the arguments to pack and send, on the callback receiver's hot path.
 
-    def __init__(self, redis: Redis, aredis: PipelinedRedis | None, retention_s: int, limits: LogLimits = DEFAULT_LIMITS) -> None:
+    With `stores_videos`, a task that has just succeeded is made due a storage try in the same
+    write (`kr:storage:due`, scored now): the worker's storage sweep starts the try, so a success
+    is never committed without the promise of its copy."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        aredis: PipelinedRedis | None,
+        retention_s: int,
+        limits: LogLimits = DEFAULT_LIMITS,
+        *,
+        stores_videos: bool = False,
+    ) -> None:
         self._script = load(redis, "transition")
         self._ascript = aredis.register_script(source("transition")) if aredis is not None else None
         self.retention_s = retention_s
         self.limits = limits
+        self.stores_videos = stores_videos
 
     def __call__(self, read: bytes | str, transition: Transition, after: list[Arg]) -> bool:
         keys, args = self._arguments(read, transition, after)
@@ -131,15 +141,16 @@ class WriteTransition:
     def _arguments(self, read: bytes | str, transition: Transition, after: list[Arg]) -> tuple[list[str], list[Arg]]:
         task, event, limits = transition.task, transition.event, self.limits
         owner_log = event_log_key(task.owner) if task.owner else EVENT_LOG
-        keys = [task_key(task.id), events_key(task.id), OUTBOX, WATCHDOG, EVENT_LOG, owner_log]
+        keys = [task_key(task.id), events_key(task.id), OUTBOX, WATCHDOG, EVENT_LOG, owner_log, STORAGE_DUE]
         if task.status is not transition.previous_status:
             for owner in _scopes(task):
                 keys += [index_key(transition.previous_status, owner), index_key(task.status, owner)]
         # A finished task and its events live on for the retention period, then go.
         retention: Arg = self.retention_s if task.status.terminal else ""
+        storage_due: Arg = time.time() if self.stores_videos and starts_storing(transition) else ""
         return keys, [
             read, task.dumps(), event.dumps(), task.id, outbox.entry(task.id, event.id), retention,
-            task.owner or "", event.id, limits.global_events, limits.owner_events, limits.owner_ttl_s, *after,
+            task.owner or "", event.id, limits.global_events, limits.owner_events, limits.owner_ttl_s, storage_due, *after,
         ]
 
 
@@ -151,14 +162,13 @@ class TaskStore:
         *,
         retention_s: int = 7 * 24 * 3600,
         limits: LogLimits = DEFAULT_LIMITS,
+        stores_videos: bool = False,
     ) -> None:
         self.redis = redis
         self.aredis = aredis
         self.retention_s = retention_s
-        # Set by Runtime when stored videos are configured (it needs the runtime built first).
-        self.follow_up: FollowUp | None = None
         self._cas = CompareAndSet(redis)
-        self._transition = WriteTransition(redis, aredis, retention_s, limits)
+        self._transition = WriteTransition(redis, aredis, retention_s, limits, stores_videos=stores_videos)
 
     def create(
         self,
@@ -240,13 +250,8 @@ class TaskStore:
                 return None, None
             transition, written = planned
             after = recorded(self.redis, partial(_call_after, wanted.after, written)) if wanted.after is not None else []
-            after += self._follow_ups(transition)
             if self._write(raw, transition, written, after):
                 return transition, written
-
-    def _follow_ups(self, transition: Transition | None) -> list[Arg]:
-        build = self.follow_up(transition) if transition is not None and self.follow_up is not None else None
-        return recorded(self.redis, build) if build is not None else []
 
     def apply(self, task_id: str, update: Update) -> Transition | None:
         """Apply a provider report atomically (polls, our own decisions)."""
@@ -267,7 +272,7 @@ class TaskStore:
             if planned is None:
                 return None
             transition, _ = planned
-            if transition is None or await self._transition.on_async(raw, transition, self._follow_ups(transition)):
+            if transition is None or await self._transition.on_async(raw, transition, []):
                 return transition
 
     def _write(self, read: bytes | str, transition: Transition | None, written: Task, after: list[Arg]) -> bool:

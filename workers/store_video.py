@@ -1,7 +1,7 @@
 """Store job: keep our own copy of a succeeded task's video, and the sweep that looks after copies.
 
 The success transition puts the task in STORAGE_DUE, due now, in its own write
-(`Runtime._start_storing`); the storage sweep (every SWEEP_INTERVAL_S) gives each due task a store
+(`transition.lua`); the storage sweep (every SWEEP_INTERVAL_S) gives each due task a store
 job, and each try moves its entry to when it would be presumed lost. A try downloads into a
 partial file (`service/storage/download.py`), keeps it under the task's one object name, then
 writes `task.stored` through the transition function. A failed try schedules the next one (an RQ

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from service.domain.events import Event, event_type_for, make_event
 from service.domain.status import TaskStatus, can_move
-from service.domain.storage import StorageOutcome, StoredCopy
+from service.domain.storage import StorageOutcome, StoredCopy, needs_storing
 from service.domain.tasks import Task, TaskError, TaskResult
 
 # Progress events are throttled to steps of this many percentage points.
@@ -70,6 +70,13 @@ def apply_update(task: Task, update: Update, *, now: str, event_id: str) -> Tran
         event = make_event(new_task, "task.progress", event_id=event_id, created_at=now)
         return Transition(task=new_task, event=event, previous_status=task.status)
     return None
+
+
+def starts_storing(transition: Transition) -> bool:
+    """Whether this transition makes its task due a copy of its video: it has just succeeded (a
+    storage event on a succeeded task is no new success, and a result refused as not http(s)
+    was a failure)."""
+    return transition.previous_status is not TaskStatus.SUCCEEDED and needs_storing(transition.task)
 
 
 class NotCancelable(Exception):

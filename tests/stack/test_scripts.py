@@ -4,6 +4,7 @@ and the return values its header documents."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -30,6 +31,7 @@ from service.keys import (
     DELIVERIES_DUE,
     EVENT_LOG,
     OUTBOX,
+    STORAGE_DUE,
     WATCHDOG,
     deliveries_index_key,
     delivery_key,
@@ -140,6 +142,27 @@ def test_a_finishing_transition_writes_everything_and_starts_the_retention(redis
     assert 0 < redis.ttl(task_key(task.id)) <= RETENTION_S
     assert 0 < redis.ttl(events_key(task.id)) <= RETENTION_S
     assert redis.get("kr:test:after") == b"1"  # what commits with it
+
+
+def test_a_success_is_due_a_stored_copy_in_its_own_write_when_videos_are_kept(redis: Redis) -> None:
+    task, raw = _stored_task(redis, TaskStatus.RUNNING)
+    done = _transition(task, ProviderUpdate(TaskStatus.SUCCEEDED, result=TaskResult(video_url="https://cdn.example/v.mp4")))
+    before = time.time()
+    assert WriteTransition(redis, None, RETENTION_S, stores_videos=True)(raw, done, [])
+    due = redis.zscore(STORAGE_DUE, task.id)
+    assert due is not None and before <= due <= time.time()
+
+
+def test_no_stored_copy_is_due_without_storage_or_for_a_failure(redis: Redis) -> None:
+    task, raw = _stored_task(redis, TaskStatus.RUNNING)
+    done = _transition(task, ProviderUpdate(TaskStatus.SUCCEEDED, result=TaskResult(video_url="https://cdn.example/v.mp4")))
+    assert WriteTransition(redis, None, RETENTION_S)(raw, done, [])  # STORAGE_URL=none
+    assert redis.zcard(STORAGE_DUE) == 0
+    redis.flushdb()
+    task, raw = _stored_task(redis, TaskStatus.RUNNING)
+    failed = _transition(task, ProviderUpdate(TaskStatus.FAILED))
+    assert WriteTransition(redis, None, RETENTION_S, stores_videos=True)(raw, failed, [])
+    assert redis.zcard(STORAGE_DUE) == 0
 
 
 def test_an_unfinished_transition_keeps_the_task_and_its_watchdog(redis: Redis) -> None:

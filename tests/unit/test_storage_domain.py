@@ -26,7 +26,7 @@ from service.domain.storage import (
     url_expiry_s,
 )
 from service.domain.tasks import StorageError, Task, TaskInput, TaskResult
-from service.domain.transition import ProviderUpdate, apply_update
+from service.domain.transition import ProviderUpdate, apply_update, starts_storing
 from service.simulator.mp4 import FTYP, playable
 from service.simulator.state import video_chunks
 from service.storage import check_storage_url
@@ -92,6 +92,21 @@ def test_a_new_success_result_needs_storing_again() -> None:
         task, ProviderUpdate(TaskStatus.SUCCEEDED, result=TaskResult(video_url="https://cdn/v.mp4")), now=NOW, event_id="e"
     )
     assert transition is not None and needs_storing(transition.task)
+
+
+def test_only_the_success_itself_starts_storing() -> None:
+    running = succeeded().model_copy(update={"status": TaskStatus.RUNNING, "result": None})
+    success = apply_update(
+        running, ProviderUpdate(TaskStatus.SUCCEEDED, result=TaskResult(video_url="https://cdn/v.mp4")), now=NOW, event_id="e"
+    )
+    failure = apply_update(running, ProviderUpdate(TaskStatus.FAILED), now=NOW, event_id="f")
+    kept = apply_update(succeeded(), COPY, now=LATER, event_id="g")
+    gave_up = apply_update(succeeded(), FAILED, now=LATER, event_id="h")
+    assert success is not None and starts_storing(success)
+    # A failure has no video; the storage events on a succeeded task are no new success.
+    assert failure is not None and not starts_storing(failure)
+    assert kept is not None and not starts_storing(kept)
+    assert gave_up is not None and not starts_storing(gave_up)
 
 
 def test_retries_back_off_and_stop_before_the_url_expires() -> None:
