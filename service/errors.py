@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -72,10 +73,21 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception], Awaitable[Response]]] = {
     ClientDisconnect: _client_gone,
     ApiError: _api_error,
     HTTPException: _http_error,
     RedisConnectionError: _redis_down,
     RedisTimeoutError: _redis_down,
 }
+
+
+async def error_response(request: Request, exc: Exception) -> Response | None:
+    """The app's answer to `exc` (EXCEPTION_HANDLERS, as Starlette looks them up: by the
+    exception's class, then its bases), for code that runs ahead of the app's exception
+    middleware; None for an exception no handler takes (a 500)."""
+    for kind in type(exc).__mro__:
+        handler = EXCEPTION_HANDLERS.get(kind)
+        if handler is not None:
+            return await handler(request, exc)
+    return None

@@ -177,6 +177,8 @@ REFUSALS: dict[str, Refusal] = {
     "unknown task with its own valid token": Refusal(
         404, "not_found", lambda c, t: c.post(callback_path("task_000000000nosuchtask0000000"), json=_success(t))
     ),
+    # Callbacks are taken ahead of the app's routing (CallbackLane); another method still gets its 405.
+    "asked with GET": Refusal(405, "method_not_allowed", lambda c, t: c.get(callback_path(t["id"]))),
     "taskId of another provider task": Refusal(
         409,
         "task_mismatch",

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.stack.conftest import Simulator, Stack, wait_for
+from service.domain.tokens import callback_token
+from tests.stack.conftest import CALLBACK_SECRET, Simulator, Stack, wait_for
 from tests.stack.keys_audit import orphans
 from tests.stack.receivers import (
     Receiver,
@@ -200,6 +201,14 @@ def test_a_hung_redis_answers_503_in_seconds_not_never(hung_redis: OwnedStack) -
             with httpx.Client(base_url=stack.url, headers=api.headers, timeout=60) as patient:
                 for path in ("/v1/tasks", "/readyz"):
                     assert patient.get(path).status_code == 503
+                # A callback too (taken ahead of the app's middleware, answered by the same handler).
+                task_id = "task_000000000hungredis00000000"
+                callback = patient.post(
+                    f"/callbacks/apikley/{task_id}/{callback_token(CALLBACK_SECRET, task_id)}",
+                    json={"code": 200, "data": {"taskId": "p1", "state": "success"}},
+                )
+                assert callback.status_code == 503
+                assert callback.json()["error"]["code"] == "unavailable" and callback.headers["Retry-After"] == "1"
         finally:
             process.send_signal(signal.SIGCONT)
         wait_for(lambda: api.get("/v1/tasks").status_code == 200, what="service back with Redis")
