@@ -29,7 +29,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -59,9 +58,6 @@ from service.telemetry import (
 log = logging.getLogger(__name__)
 
 MAX_CALLBACK_BYTES = 1024 * 1024
-# The answer to an accepted callback, by whether it changed the task: encoded once, not per call.
-_ACCEPTED = {changed: orjson.dumps({"accepted": True, "changed": changed}) for changed in (True, False)}
-_CONFIRMING = {"accepted": True, "changed": False, "confirming": True}
 
 
 class Accepted(Enum):
@@ -72,9 +68,15 @@ class Accepted(Enum):
     CONFIRMING = "confirming"  # a poll will tell where the task stands
 
     def response(self) -> Response:
-        if self is Accepted.CONFIRMING:
-            return JSONResponse(_CONFIRMING, status_code=202)
-        return Response(_ACCEPTED[self is Accepted.CHANGED], media_type="application/json")
+        return _ANSWERS[self]
+
+
+# Each answer built once, not per callback (a response holds no per-request state).
+_ANSWERS = {
+    Accepted.CHANGED: JSONResponse({"accepted": True, "changed": True}),
+    Accepted.UNCHANGED: JSONResponse({"accepted": True, "changed": False}),
+    Accepted.CONFIRMING: JSONResponse({"accepted": True, "changed": False, "confirming": True}, status_code=202),
+}
 
 
 @dataclass(frozen=True)

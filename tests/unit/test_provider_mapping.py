@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from service.domain.status import TaskStatus
-from service.domain.tasks import TaskInput
+from service.domain.tasks import TaskInput, is_web_url
 from service.providers import apikley, novita
 from service.providers.base import ProviderError
 
@@ -63,6 +63,33 @@ def test_apikley_success_reads_the_result_json_string() -> None:
     update = apikley.parse_record(record)
     assert update.status is TaskStatus.SUCCEEDED and update.result is not None
     assert update.result.video_url == "https://v/1.mp4"
+
+
+WEB_URLS = {
+    "https://cdn.example/v.mp4": True,
+    "http://cdn.example:8080/v.mp4?sig=1#t": True,
+    "HTTPS://CDN.EXAMPLE/V.MP4": True,
+    "https://user@cdn.example/v.mp4": True,
+    "https://cdn.example": True,
+    "https://": False,
+    "https:///v.mp4": False,
+    "https://?x": False,
+    "https://#x": False,
+    "https:/cdn.example/v.mp4": False,
+    "//cdn.example/v.mp4": False,
+    "ftp://cdn.example/v.mp4": False,
+    "javascript://cdn.example/%0aalert(1)": False,
+    "file:///etc/passwd": False,
+    " https://cdn.example/v.mp4": False,
+    "https://cdn.example/v.mp4\n": False,
+    "https://cdn.exa\tmple/v.mp4": False,
+    "": False,
+}
+
+
+@pytest.mark.parametrize(("url", "taken"), WEB_URLS.items(), ids=[repr(u) for u in WEB_URLS])
+def test_only_absolute_http_urls_with_a_host_are_taken_as_results(url: str, taken: bool) -> None:
+    assert is_web_url(url) is taken
 
 
 def test_apikley_success_without_a_url_is_a_failure_not_a_crash() -> None:
