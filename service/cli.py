@@ -8,7 +8,7 @@ import logging
 import sys
 
 from service import cli_client
-from service.logs import configure_logging
+from service.logs import WithoutCallbackAccess, configure_logging
 from service.settings import SettingsError, get_settings
 
 
@@ -19,6 +19,7 @@ def _web(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     settings.require("redis_url", "callback_secret", "kling_relay_api_keys")
+    logging.getLogger("uvicorn.access").addFilter(WithoutCallbackAccess())
     uvicorn.run(
         "service.app:create_app",
         factory=True,

@@ -90,10 +90,8 @@ def observe_transition(transition: T) -> T:
             _child(TRANSITIONS, task.provider, task.status.value).inc()
         # A failure names its code: a refused result (invalid_result_url) is found by grepping for it.
         error = f" error={task.error.code}" if task.error is not None and event.type == "task.failed" else ""
-        log.info(
-            "%s task_id=%s event_id=%s provider=%s%s", event.type, task.id, event.id, task.provider, error,
-            extra={"task_id": task.id, "event_id": event.id},
-        )
+        # (The ids become the line's fields from the message itself: service/logs.py.)
+        log.info("%s task_id=%s event_id=%s provider=%s%s", event.type, task.id, event.id, task.provider, error)
     return transition
 
 

@@ -17,7 +17,9 @@ A callback for a task the client canceled is answered 2xx (so the provider stops
 logged and counted as unchanged, and changes nothing: not even a success revives it.
 
 Each receiver says what the callback came to as a `CallbackOutcome`; `Receiver` counts it
-(`kling_relay_callbacks`) and answers it. `CallbackLane` takes callbacks ahead of the app's
+(`kling_relay_callbacks`) and answers it. Every callback leaves one log line, naming its task and
+what it came to: its transition, "changed nothing", "confirming", "refused" (with the status and
+code), or the error's own line. `CallbackLane` takes callbacks ahead of the app's
 middleware and routing (the busiest route, and the one a burst of provider retries hits).
 """
 
@@ -115,8 +117,14 @@ class Receiver:
             await response(scope, receive, send)
             return
         if isinstance(outcome, Rejected):
-            observe_callback(self.provider, "rejected", outcome.error.code)
-            response = await error_response(request, outcome.error)
+            error = outcome.error
+            observe_callback(self.provider, "rejected", error.code)
+            # A callback's one log line (uvicorn's access log leaves callbacks out: service/logs.py).
+            log.info(
+                "callback refused task_id=%s provider=%s status=%d code=%s",
+                scope["path_params"].get("task_id"), self.provider, error.status, error.code,
+            )
+            response = await error_response(request, error)
             assert response is not None  # ApiError has its handler
         else:
             observe_callback(self.provider, "accepted", outcome.value)

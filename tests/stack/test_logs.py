@@ -62,3 +62,18 @@ def test_a_key_sent_under_a_percent_encoded_parameter_name_is_masked_in_the_acce
     line = wait_for(access_line, timeout_s=10, what="the access log line")
     assert API_KEY not in line
     assert "/dashboard?%6Bey=[redacted]&status=failed" in orjson.loads(line)["message"]
+
+
+def test_a_callback_leaves_one_line_naming_its_task_and_what_it_came_to(own: Stack) -> None:
+    task_id = "task_000000000logsrefused00000"
+    refused = httpx.post(f"{own.url}/callbacks/apikley/{task_id}/forged", json={"code": 200, "data": {"taskId": "p"}})
+    assert refused.status_code == 401
+
+    def about() -> list[str] | None:
+        found = [line for path in own.log_dir.glob("web-*.log") for line in path.read_text().splitlines() if task_id in line]
+        return found or None
+
+    [line] = wait_for(about, timeout_s=10, what="the callback's line")
+    parsed = orjson.loads(line)
+    assert parsed["task_id"] == task_id and parsed["message"].startswith("callback refused")
+    assert "status=401 code=invalid_token" in parsed["message"]  # and no access line for it

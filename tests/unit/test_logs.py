@@ -9,7 +9,7 @@ import sys
 import orjson
 import pytest
 
-from service.logs import JsonFormatter, redact
+from service.logs import JsonFormatter, WithoutCallbackAccess, redact
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -69,3 +69,16 @@ def test_secrets_are_masked_wherever_they_appear(text: str, secret: str) -> None
 def test_other_query_parameters_are_left_as_they_are() -> None:
     line = '"GET /dashboard?status=failed&monkey=1&keys=2 HTTP/1.1" 200'
     assert redact(line) == line
+
+
+def access(path: str) -> logging.LogRecord:
+    return logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                             ("127.0.0.1:5000", "POST", path, "1.1", 200), None)
+
+
+def test_the_access_log_leaves_out_callbacks_which_log_their_own_line() -> None:
+    quiet = WithoutCallbackAccess()
+    assert not quiet.filter(access("/callbacks/apikley/task_1/token"))
+    assert quiet.filter(access("/v1/tasks"))
+    assert quiet.filter(access("/dashboard?next=/callbacks/"))
+    assert quiet.filter(record("not an access line %s", "/callbacks/x"))
