@@ -66,30 +66,49 @@ class Served:
 
 
 @contextmanager
+def _serving(args: list[str], port: int, env: dict[str, str], what: str, *, log: Path | None = None) -> Iterator[Served]:
+    """Run a server process (`args`, listening on `port`) until the block ends; its output goes
+    to `log` if given."""
+    with open(log or os.devnull, "ab") as out:
+        proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT, **({"stdout": out, "stderr": out} if log else {}))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    httpx.get(f"{url}/", timeout=0.5)
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError(f"{what} did not start") from None
+                    time.sleep(0.1)
+            yield Served(url, proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+@contextmanager
 def uvicorn_server(target: str, env: dict[str, str], *, factory: bool = False, http: str = WEB_PROTOCOL) -> Iterator[Served]:
     """Serve `target` with one uvicorn process (uvloop, and the web's HTTP protocol unless told
-    otherwise), as production would."""
+    otherwise), logging warnings only."""
     port = free_port()
     args = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port),
             "--loop", "uvloop", "--http", http, "--no-access-log", "--log-level", "warning"]
     if factory:
         args.append("--factory")
-    proc = subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{url}/", timeout=0.5)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{target} did not start") from None
-                time.sleep(0.1)
-        yield Served(url, proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with _serving(args, port, env, target) as served:
+        yield served
+
+
+@contextmanager
+def web_server(env: dict[str, str], log: Path) -> Iterator[Served]:
+    """`kling-relay web` exactly as production runs it (its logging included: a JSON line per
+    task event and per request, written to `log`)."""
+    port = free_port()
+    args = [sys.executable, "-m", "service.cli", "web", "--host", "127.0.0.1", "--port", str(port)]
+    with _serving(args, port, env, "kling-relay web", log=log) as served:
+        yield served
 
 
 @contextmanager
