@@ -118,7 +118,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     Records skip what our lines never show (the logging HOWTO's "Optimization"): the caller's
     file and line, found by walking the stack, and the thread and process names: together a
     third of a line's cost."""
-    logging._srcfile = None  # type: ignore[attr-defined]  # documented: skips the stack walk
+    logging._srcfile = None  # documented: skips the stack walk
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
