@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings.require("redis_url", "callback_secret", "kling_relay_api_keys")
     app = App(
         routes=[
-            # First: the busiest route (providers' callbacks), so it is matched first.
+            # Taken ahead of the stack by `CallbackLane`; listed for their 405s and the OpenAPI document.
             *callbacks.routes,
             *health.routes,
             *tasks.routes,
