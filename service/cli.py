@@ -19,6 +19,7 @@ def _web(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     settings.require("redis_url", "callback_secret", "kling_relay_api_keys")
+    logging.getLogger().setLevel(settings.log_level)
     logging.getLogger("uvicorn.access").addFilter(WithoutCallbackAccess())
     uvicorn.run(
         "service.app:create_app",
@@ -29,7 +30,7 @@ def _web(args: argparse.Namespace) -> int:
         # uvicorn counts the connection asking among those open: one more lets HTTP_MAX_CONNECTIONS be served.
         limit_concurrency=settings.http_max_connections + 1,
         timeout_keep_alive=settings.http_keepalive_s,
-        log_level="info",
+        log_level=settings.log_level.lower(),
         # Leave logging to ours (configure_logging): uvicorn's lines become JSON lines too.
         log_config=None,
         proxy_headers=True,
@@ -44,7 +45,9 @@ def _worker(args: argparse.Namespace) -> int:
     from service.metrics_http import serve_worker_metrics
     from workers.main import run_worker
 
-    serve_worker_metrics(get_settings())
+    settings = get_settings()
+    logging.getLogger().setLevel(settings.log_level)
+    serve_worker_metrics(settings)
     run_worker(burst=args.burst)
     return 0
 

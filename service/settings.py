@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     stream_global_events: int = Field(default=10_000, ge=100)
     # An idle stream gets a `: ping` comment this often (proxies' idle timeouts; dead clients found).
     stream_heartbeat_s: float = Field(default=15.0, gt=0)
+    # What `web` and `worker` log. INFO: a line per task event, callback, and request;
+    # WARNING: problems only (the web's fastest: a callback's line is a sixth of its CPU).
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Our copy of each succeeded task's video (docs/storage.md). `file:///path`,
     # `s3://bucket/prefix` or `none` (no copies); unset: the folder `var/videos` under the
     # working directory. S3's endpoint and credentials: the usual AWS_* variables.
@@ -206,6 +209,11 @@ class Settings(BaseSettings):
         if timeout is not None and value <= timeout:
             raise ValueError(f"must be longer than WEBHOOK_TIMEOUT_S ({timeout:g} s)")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("storage_url")
     @classmethod

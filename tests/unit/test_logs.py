@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from service.logs import JsonFormatter, WithoutCallbackAccess, redact
+from service.settings import SettingsError, load_settings
 
 
 def record(message: str, *args: object, **extra: object) -> logging.LogRecord:
@@ -82,3 +83,10 @@ def test_the_access_log_leaves_out_callbacks_which_log_their_own_line() -> None:
     assert quiet.filter(access("/v1/tasks"))
     assert quiet.filter(access("/dashboard?next=/callbacks/"))
     assert quiet.filter(record("not an access line %s", "/callbacks/x"))
+
+
+def test_the_log_level_is_a_setting_read_in_any_case() -> None:
+    assert load_settings().log_level == "INFO"
+    assert load_settings(log_level=" warning ").log_level == "WARNING"
+    with pytest.raises(SettingsError, match="LOG_LEVEL"):
+        load_settings(log_level="chatty")
