@@ -24,9 +24,8 @@ from tests.stack.conftest import Simulator, Stack, wait_for
 from tests.stack.receivers import Receiver, run_task, serve_receiver, subscribe
 from tests.stack.stacks import owned_stack
 
-WORKER_METRICS_PORT = free_port()
 # A failed attempt's retry waits long enough to be seen scheduled.
-ENV = {"WORKER_METRICS_PORT": str(WORKER_METRICS_PORT), "WEBHOOK_RETRY_SCHEDULE_S": "0,60", "WEBHOOK_LEASE_S": "90"}
+ENV = {"WEBHOOK_RETRY_SCHEDULE_S": "0,60", "WEBHOOK_LEASE_S": "90"}
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -34,8 +33,15 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 @pytest.fixture(scope="module")
 def own(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     simulator.reset()  # to its defaults: an earlier module may have reconfigured it
-    with owned_stack(tmp_path_factory.mktemp("metrics"), simulator, ENV) as owned:
-        yield owned.stack
+    # A free port can be taken before the worker binds it (client connections draw from the same
+    # range): a worker that finds it taken exits, and the stack starts again on another.
+    for _ in range(3):
+        env = {**ENV, "WORKER_METRICS_PORT": str(free_port())}
+        with owned_stack(tmp_path_factory.mktemp("metrics"), simulator, env) as owned:
+            if _worker_serves_metrics(owned.stack):
+                yield owned.stack
+                return
+    pytest.fail("the worker found its metrics port taken three times")
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +65,19 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def worker_metrics() -> Samples:
-    found: Samples = wait_for(
-        lambda: _try_scrape(f"http://127.0.0.1:{WORKER_METRICS_PORT}/metrics"), timeout_s=15, what="worker metrics"
-    )
+def _worker_serves_metrics(stack: Stack) -> bool:
+    """Once the worker answers on its metrics port, or has exited: whether it is serving."""
+    [worker] = stack.workers
+    wait_for(lambda: worker.poll() is not None or _try_scrape(_worker_url(stack)), timeout_s=30, what="the worker's metrics")
+    return worker.poll() is None
+
+
+def _worker_url(stack: Stack) -> str:
+    return f"http://127.0.0.1:{stack.env_overrides['WORKER_METRICS_PORT']}/metrics"
+
+
+def worker_metrics(stack: Stack) -> Samples:
+    found: Samples = wait_for(lambda: _try_scrape(_worker_url(stack)), timeout_s=15, what="worker metrics")
     return found
 
 
@@ -99,7 +114,7 @@ def test_web_counts_created_tasks_and_callbacks_by_outcome_and_reason(own: Stack
 
 
 def test_worker_counts_transitions_polls_and_delivery_attempts_with_latency(own: Stack, receiver: Receiver) -> None:
-    before = worker_metrics()
+    before = worker_metrics(own)
     with own.client() as api:
         good = subscribe(api, receiver.answer("metrics-ok"), ["task.succeeded"])
         bad = subscribe(api, receiver.answer("metrics-down", then=500), ["task.succeeded"])
@@ -108,7 +123,7 @@ def test_worker_counts_transitions_polls_and_delivery_attempts_with_latency(own:
         receiver.wait_for_count("metrics-ok", 1)
 
     def landed() -> Samples | None:
-        now = worker_metrics()
+        now = worker_metrics(own)
         return (
             now
             if value(now, "kling_relay_delivery_attempts_total", outcome="failed")
