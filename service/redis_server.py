@@ -37,12 +37,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class PortTaken(Exception):
+    """Another process took the port chosen for redis-server before it could bind it."""
+
+
+def _taken(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 class RedisServer:
     """A redis-server child process on 127.0.0.1, with AOF persistence in `data_dir`."""
 
     def __init__(self, data_dir: Path, port: int | None = None, *, appendonly: bool = True) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        # A port we chose may be taken before redis binds it (client connections draw from the
+        # same range): until the server has once started, such a port may be chosen again.
+        self._may_move = port is None
         self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -51,6 +67,14 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> Self:
+        for _ in range(3):
+            try:
+                return self._start(timeout_s)
+            except PortTaken:
+                self.port = free_port()
+        raise RuntimeError(f"redis-server found three ports taken (last {self.port})")
+
+    def _start(self, timeout_s: float) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             find_redis_server(),
@@ -64,16 +88,20 @@ class RedisServer:
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
-        client = Redis(port=self.port, socket_connect_timeout=0.2)
+        client = Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=1)
         while True:
             try:
                 client.ping()
                 break
             except RedisError:  # not listening yet, or still loading its data
-                if self.process.poll() is not None or time.monotonic() > deadline:
+                exited = self.process.poll() is not None
+                if exited and self._may_move and _taken(self.port):
+                    raise PortTaken(self.port) from None
+                if exited or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.05)
         client.close()
+        self._may_move = False
         return self
 
     def stop(self) -> None:

@@ -185,8 +185,21 @@ class Stack:
             )
 
     def start_web(self) -> None:
-        self.web = self._spawn("web")
-        wait_for(self._web_up, timeout_s=20, interval_s=0.1, what="web to start")
+        for _ in range(3):
+            web = self.web = self._spawn("web")
+            wait_for(self._web_settled, timeout_s=20, interval_s=0.1, what="web to start")
+            if web.poll() is None:
+                return
+            # It exited: most likely its port was taken between our choosing it and its binding it
+            # (client connections draw from the same range). Before any worker has been told
+            # this address, choose another.
+            if not self.workers:
+                self.port = free_port()
+        raise AssertionError(f"web exited with {web.returncode} three times: see its log in {self.log_dir}")
+
+    def _web_settled(self) -> bool:
+        """Up, or exited."""
+        return (self.web is not None and self.web.poll() is not None) or self._web_up()
 
     def _web_up(self) -> bool:
         try:
