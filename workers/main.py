@@ -134,7 +134,7 @@ def run_worker(*, burst: bool = False) -> None:
                     threading.Thread(
                         target=maintain_forever, args=(settings.sweep_interval_s,), name="sweep", daemon=True
                     ).start()
-            worker.work(burst=burst, logging_level="INFO")
+            worker.work(burst=burst, logging_level=settings.log_level)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             # Redis restarts must not kill the worker: wait, then pick up where the queues are.
             # A stop asked for meanwhile ends the loop: what we held (leases, in-flight outbox
